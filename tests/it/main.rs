@@ -1,1 +1,7 @@
-mod smoke;
+//! Integration tests: one binary, real servers on 127.0.0.1:0, talking HTTP.
+
+mod amplify_conformance;
+mod notify_conformance;
+mod recurly_conformance;
+mod sandbox_control;
+mod support;
