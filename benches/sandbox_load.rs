@@ -207,7 +207,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("client runtime");
-    println!("sandbox load: {connections} keep-alive connections, {seconds} s per scenario, recorder off");
+    println!(
+        "sandbox load: {connections} keep-alive connections, {seconds} s per scenario, recorder off"
+    );
     client_rt.block_on(async {
         for scenario in &scenarios {
             run(addr, scenario, seconds, connections).await;

@@ -4,7 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "billing-bridge", version, about = "Bills API usage from Axway Amplify Engage in Recurly")]
+#[command(
+    name = "billing-bridge",
+    version,
+    about = "Bills API usage from Axway Amplify Engage in Recurly"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,8 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();

@@ -2,6 +2,7 @@
 
 mod amplify_conformance;
 mod notify_conformance;
+mod notify_delivery;
 mod recurly_conformance;
 mod sandbox_control;
 mod support;

@@ -137,7 +137,9 @@ impl Faults {
             return (Duration::ZERO, Injection::None);
         };
         let s = &active.settings;
-        if s.path_contains.as_deref().is_some_and(|p| !path.contains(p))
+        if s.path_contains
+            .as_deref()
+            .is_some_and(|p| !path.contains(p))
             || (!s.methods.is_empty() && !s.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
         {
             return (Duration::ZERO, Injection::None);
@@ -249,9 +251,15 @@ pub async fn gate(
         }
         Injection::Timeout(hang) => {
             tokio::time::sleep(hang).await;
-            (Some("timeout".to_owned()), req.into_response(hangup_response()))
+            (
+                Some("timeout".to_owned()),
+                req.into_response(hangup_response()),
+            )
         }
-        Injection::Hangup => (Some("hangup".to_owned()), req.into_response(hangup_response())),
+        Injection::Hangup => (
+            Some("hangup".to_owned()),
+            req.into_response(hangup_response()),
+        ),
     };
     if record_limit == 0 || matches!(injection, Injection::Timeout(_) | Injection::Hangup) {
         if record_limit > 0 {

@@ -163,9 +163,8 @@ impl SandboxState {
 /// wants the sandbox inside their own actix-web server.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for upstream in Upstream::ALL {
-        let scope = web::scope(upstream.prefix()).wrap(from_fn(
-            move |req, next| faults::gate(upstream, req, next),
-        ));
+        let scope = web::scope(upstream.prefix())
+            .wrap(from_fn(move |req, next| faults::gate(upstream, req, next)));
         let scope = match upstream {
             Upstream::Amplify => scope.configure(amplify::central_routes),
             Upstream::Auth => scope.configure(amplify::auth_routes),

@@ -98,14 +98,19 @@ fn is_email(address: &str) -> bool {
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !address.chars().any(|c| c.is_whitespace() || c == ',' || c == ';')
+        && !address
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',' || c == ';')
 }
 
 /// Checks `{email, name?}` objects; returns the addresses found.
 fn check_addresses(list: &Value, field: &str, errors: &mut Vec<Value>) -> Vec<String> {
     let mut found = Vec::new();
     let Some(items) = list.as_array() else {
-        errors.push(error(Some(field), "Invalid type. Expected: array, given: object."));
+        errors.push(error(
+            Some(field),
+            "Invalid type. Expected: array, given: object.",
+        ));
         return found;
     };
     for (i, item) in items.iter().enumerate() {
@@ -196,8 +201,15 @@ fn validate(body: &Value, now_secs: i64) -> (Vec<Value>, Vec<String>) {
                 "The reply_to and reply_to_list fields cannot both be set.",
             ));
         }
-        if !reply_to.get("email").and_then(|e| e.as_str()).is_some_and(is_email) {
-            errors.push(error(Some("reply_to.email"), "Does not contain a valid address."));
+        if !reply_to
+            .get("email")
+            .and_then(|e| e.as_str())
+            .is_some_and(is_email)
+        {
+            errors.push(error(
+                Some("reply_to.email"),
+                "Does not contain a valid address.",
+            ));
         }
     }
     if let Some(list) = body.get("reply_to_list") {
@@ -205,8 +217,11 @@ fn validate(body: &Value, now_secs: i64) -> (Vec<Value>, Vec<String>) {
     }
     let template = body.get("template_id").and_then(|t| t.as_str());
     let every_personalization_has_subject = personalizations.is_some_and(|list| {
-        list.iter()
-            .all(|p| p.get("subject").and_then(|s| s.as_str()).is_some_and(|s| !s.is_empty()))
+        list.iter().all(|p| {
+            p.get("subject")
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| !s.is_empty())
+        })
     });
     let has_subject = body
         .get("subject")
@@ -221,13 +236,13 @@ fn validate(body: &Value, now_secs: i64) -> (Vec<Value>, Vec<String>) {
     match body.get("content").and_then(|c| c.as_array()) {
         Some(blocks) if !blocks.is_empty() => {
             for (i, block) in blocks.iter().enumerate() {
-                if !block.get("type").and_then(|t| t.as_str()).is_some_and(|t| !t.is_empty()) {
+                if block.get("type").and_then(|t| t.as_str()).is_none_or(str::is_empty) {
                     errors.push(error(
                         Some(&format!("content.{i}.type")),
                         "The content type cannot contain ';', or CRLF characters and must be at least 1 character.",
                     ));
                 }
-                if !block.get("value").and_then(|v| v.as_str()).is_some_and(|v| !v.is_empty()) {
+                if block.get("value").and_then(|v| v.as_str()).is_none_or(str::is_empty) {
                     errors.push(error(
                         Some(&format!("content.{i}.value")),
                         "The content value must be a string at least one character in length.",
@@ -246,7 +261,10 @@ fn validate(body: &Value, now_secs: i64) -> (Vec<Value>, Vec<String>) {
         .and_then(|c| c.as_array())
         .is_some_and(|c| c.len() > MAX_CATEGORIES)
     {
-        errors.push(error(Some("categories"), "Too many categories. A maximum of 10 may be used."));
+        errors.push(error(
+            Some("categories"),
+            "Too many categories. A maximum of 10 may be used.",
+        ));
     }
     (errors, recipients)
 }
@@ -259,7 +277,11 @@ fn message_id() -> String {
         .collect()
 }
 
-async fn mail_send(req: HttpRequest, state: web::Data<SandboxState>, body: web::Bytes) -> HttpResponse {
+async fn mail_send(
+    req: HttpRequest,
+    state: web::Data<SandboxState>,
+    body: web::Bytes,
+) -> HttpResponse {
     let decision = state.sendgrid.window.acquire(Instant::now());
     if !decision.allowed {
         return with_limit_headers(HttpResponse::TooManyRequests(), &decision)
@@ -375,7 +397,10 @@ mod tests {
     #[test]
     fn each_missing_part_is_reported_with_its_field() {
         let (errors, _) = validate(&json!({}), 0);
-        let fields: Vec<_> = errors.iter().map(|e| e["field"].as_str().unwrap()).collect();
+        let fields: Vec<_> = errors
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
         assert_eq!(fields, ["personalizations", "from", "subject", "content"]);
     }
 
@@ -391,9 +416,16 @@ mod tests {
     #[test]
     fn duplicate_and_malformed_addresses_are_refused() {
         let mut body = valid();
-        body["personalizations"][0]["cc"] = json!([{"email": "DEV@consumer.example"}, {"email": "not-an-address"}]);
+        body["personalizations"][0]["cc"] =
+            json!([{"email": "DEV@consumer.example"}, {"email": "not-an-address"}]);
         let (errors, _) = validate(&body, 0);
-        let fields: Vec<_> = errors.iter().map(|e| e["field"].as_str().unwrap()).collect();
-        assert_eq!(fields, ["personalizations.0.cc.1.email", "personalizations.0.cc"]);
+        let fields: Vec<_> = errors
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            ["personalizations.0.cc.1.email", "personalizations.0.cc"]
+        );
     }
 }

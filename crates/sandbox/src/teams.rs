@@ -80,7 +80,11 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 fn classify(body: &serde_json::Value) -> Result<CardKind, &'static str> {
     let obj = body.as_object().ok_or(BAD_PAYLOAD_BODY)?;
     if obj.get("@type").and_then(|t| t.as_str()) == Some("MessageCard") {
-        let has = |k: &str| obj.get(k).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty());
+        let has = |k: &str| {
+            obj.get(k)
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| !s.is_empty())
+        };
         if !has("summary") && !has("text") {
             return Err("Summary or Text is required.");
         }

@@ -26,7 +26,10 @@ pub(crate) fn platform_routes(_cfg: &mut web::ServiceConfig) {}
 pub(crate) fn control_routes(_cfg: &mut web::ServiceConfig) {}
 
 /// Seeds catalog resources and platform users from the `amplify` section of `/_sandbox/seed`.
-pub(crate) fn seed(_state: &SandboxState, _seed: &serde_json::Value) -> Result<serde_json::Value, String> {
+pub(crate) fn seed(
+    _state: &SandboxState,
+    _seed: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
     Ok(serde_json::Value::Null)
 }
 

@@ -1,0 +1,105 @@
+//! The `[notify]` configuration section: the provider's Teams channel and the subscriber mail
+//! backend. Secrets are `SecretString`s so they cannot be printed by accident.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub teams: TeamsConfig,
+    pub mail: MailConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeamsConfig {
+    /// Incoming-webhook or Workflows URL of the provider's channel; none switches cards off.
+    /// The URL is the credential.
+    pub webhook_url: Option<SecretString>,
+    /// Teams throttles at 4 requests per second per webhook (reference §8.1).
+    pub requests_per_second: u32,
+}
+
+impl Default for TeamsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            requests_per_second: 4,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailBackend {
+    #[default]
+    Off,
+    Sendgrid,
+    Smtp,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    pub backend: MailBackend,
+    /// Sender address (a verified sender, for SendGrid).
+    pub from: String,
+    pub from_name: Option<String>,
+    pub reply_to: Option<String>,
+    pub sendgrid: SendGridConfig,
+    pub smtp: SmtpConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendGridConfig {
+    pub api_key: Option<SecretString>,
+    /// `https://api.sendgrid.com`, or `https://api.eu.sendgrid.com` for EU subusers.
+    pub base_url: String,
+}
+
+impl Default for SendGridConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            base_url: "https://api.sendgrid.com".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection (a local relay).
+    None,
+    /// Upgrade with STARTTLS (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 587,
+            security: SmtpSecurity::Starttls,
+            username: None,
+            password: None,
+            timeout_secs: 30,
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Tells people what happened: the API provider through an MS Teams channel (Adaptive Cards),
+//! the subscriber by mail (SendGrid or SMTP). Each channel can be switched off.
+//!
+//! Secrets (the Teams URL, API keys, SMTP password) are held as `SecretString` and never appear
+//! in errors or logs: every error below is built from statuses and upstream messages only.
+
+pub mod card;
+pub mod config;
+pub mod mail;
+mod retry;
+mod sendgrid;
+mod smtp;
+pub mod teams;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use card::{ProviderCard, Tone};
+pub use config::{
+    MailBackend, MailConfig, NotifyConfig, SendGridConfig, SmtpConfig, SmtpSecurity, TeamsConfig,
+};
+pub use mail::{Address, Delivery, Mail, Mailer};
+pub use teams::{ProviderChannel, TeamsClient};
+
+#[derive(Debug, Error)]
+pub enum NotifyError {
+    #[error("{upstream} refused the message ({status}): {detail}")]
+    Rejected {
+        upstream: &'static str,
+        status: u16,
+        detail: String,
+    },
+    #[error("{upstream} is throttling; try again later")]
+    Throttled {
+        upstream: &'static str,
+        retry_after: Option<Duration>,
+    },
+    #[error("{upstream} failed ({status}); it may recover by itself")]
+    Unavailable { upstream: &'static str, status: u16 },
+    #[error("{upstream} could not be reached: {detail}")]
+    Unreachable {
+        upstream: &'static str,
+        detail: String,
+    },
+    #[error("the mail is not valid: {0}")]
+    InvalidMail(String),
+    #[error("notification configuration: {0}")]
+    Config(String),
+}
+
+impl NotifyError {
+    /// Whether sending again later may succeed (throttling, 5xx, network), as opposed to a
+    /// refusal that will repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            NotifyError::Throttled { .. }
+                | NotifyError::Unavailable { .. }
+                | NotifyError::Unreachable { .. }
+        )
+    }
+
+    /// How long the upstream asked us to wait, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            NotifyError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A network error, described without the URL (the Teams URL is a secret).
+    fn unreachable(upstream: &'static str, err: reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        NotifyError::Unreachable {
+            upstream,
+            detail: format!("{kind}: {}", err.without_url()),
+        }
+    }
+}
+
+/// Builds the provider channel and the mailer a configuration asks for.
+pub fn channels(
+    config: &NotifyConfig,
+    http: &reqwest::Client,
+) -> Result<(ProviderChannel, Mailer), NotifyError> {
+    let provider = match &config.teams.webhook_url {
+        Some(url) => ProviderChannel::Teams(TeamsClient::new(
+            http.clone(),
+            url.clone(),
+            config.teams.requests_per_second,
+        )),
+        None => ProviderChannel::Off,
+    };
+    let mailer = match config.mail.backend {
+        MailBackend::Off => Mailer::Off,
+        MailBackend::Sendgrid => {
+            let key = config.mail.sendgrid.api_key.clone().ok_or_else(|| {
+                NotifyError::Config(
+                    "notify.mail.sendgrid.api_key is required for the sendgrid backend".into(),
+                )
+            })?;
+            Mailer::SendGrid(sendgrid::SendGridMailer::new(
+                http.clone(),
+                &config.mail.sendgrid.base_url,
+                key,
+            ))
+        }
+        MailBackend::Smtp => Mailer::Smtp(smtp::SmtpMailer::new(&config.mail.smtp)?),
+    };
+    Ok((provider, mailer))
+}
+
+pub use sendgrid::SendGridMailer;
+pub use smtp::SmtpMailer;
