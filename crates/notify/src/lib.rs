@@ -7,7 +7,6 @@
 pub mod card;
 pub mod config;
 pub mod mail;
-mod retry;
 mod sendgrid;
 mod smtp;
 pub mod teams;
@@ -47,6 +46,16 @@ pub enum NotifyError {
     InvalidMail(String),
     #[error("notification configuration: {0}")]
     Config(String),
+}
+
+impl billing_bridge_upstream::Transient for NotifyError {
+    fn is_transient(&self) -> bool {
+        NotifyError::is_transient(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        NotifyError::retry_after(self)
+    }
 }
 
 impl NotifyError {

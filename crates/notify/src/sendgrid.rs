@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::retry::RetryPolicy;
 use crate::{Address, Mail, NotifyError};
+use billing_bridge_upstream::RetryPolicy;
 
 const UPSTREAM: &str = "SendGrid";
 

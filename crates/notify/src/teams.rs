@@ -7,8 +7,8 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::retry::RetryPolicy;
 use crate::{NotifyError, ProviderCard};
+use billing_bridge_upstream::RetryPolicy;
 
 const UPSTREAM: &str = "MS Teams";
 

@@ -1,0 +1,132 @@
+//! What every upstream client shares: which failures are worth another try, and the retry
+//! policy (exponential back-off with jitter, never shorter than the upstream asked).
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+/// An error that knows whether trying again may help.
+pub trait Transient {
+    /// Throttling, 5xx, time-outs and network failures: another try may succeed.
+    fn is_transient(&self) -> bool;
+    /// How long the upstream asked us to wait, when it said.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Retry settings. The default bounds one call to about half a minute of waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            min_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn new(attempts: usize, min_delay: Duration, max_delay: Duration) -> Self {
+        Self {
+            attempts,
+            min_delay,
+            max_delay,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the attempts are used up.
+    pub async fn run<T, E, F, Fut>(&self, op: F) -> Result<T, E>
+    where
+        E: Transient + std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.attempts.saturating_sub(1))
+            .with_jitter();
+        let max_delay = self.max_delay;
+        op.retry(backoff)
+            .when(E::is_transient)
+            .adjust(move |err: &E, planned| match (err.retry_after(), planned) {
+                // Wait as long as the upstream asked if that is longer than planned, within the
+                // policy's ceiling; a longer wait is the caller's decision, not a retry's.
+                (Some(asked), Some(planned)) => Some(asked.max(planned).min(max_delay)),
+                (_, planned) => planned,
+            })
+            .notify(|err: &E, delay| tracing::debug!(error = %err, ?delay, "upstream call failed; retrying"))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug)]
+    struct Failure(bool);
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "failure (transient: {})", self.0)
+        }
+    }
+    impl Transient for Failure {
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn quick(attempts: usize) -> RetryPolicy {
+        RetryPolicy::new(attempts, Duration::from_millis(1), Duration::from_millis(5))
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_success() {
+        let calls = AtomicUsize::new(0);
+        let result = quick(5)
+            .run(|| async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(Failure(true))
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_are_not_retried_and_attempts_are_bounded() {
+        let calls = AtomicUsize::new(0);
+        let result: Result<(), _> = quick(5)
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Failure(false))
+            })
+            .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let calls = AtomicUsize::new(0);
+        let result: Result<(), _> = quick(3)
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Failure(true))
+            })
+            .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
