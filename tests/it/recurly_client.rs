@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use billing_bridge_billing::recurly::{NewSubscription, NewUsage, RecurlyClient, RecurlySettings, SiteKind};
+use billing_bridge_billing::recurly::{
+    NewSubscription, NewUsage, RecurlyClient, RecurlySettings, SiteKind,
+};
 use billing_bridge_contract::ExchangePolicy;
 use billing_bridge_domain::amplify::{ProductPlan, Quota};
 use billing_bridge_domain::codes::idempotency_key;
@@ -23,7 +25,10 @@ const PLAN_ID: &str = "8a2e89a1844076b20184436063bd2747";
 
 async fn sandbox() -> TestSandbox {
     spawn_sandbox(SandboxConfig {
-        recurly: SandboxRecurly { api_key: Some(API_KEY.into()), ..SandboxRecurly::default() },
+        recurly: SandboxRecurly {
+            api_key: Some(API_KEY.into()),
+            ..SandboxRecurly::default()
+        },
         ..SandboxConfig::default()
     })
     .await
@@ -53,15 +58,23 @@ fn amplify_plan() -> (ProductPlan, Vec<Quota>) {
     }))
     .unwrap();
     let quota = |id: &str, pricing: Value| -> Quota {
-        serde_json::from_value(json!({"name": id, "title": format!("Quota {id}"), "metadata": {"id": id},
-                                      "spec": {"unit": "transactions", "pricing": pricing}}))
+        serde_json::from_value(
+            json!({"name": id, "title": format!("Quota {id}"), "metadata": {"id": id},
+                                      "spec": {"unit": "transactions", "pricing": pricing}}),
+        )
         .unwrap()
     };
     let quotas = vec![
-        quota("q-graduated", json!({"type": "graduated", "limit": {"type": "tiered", "tiers": [
-            {"from": 1, "to": 500, "cost": 0}, {"from": 501, "to": 999999999, "cost": 0.002}]}})),
-        quota("q-volume", json!({"type": "volume", "limit": {"type": "tiered", "tiers": [
-            {"from": 1, "to": 100, "cost": 1}, {"from": 101, "to": 999999999, "cost": 0.5}]}})),
+        quota(
+            "q-graduated",
+            json!({"type": "graduated", "limit": {"type": "tiered", "tiers": [
+            {"from": 1, "to": 500, "cost": 0}, {"from": 501, "to": 999999999, "cost": 0.002}]}}),
+        ),
+        quota(
+            "q-volume",
+            json!({"type": "volume", "limit": {"type": "tiered", "tiers": [
+            {"from": 1, "to": 100, "cost": 1}, {"from": 101, "to": 999999999, "cost": 0.5}]}}),
+        ),
         quota("q-ppu", json!({"type": "perunit", "cost": 0.01})),
     ];
     (plan, quotas)
@@ -80,16 +93,30 @@ async fn seed_account(sb: &TestSandbox, code: &str) {
 }
 
 /// Creates the measured unit and the plan, as the plan provisioner will.
-async fn provision(sb: &TestSandbox, recurly: &RecurlyClient) -> billing_bridge_domain::plan::BillingPlan {
+async fn provision(
+    sb: &TestSandbox,
+    recurly: &RecurlyClient,
+) -> billing_bridge_domain::plan::BillingPlan {
     let (plan, quotas) = amplify_plan();
     let mapped = billing_plan(&plan, &quotas).unwrap();
-    if recurly.measured_unit("transactions").await.unwrap().is_none() {
+    if recurly
+        .measured_unit("transactions")
+        .await
+        .unwrap()
+        .is_none()
+    {
         recurly
-            .create_measured_unit("transactions", &idempotency_key("create-measured-unit", &["transactions"]))
+            .create_measured_unit(
+                "transactions",
+                &idempotency_key("create-measured-unit", &["transactions"]),
+            )
             .await
             .unwrap();
     }
-    let created = recurly.create_plan(&mapped, &idempotency_key("create-plan", &[PLAN_ID])).await.unwrap();
+    let created = recurly
+        .create_plan(&mapped, &idempotency_key("create-plan", &[PLAN_ID]))
+        .await
+        .unwrap();
     assert_eq!(created.code, mapped.code);
     let _ = sb;
     mapped
@@ -100,22 +127,43 @@ async fn a_mapped_plan_becomes_a_recurly_plan_with_exactly_its_tiers() {
     let sb = sandbox().await;
     let recurly = client(&sb);
     let mapped = provision(&sb, &recurly).await;
-    let plan = recurly.plan(&mapped.code).await.unwrap().expect("plan exists");
+    let plan = recurly
+        .plan(&mapped.code)
+        .await
+        .unwrap()
+        .expect("plan exists");
     assert_eq!(plan.state, "active");
     assert_eq!(plan.currencies[0].unit_amount, Some(10.0));
     let add_ons = recurly.plan_add_ons(&mapped.code).await.unwrap();
-    let by_code = |code: &str| add_ons.iter().find(|a| a.code == code).unwrap_or_else(|| panic!("add-on {code}"));
+    let by_code = |code: &str| {
+        add_ons
+            .iter()
+            .find(|a| a.code == code)
+            .unwrap_or_else(|| panic!("add-on {code}"))
+    };
     let graduated = by_code("amplify-quota-q-graduated");
     assert_eq!(graduated.tier_type.as_deref(), Some("tiered"));
     let tiers = graduated.tiers.as_ref().unwrap();
     assert_eq!(tiers[0].ending_quantity, Some(500));
     assert_eq!(tiers[1].ending_quantity, Some(999_999_999));
-    assert_eq!(tiers[1].currencies[0].unit_amount_decimal.as_deref().map(|d| d.parse::<f64>().unwrap()), Some(0.002));
-    assert_eq!(by_code("amplify-quota-q-volume").tier_type.as_deref(), Some("volume"));
+    assert_eq!(
+        tiers[1].currencies[0]
+            .unit_amount_decimal
+            .as_deref()
+            .map(|d| d.parse::<f64>().unwrap()),
+        Some(0.002)
+    );
+    assert_eq!(
+        by_code("amplify-quota-q-volume").tier_type.as_deref(),
+        Some("volume")
+    );
     let ppu = by_code("amplify-quota-q-ppu");
     assert_eq!(ppu.tier_type.as_deref(), Some("flat"));
     assert_eq!(
-        ppu.currencies.as_ref().unwrap()[0].unit_amount_decimal.as_deref().map(|d| d.parse::<f64>().unwrap()),
+        ppu.currencies.as_ref().unwrap()[0]
+            .unit_amount_decimal
+            .as_deref()
+            .map(|d| d.parse::<f64>().unwrap()),
         Some(0.01)
     );
     assert!(recurly.plan("amplify-plan-none").await.unwrap().is_none());
@@ -127,9 +175,15 @@ async fn a_repeated_create_replays_and_a_new_key_finds_the_code_taken() {
     let sb = sandbox().await;
     let recurly = client(&sb);
     let mapped = provision(&sb, &recurly).await;
-    let again = recurly.create_plan(&mapped, &idempotency_key("create-plan", &[PLAN_ID])).await.unwrap();
+    let again = recurly
+        .create_plan(&mapped, &idempotency_key("create-plan", &[PLAN_ID]))
+        .await
+        .unwrap();
     assert_eq!(again.code, mapped.code);
-    let err = recurly.create_plan(&mapped, "another-key").await.unwrap_err();
+    let err = recurly
+        .create_plan(&mapped, "another-key")
+        .await
+        .unwrap_err();
     assert!(err.is_code_taken(), "{err}");
     assert!(!err.is_transient());
     let plans: Value = sb
@@ -157,19 +211,33 @@ async fn subscription_and_usage_land_once_despite_injected_failures() {
     let mapped = provision(&sb, &recurly).await;
     seed_account(&sb, "amplify-team-t1").await;
     assert!(recurly.account("amplify-team-t1").await.unwrap().is_some());
-    assert!(recurly.account("amplify-team-missing").await.unwrap().is_none());
+    assert!(
+        recurly
+            .account("amplify-team-missing")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Half of all Recurly answers fail from now on; retries under the same key must still
     // produce exactly one subscription and one usage record.
     let faults = json!({"error_rate": 0.3, "rate_limited_rate": 0.2, "seed": 7});
-    sb.http.put(sb.at("/_sandbox/faults/recurly")).json(&faults).send().await.unwrap();
+    sb.http
+        .put(sb.at("/_sandbox/faults/recurly"))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
     let new = NewSubscription {
         plan_code: mapped.code.clone(),
         account_code: "amplify-team-t1".into(),
         currency: "USD".into(),
         add_on_codes: mapped.add_ons.iter().map(|a| a.code.clone()).collect(),
     };
-    let subscription = recurly.create_subscription(&new, &idempotency_key("create-subscription", &["s1"])).await.unwrap();
+    let subscription = recurly
+        .create_subscription(&new, &idempotency_key("create-subscription", &["s1"]))
+        .await
+        .unwrap();
     assert_eq!(subscription.state, "active");
     assert_eq!(subscription.add_ons.len(), 3);
     let usage = NewUsage {
@@ -178,17 +246,37 @@ async fn subscription_and_usage_land_once_despite_injected_failures() {
         merchant_tag: "window:2026-11-21T17:00Z sub:s1".into(),
     };
     let key = idempotency_key("usage", &["s1", "q-graduated", "1795280400"]);
-    recurly.create_usage(&subscription.id, "amplify-quota-q-graduated", &usage, &key).await.unwrap();
-    recurly.create_usage(&subscription.id, "amplify-quota-q-graduated", &usage, &key).await.unwrap();
-    sb.http.delete(sb.at("/_sandbox/faults")).send().await.unwrap();
+    recurly
+        .create_usage(&subscription.id, "amplify-quota-q-graduated", &usage, &key)
+        .await
+        .unwrap();
+    recurly
+        .create_usage(&subscription.id, "amplify-quota-q-graduated", &usage, &key)
+        .await
+        .unwrap();
+    sb.http
+        .delete(sb.at("/_sandbox/faults"))
+        .send()
+        .await
+        .unwrap();
 
-    let records = recurly.usage(&subscription.id, "amplify-quota-q-graduated").await.unwrap();
+    let records = recurly
+        .usage(&subscription.id, "amplify-quota-q-graduated")
+        .await
+        .unwrap();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].amount, Some(1523.0));
-    let live = recurly.account_subscriptions("amplify-team-t1", "live").await.unwrap();
+    let live = recurly
+        .account_subscriptions("amplify-team-t1", "live")
+        .await
+        .unwrap();
     assert_eq!(live.len(), 1);
     let canceled = recurly
-        .cancel_subscription(&subscription.id, false, &idempotency_key("cancel-subscription", &["s1"]))
+        .cancel_subscription(
+            &subscription.id,
+            false,
+            &idempotency_key("cancel-subscription", &["s1"]),
+        )
         .await
         .unwrap();
     assert_eq!(canceled.state, "canceled");
@@ -198,12 +286,21 @@ async fn subscription_and_usage_land_once_despite_injected_failures() {
 #[tokio::test]
 async fn errors_name_the_operation_and_never_the_api_key() {
     let sb = spawn_sandbox(SandboxConfig {
-        recurly: SandboxRecurly { api_key: Some("the-right-key".into()), ..SandboxRecurly::default() },
+        recurly: SandboxRecurly {
+            api_key: Some("the-right-key".into()),
+            ..SandboxRecurly::default()
+        },
         ..SandboxConfig::default()
     })
     .await;
     let err = client(&sb).account("amplify-team-t1").await.unwrap_err();
     let text = format!("{err} {err:?}");
-    assert!(text.contains("get account") && text.contains("invalid_api_key"), "{text}");
-    assert!(!text.contains(API_KEY) && !text.contains("the-right-key"), "{text}");
+    assert!(
+        text.contains("get account") && text.contains("invalid_api_key"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(API_KEY) && !text.contains("the-right-key"),
+        "{text}"
+    );
 }

@@ -1,0 +1,566 @@
+//! The Amplify client: a client-credentials token cached and renewed before it expires, every
+//! call of the process kept under Amplify's per-client limit, retries on what may pass, paging
+//! through `Link` headers, and the writes the bridge makes (subresources, attributes).
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use billing_bridge_upstream::RetryPolicy;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::Mutex;
+
+use crate::AmplifyError;
+
+/// Path of the token endpoint below the auth base (reference §1.2).
+const TOKEN_PATH: &str = "/realms/Broker/protocol/openid-connect/token";
+/// Renew a token this long before Amplify says it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+/// Page size for lists (Amplify's default is 20).
+const PAGE_SIZE: u32 = 100;
+/// How often an attribute write is retried when the resource changed meanwhile (428).
+const CONFLICT_RETRIES: usize = 3;
+
+#[derive(Clone, Debug)]
+pub struct AmplifySettings {
+    /// Central API server, e.g. `https://apicentral.axway.com` or the sandbox's `…/amplify`.
+    pub central_url: String,
+    /// Axway login, e.g. `https://login.axway.com/auth` or the sandbox's `…/auth`.
+    pub auth_url: String,
+    /// Platform, e.g. `https://platform.axway.com` or the sandbox's `…/platform`.
+    pub platform_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Sent as `X-Axway-Tenant-Id` (not needed with service accounts, sent anyway; §1.3).
+    pub tenant_id: Option<String>,
+    /// The client's limit; Amplify documents 25 requests per minute (§1.4).
+    pub requests_per_minute: u32,
+    /// `v1` (or the deprecated `v1alpha1`) for paths this client builds itself.
+    pub api_version: String,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// A subscriber as the Platform knows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformUser {
+    pub guid: String,
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+/// One Traceability summary question (reference §5.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryQuery {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub group_by: Vec<String>,
+    pub query: Option<String>,
+}
+
+struct CachedToken {
+    value: SecretString,
+    renew_at: Instant,
+}
+
+pub struct AmplifyClient {
+    http: reqwest::Client,
+    settings: AmplifySettings,
+    limiter: Option<DefaultDirectRateLimiter>,
+    token: Mutex<Option<CachedToken>>,
+}
+
+/// Amplify's window is not documented beyond "25 requests per minute" (§1.4): a bucket with a
+/// fifth of the limit as burst and the rest as steady rate never exceeds the limit in any minute.
+fn client_quota(per_minute: u32) -> Option<Quota> {
+    let per_minute = NonZeroU32::new(per_minute)?;
+    let burst = (per_minute.get() / 5).max(1);
+    let steady = per_minute.get().saturating_sub(burst).max(1);
+    let period = Duration::from_secs(60).div_f64(f64::from(steady));
+    Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?))
+}
+
+/// The query string of the next page, from a `Link: <…?page=2&pageSize=20>; rel="next"` header.
+/// Only the query is taken, as Axway's SDK does (§2.5), so the link's host never matters.
+fn next_page_query(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("Link")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.split_once(';')?;
+            params
+                .split(';')
+                .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next")
+                .then(|| {
+                    let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+                    target.split_once('?').map(|(_, q)| q.to_owned())
+                })?
+        })
+}
+
+fn encode(value: &str) -> String {
+    utf8_percent_encode(value, NON_ALPHANUMERIC).to_string()
+}
+
+impl AmplifyClient {
+    pub fn new(http: reqwest::Client, settings: AmplifySettings) -> Self {
+        Self {
+            limiter: client_quota(settings.requests_per_minute).map(RateLimiter::direct),
+            http,
+            settings,
+            token: Mutex::new(None),
+        }
+    }
+
+    /// `/catalog/{version}/{plural}/{name}`, the selfLink form of a resource this client names.
+    pub fn resource_path(&self, group: &str, plural: &str, name: &str) -> String {
+        format!(
+            "/{group}/{}/{plural}/{}",
+            self.settings.api_version,
+            encode(name)
+        )
+    }
+
+    async fn fetch_token(&self) -> Result<CachedToken, AmplifyError> {
+        #[derive(Deserialize)]
+        struct TokenAnswer {
+            access_token: String,
+            expires_in: u64,
+        }
+        let operation = "get token";
+        let url = format!(
+            "{}{TOKEN_PATH}",
+            self.settings.auth_url.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(
+                &self.settings.client_id,
+                Some(self.settings.client_secret.expose_secret()),
+            )
+            .form(&[("grant_type", "client_credentials")])
+            .timeout(self.settings.timeout)
+            .send()
+            .await
+            .map_err(|e| AmplifyError::Network {
+                operation,
+                detail: e.without_url().to_string(),
+            })?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {
+                let answer: TokenAnswer =
+                    response
+                        .json()
+                        .await
+                        .map_err(|e| AmplifyError::Unexpected {
+                            operation,
+                            detail: e.without_url().to_string(),
+                        })?;
+                let lifetime = Duration::from_secs(answer.expires_in);
+                Ok(CachedToken {
+                    value: SecretString::from(answer.access_token),
+                    renew_at: Instant::now()
+                        + lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 5)),
+                })
+            }
+            400 | 401 | 403 => Err(AmplifyError::Unauthorized { operation, status }),
+            429 => Err(AmplifyError::RateLimited {
+                operation,
+                retry_after: None,
+            }),
+            500.. => Err(AmplifyError::Server { operation, status }),
+            _ => Err(AmplifyError::Unexpected {
+                operation,
+                detail: format!("token endpoint answered {status}"),
+            }),
+        }
+    }
+
+    async fn bearer(&self) -> Result<SecretString, AmplifyError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_at) {
+            return Ok(token.value.clone());
+        }
+        let fresh = self.fetch_token().await?;
+        let value = fresh.value.clone();
+        *cached = Some(fresh);
+        Ok(value)
+    }
+
+    async fn forget_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    /// One exchange: answer body (`None` when empty) and headers.
+    async fn exchange(
+        &self,
+        operation: &'static str,
+        method: &Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(Option<Value>, HeaderMap), AmplifyError> {
+        let token = self.bearer().await?;
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(token.expose_secret())
+            .timeout(self.settings.timeout);
+        if let Some(tenant) = &self.settings.tenant_id {
+            request = request.header("X-Axway-Tenant-Id", tenant);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| AmplifyError::Network {
+            operation,
+            detail: e.without_url().to_string(),
+        })?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.map_err(|e| AmplifyError::Network {
+            operation,
+            detail: e.without_url().to_string(),
+        })?;
+        let detail = || {
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v["errors"][0]["detail"]
+                        .as_str()
+                        .or(v["errors"][0]["title"].as_str())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| text.chars().take(200).collect())
+        };
+        match status {
+            200..=299 if text.trim().is_empty() => Ok((None, headers)),
+            200..=299 => serde_json::from_str(&text)
+                .map(|v| (Some(v), headers))
+                .map_err(|e| AmplifyError::Unexpected {
+                    operation,
+                    detail: format!("body is not JSON: {e}"),
+                }),
+            401 => {
+                // The cached token may have been revoked or expired early: the next try fetches
+                // a new one.
+                self.forget_token().await;
+                Err(AmplifyError::Unauthorized { operation, status })
+            }
+            403 => Err(AmplifyError::Unauthorized { operation, status }),
+            404 => Err(AmplifyError::NotFound { operation }),
+            428 => Err(AmplifyError::Conflict { operation }),
+            429 => Err(AmplifyError::RateLimited {
+                operation,
+                retry_after: headers
+                    .get("Retry-After")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_secs),
+            }),
+            500.. => Err(AmplifyError::Server { operation, status }),
+            _ => Err(AmplifyError::Refused {
+                operation,
+                status,
+                detail: detail(),
+            }),
+        }
+    }
+
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(Option<Value>, HeaderMap), AmplifyError> {
+        let attempt = || {
+            self.settings
+                .retry
+                .run(|| self.exchange(operation, &method, url, body))
+        };
+        match attempt().await {
+            // One more round with a fresh token: a 401 with a cached token is not final.
+            Err(AmplifyError::Unauthorized { status: 401, .. }) => attempt().await,
+            other => other,
+        }
+    }
+
+    fn central(&self, path: &str) -> String {
+        format!(
+            "{}/apis{path}",
+            self.settings.central_url.trim_end_matches('/')
+        )
+    }
+
+    /// A resource by its selfLink (`/catalog/v1/productplans/x`); `None` when it does not exist.
+    pub async fn get(&self, self_link: &str) -> Result<Option<Value>, AmplifyError> {
+        match self
+            .call("get resource", Method::GET, &self.central(self_link), None)
+            .await
+        {
+            Ok((body, _)) => Ok(body),
+            Err(AmplifyError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every resource of a collection (`/catalog/v1/productplans`), following `Link` headers.
+    pub async fn list(
+        &self,
+        collection: &str,
+        query: Option<&str>,
+    ) -> Result<Vec<Value>, AmplifyError> {
+        let mut page_query = format!("pageSize={PAGE_SIZE}");
+        if let Some(q) = query {
+            page_query.push_str(&format!("&query={}", encode(q)));
+        }
+        let mut items = Vec::new();
+        let mut next = Some(page_query);
+        while let Some(q) = next.take() {
+            let url = format!("{}?{q}", self.central(collection));
+            let (body, headers) = self.call("list resources", Method::GET, &url, None).await?;
+            let page = match body {
+                Some(Value::Array(page)) => page,
+                None => Vec::new(),
+                Some(other) => {
+                    return Err(AmplifyError::Unexpected {
+                        operation: "list resources",
+                        detail: format!("expected an array, got {}", other),
+                    });
+                }
+            };
+            let empty = page.is_empty();
+            items.extend(page);
+            next = next_page_query(&headers).filter(|_| !empty);
+        }
+        Ok(items)
+    }
+
+    pub async fn create(&self, collection: &str, resource: &Value) -> Result<Value, AmplifyError> {
+        let (body, _) = self
+            .call(
+                "create resource",
+                Method::POST,
+                &self.central(collection),
+                Some(resource),
+            )
+            .await?;
+        body.ok_or(AmplifyError::Unexpected {
+            operation: "create resource",
+            detail: "empty answer".into(),
+        })
+    }
+
+    /// Writes a subresource (`approval`, `state`, `x-…`): `PUT {selfLink}/{name}` with
+    /// `{"<name>": value}` (§2.3).
+    pub async fn put_subresource(
+        &self,
+        self_link: &str,
+        name: &str,
+        value: Value,
+    ) -> Result<Value, AmplifyError> {
+        let url = self.central(&format!("{self_link}/{name}"));
+        let (body, _) = self
+            .call(
+                "write subresource",
+                Method::PUT,
+                &url,
+                Some(&json!({ name: value })),
+            )
+            .await?;
+        body.ok_or(AmplifyError::Unexpected {
+            operation: "write subresource",
+            detail: "empty answer".into(),
+        })
+    }
+
+    /// Sets attributes on a resource, keeping the others: read, merge, write back with the
+    /// read `resourceVersion`, and read again if someone changed it meanwhile (428, §2.3).
+    pub async fn set_attributes(
+        &self,
+        self_link: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<Value, AmplifyError> {
+        let operation = "set attributes";
+        for _ in 0..CONFLICT_RETRIES {
+            let mut resource = self
+                .get(self_link)
+                .await?
+                .ok_or(AmplifyError::NotFound { operation })?;
+            let current = resource["attributes"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if attributes
+                .iter()
+                .all(|(k, v)| current.get(*k).and_then(Value::as_str) == Some(*v))
+            {
+                return Ok(resource);
+            }
+            let mut merged: Map<String, Value> = current;
+            for (k, v) in attributes {
+                merged.insert((*k).to_owned(), Value::String((*v).to_owned()));
+            }
+            resource["attributes"] = Value::Object(merged);
+            match self
+                .call(
+                    operation,
+                    Method::PUT,
+                    &self.central(self_link),
+                    Some(&resource),
+                )
+                .await
+            {
+                Ok((Some(body), _)) => return Ok(body),
+                Ok((None, _)) => {
+                    return Err(AmplifyError::Unexpected {
+                        operation,
+                        detail: "empty answer".into(),
+                    });
+                }
+                Err(AmplifyError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(AmplifyError::Conflict { operation })
+    }
+
+    /// A Platform user by GUID; `None` when unknown. The answer shape
+    /// `{"success":true,"result":{"email",…}}` is inferred (reference §1.1), read only here.
+    pub async fn platform_user(&self, guid: &str) -> Result<Option<PlatformUser>, AmplifyError> {
+        let url = format!(
+            "{}/api/v1/user/{}",
+            self.settings.platform_url.trim_end_matches('/'),
+            encode(guid)
+        );
+        let body = match self
+            .call("get platform user", Method::GET, &url, None)
+            .await
+        {
+            Ok((body, _)) => body.unwrap_or(Value::Null),
+            Err(AmplifyError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let user = body.get("result").unwrap_or(&body);
+        let text = |k: &str| user.get(k).and_then(Value::as_str).map(str::to_owned);
+        match text("email") {
+            Some(email) => Ok(Some(PlatformUser {
+                guid: text("guid").unwrap_or_else(|| guid.to_owned()),
+                email,
+                first_name: text("firstname"),
+                last_name: text("lastname"),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Every row of a Traceability summary, paging with `count`/`offset` until a short page.
+    /// The parameters are those of §5.1; which `groupBy` fields the real API accepts is unknown.
+    pub async fn traceability_summary(
+        &self,
+        query: &SummaryQuery,
+        page_size: u32,
+    ) -> Result<Vec<Value>, AmplifyError> {
+        let base = format!(
+            "{}/api/traceability/v1/traceability/summary",
+            self.settings.central_url.trim_end_matches('/')
+        );
+        let mut rows = Vec::new();
+        let page_size = page_size.max(1);
+        loop {
+            let mut params = format!(
+                "from={}&to={}&count={page_size}&offset={}",
+                query.from_ms,
+                query.to_ms,
+                rows.len()
+            );
+            for field in &query.group_by {
+                params.push_str(&format!("&groupBy={}", encode(field)));
+            }
+            if let Some(q) = &query.query {
+                params.push_str(&format!("&query={}", encode(q)));
+            }
+            let (body, _) = self
+                .call(
+                    "traceability summary",
+                    Method::GET,
+                    &format!("{base}?{params}"),
+                    None,
+                )
+                .await?;
+            let page = match body {
+                Some(Value::Array(page)) => page,
+                None => Vec::new(),
+                Some(_) => {
+                    return Err(AmplifyError::Unexpected {
+                        operation: "traceability summary",
+                        detail: "expected an array of rows".into(),
+                    });
+                }
+            };
+            let short = (page.len() as u32) < page_size;
+            rows.extend(page);
+            if short {
+                return Ok(rows);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn the_client_quota_never_exceeds_the_limit_in_a_minute() {
+        for per_minute in [1, 5, 25, 600] {
+            let quota = client_quota(per_minute).unwrap();
+            // A bucket of burst b refilling every T admits at most b + 60/T - 1 requests in
+            // any half-open minute.
+            let in_a_minute = f64::from(quota.burst_size().get())
+                + 60.0 / quota.replenish_interval().as_secs_f64()
+                - 1.0;
+            assert!(
+                in_a_minute <= f64::from(per_minute) + 1e-9,
+                "{per_minute}: {in_a_minute}"
+            );
+        }
+        assert!(client_quota(0).is_none());
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Link",
+            HeaderValue::from_static(
+                "</amplify/apis/catalog/v1/productplans?page=2&pageSize=20&query=x>; rel=\"next\"",
+            ),
+        );
+        assert_eq!(
+            next_page_query(&headers).as_deref(),
+            Some("page=2&pageSize=20&query=x")
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Link",
+            HeaderValue::from_static("<https://h/apis/x?page=1>; rel=\"prev\""),
+        );
+        assert_eq!(next_page_query(&headers), None);
+        assert_eq!(next_page_query(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,89 @@
+//! The envelope Amplify posts to a webhook (reference §4.3).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum EventType {
+    ResourceCreated,
+    ResourceUpdated,
+    ResourceDeleted,
+    SubResourceUpdated,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct EventMetadata {
+    #[serde(default)]
+    pub subresource: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Organization {
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct WebhookEnvelope {
+    /// The event's unique id: the dedupe key.
+    pub id: String,
+    pub time: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(rename = "correlationId", default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub organization: Option<Organization>,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The resource after the change, as a GET would return it.
+    pub payload: Value,
+    #[serde(default)]
+    pub metadata: Option<EventMetadata>,
+}
+
+impl WebhookEnvelope {
+    pub fn kind(&self) -> Option<&str> {
+        self.payload.get("kind").and_then(Value::as_str)
+    }
+
+    pub fn resource_name(&self) -> Option<&str> {
+        self.payload.get("name").and_then(Value::as_str)
+    }
+
+    pub fn subresource(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.subresource.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_captured_subscription_event() {
+        let body = r#"{"id":"faf98c75-5cf9-451e-baf1-e0ff3f04dd3f","time":"2023-11-14T16:26:41.703+0000","version":"v1",
+            "product":"AmplifyCentral","correlationId":"e5316ff5","organization":{"id":"100000142"},"type":"SubResourceUpdated",
+            "payload":{"group":"catalog","apiVersion":"v1alpha1","kind":"Subscription","name":"finance-starter-free",
+                       "approval":{"state":"pending"}},
+            "metadata":{"subresource":"approval"}}"#;
+        let envelope: WebhookEnvelope = serde_json::from_str(body).unwrap();
+        assert_eq!(envelope.event_type, EventType::SubResourceUpdated);
+        assert_eq!(envelope.kind(), Some("Subscription"));
+        assert_eq!(envelope.subresource(), Some("approval"));
+        let created: WebhookEnvelope = serde_json::from_str(
+            r#"{"id":"x","time":"t","type":"ResourceCreated","payload":{"kind":"ProductPlan","name":"p"},"metadata":null}"#,
+        )
+        .unwrap();
+        assert_eq!(created.subresource(), None);
+        assert!(
+            serde_json::from_str::<WebhookEnvelope>(
+                r#"{"id":"x","time":"t","type":"Bogus","payload":{}}"#
+            )
+            .is_err()
+        );
+    }
+}
