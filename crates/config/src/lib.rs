@@ -1,0 +1,318 @@
+//! billing-bridge configuration: the commented defaults in `config.default.toml`, then a file,
+//! then `BRIDGE_`-prefixed environment variables (`__` between levels).
+
+use std::path::Path;
+use std::time::Duration;
+
+use billing_bridge_domain::codes::{AccountKind, DEFAULT_ACCOUNT_ORDER};
+use billing_bridge_notify::{MailBackend, NotifyConfig};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The defaults, with a comment on every setting; also printed by `billing-bridge config`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config.default.toml");
+/// Environment variables that override settings start with this.
+pub const ENV_PREFIX: &str = "BRIDGE_";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration is incomplete:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    pub server: ServerConfig,
+    pub webhook: WebhookConfig,
+    pub amplify: AmplifyConfig,
+    pub recurly: RecurlyConfig,
+    pub provisioning: ProvisioningConfig,
+    pub notify: NotifyConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub queue_capacity: usize,
+    #[serde(default)]
+    pub admin_token: Option<SecretString>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub secret: Option<SecretString>,
+    pub header: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmplifyConfig {
+    pub central_url: String,
+    pub auth_url: String,
+    pub platform_url: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    pub requests_per_minute: u32,
+    pub api_version: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecurlySite {
+    Production,
+    Sandbox,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurlyConfig {
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    pub site: RecurlySite,
+    pub requests_per_minute: u32,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    Reject,
+    LeavePending,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEnd {
+    Cancel,
+    Terminate,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    pub plans: bool,
+    pub subscriptions: bool,
+    pub account_order: Vec<AccountKind>,
+    pub on_failure: OnFailure,
+    pub on_end: OnEnd,
+    #[serde(with = "humantime_serde")]
+    pub reconcile_every: Duration,
+    pub marketplace_url: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub redis_url: Option<SecretString>,
+}
+
+fn is_blank(secret: &Option<SecretString>) -> bool {
+    secret
+        .as_ref()
+        .is_none_or(|s| s.expose_secret().trim().is_empty())
+}
+
+impl BridgeConfig {
+    /// The defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// As [`load`](Self::load), with the environment given (tests).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(vec![format!(
+                    "config file {} does not exist",
+                    file.display()
+                )]));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: BridgeConfig = figment.merge(env).extract().map_err(Box::new)?;
+        Ok(config.normalised())
+    }
+
+    /// Parses a TOML document over the defaults (tests and the demo).
+    pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
+        let config: BridgeConfig = Figment::from(Toml::string(DEFAULT_CONFIG))
+            .merge(Toml::string(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        Ok(config.normalised())
+    }
+
+    /// Empty secrets mean "not set".
+    fn normalised(mut self) -> Self {
+        for secret in [
+            &mut self.server.admin_token,
+            &mut self.webhook.secret,
+            &mut self.amplify.client_secret,
+            &mut self.recurly.api_key,
+            &mut self.notify.teams.webhook_url,
+            &mut self.notify.mail.sendgrid.api_key,
+            &mut self.notify.mail.smtp.password,
+            &mut self.store.redis_url,
+        ] {
+            if is_blank(secret) {
+                *secret = None;
+            }
+        }
+        if self.provisioning.account_order.is_empty() {
+            self.provisioning.account_order = DEFAULT_ACCOUNT_ORDER.to_vec();
+        }
+        self
+    }
+
+    /// What `serve` needs and is missing, each problem with the setting that fixes it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if is_blank(&self.webhook.secret) {
+            problems.push("webhook.secret is not set (BRIDGE_WEBHOOK__SECRET): without it anyone could post events".into());
+        }
+        if self.amplify.client_id.trim().is_empty() || is_blank(&self.amplify.client_secret) {
+            problems.push("amplify.client_id and amplify.client_secret (BRIDGE_AMPLIFY__CLIENT_SECRET) are required".into());
+        }
+        if is_blank(&self.recurly.api_key) {
+            problems.push("recurly.api_key (BRIDGE_RECURLY__API_KEY) is required".into());
+        }
+        if self.amplify.requests_per_minute == 0 {
+            problems.push("amplify.requests_per_minute must be at least 1".into());
+        }
+        if self.server.queue_capacity == 0 {
+            problems.push("server.queue_capacity must be at least 1".into());
+        }
+        match self.notify.mail.backend {
+            MailBackend::Off => {}
+            MailBackend::Sendgrid if is_blank(&self.notify.mail.sendgrid.api_key) => problems.push(
+                "notify.mail.backend is sendgrid but notify.mail.sendgrid.api_key is not set"
+                    .into(),
+            ),
+            MailBackend::Smtp if self.notify.mail.smtp.host.trim().is_empty() => problems
+                .push("notify.mail.backend is smtp but notify.mail.smtp.host is not set".into()),
+            _ => {}
+        }
+        if self.notify.mail.backend != MailBackend::Off && !self.notify.mail.from.contains('@') {
+            problems.push("notify.mail.from must be the sender's address when mail is on".into());
+        }
+        if self.provisioning.subscriptions && self.provisioning.marketplace_url.trim().is_empty() {
+            problems.push(
+                "provisioning.marketplace_url is empty: approval mails would link nowhere".into(),
+            );
+        }
+        problems
+    }
+
+    /// Fails with every problem at once, so a user fixes them in one go.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_defaults_load_and_name_what_serve_still_needs() {
+        let config = BridgeConfig::from_toml("").unwrap();
+        assert_eq!(config.server.max_body_bytes, 1_048_576);
+        assert_eq!(config.amplify.requests_per_minute, 25);
+        assert_eq!(config.recurly.site, RecurlySite::Production);
+        assert_eq!(
+            config.provisioning.reconcile_every,
+            Duration::from_secs(900)
+        );
+        assert_eq!(
+            config.provisioning.account_order,
+            DEFAULT_ACCOUNT_ORDER.to_vec()
+        );
+        assert!(config.webhook.secret.is_none());
+        let problems = config.problems().join("\n");
+        for needed in [
+            "webhook.secret",
+            "amplify.client_secret",
+            "recurly.api_key",
+            "marketplace_url",
+        ] {
+            assert!(problems.contains(needed), "{problems}");
+        }
+    }
+
+    #[test]
+    fn a_file_then_the_environment_override_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("bridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bridge.toml");
+        std::fs::write(&file, "[recurly]\nsite = \"sandbox\"\nrequests_per_minute = 400\n[provisioning]\naccount_order = [\"team\"]\n").unwrap();
+        // Env::prefixed reads the process environment; a unique prefix keeps tests apart.
+        let prefix = format!("BRIDGE_TEST_{}_", std::process::id());
+        // SAFETY: the variables are unique to this test and set before any thread reads them.
+        unsafe {
+            std::env::set_var(format!("{prefix}RECURLY__API_KEY"), "key-from-env");
+            std::env::set_var(format!("{prefix}NOTIFY__TEAMS__WEBHOOK_URL"), "");
+        }
+        let config =
+            BridgeConfig::load_from(Some(&file), Env::prefixed(&prefix).split("__")).unwrap();
+        assert_eq!(config.recurly.site, RecurlySite::Sandbox);
+        assert_eq!(config.recurly.requests_per_minute, 400);
+        assert_eq!(config.provisioning.account_order, vec![AccountKind::Team]);
+        assert_eq!(
+            config.recurly.api_key.as_ref().unwrap().expose_secret(),
+            "key-from-env"
+        );
+        assert!(
+            config.notify.teams.webhook_url.is_none(),
+            "an empty secret means unset"
+        );
+        assert!(
+            !format!("{config:?}").contains("key-from-env"),
+            "secrets are redacted in Debug"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_reported_clearly() {
+        let err = BridgeConfig::from_toml("[server]\nlisten_on = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_on"), "{err}");
+        let err = BridgeConfig::from_toml("[provisioning]\non_failure = \"explode\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("explode") || err.contains("on_failure"),
+            "{err}"
+        );
+        let missing = BridgeConfig::load_from(
+            Some(Path::new("/nonexistent/bridge.toml")),
+            Env::prefixed("NOPE_"),
+        );
+        assert!(matches!(missing, Err(ConfigError::Invalid(p)) if p[0].contains("does not exist")));
+    }
+}
