@@ -6,6 +6,7 @@
 
 pub mod amplify;
 pub mod codes;
+pub mod events;
 pub mod money;
 pub mod plan;
 pub mod tiers;

@@ -1,0 +1,216 @@
+//! The embedded store: state in this process's memory, for a single instance.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use billing_bridge_domain::events::ResourceEvent;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::{Claim, Delivery, StoreError};
+
+/// Marks are swept when this many accumulate since the last sweep.
+const SWEEP_EVERY: usize = 4_096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    Processing,
+    Done,
+}
+
+struct Marks {
+    by_event: HashMap<String, (Mark, Instant)>,
+    since_sweep: usize,
+}
+
+struct Queue {
+    waiting: VecDeque<(u64, ResourceEvent)>,
+    in_flight: HashMap<u64, ResourceEvent>,
+    next_tag: u64,
+}
+
+pub struct MemoryStore {
+    capacity: usize,
+    marks: Mutex<Marks>,
+    queue: Mutex<Queue>,
+    arrived: Notify,
+}
+
+impl MemoryStore {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            marks: Mutex::new(Marks {
+                by_event: HashMap::new(),
+                since_sweep: 0,
+            }),
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                in_flight: HashMap::new(),
+                next_tag: 0,
+            }),
+            arrived: Notify::new(),
+        }
+    }
+
+    pub(crate) fn claim_event(&self, event_id: &str, hold: Duration) -> Claim {
+        let now = Instant::now();
+        let mut marks = self.marks.lock();
+        marks.since_sweep += 1;
+        if marks.since_sweep >= SWEEP_EVERY {
+            marks.by_event.retain(|_, (_, until)| *until > now);
+            marks.since_sweep = 0;
+        }
+        match marks.by_event.get(event_id) {
+            Some((Mark::Done, until)) if *until > now => Claim::Done,
+            Some((Mark::Processing, until)) if *until > now => Claim::InFlight,
+            _ => {
+                marks
+                    .by_event
+                    .insert(event_id.to_owned(), (Mark::Processing, now + hold));
+                Claim::Claimed
+            }
+        }
+    }
+
+    pub(crate) fn finish_event(&self, event_id: &str, keep: Duration) {
+        self.marks
+            .lock()
+            .by_event
+            .insert(event_id.to_owned(), (Mark::Done, Instant::now() + keep));
+    }
+
+    pub(crate) fn abandon_event(&self, event_id: &str) {
+        let mut marks = self.marks.lock();
+        if matches!(marks.by_event.get(event_id), Some((Mark::Processing, _))) {
+            marks.by_event.remove(event_id);
+        }
+    }
+
+    pub(crate) fn enqueue(&self, event: ResourceEvent) -> Result<(), StoreError> {
+        {
+            let mut queue = self.queue.lock();
+            if queue.waiting.len() + queue.in_flight.len() >= self.capacity {
+                return Err(StoreError::QueueFull {
+                    capacity: self.capacity,
+                });
+            }
+            queue.next_tag += 1;
+            let tag = queue.next_tag;
+            queue.waiting.push_back((tag, event));
+        }
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    pub(crate) async fn next_event(&self, wait: Duration) -> Option<Delivery> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.arrived.notified();
+            {
+                let mut queue = self.queue.lock();
+                if let Some((tag, event)) = queue.waiting.pop_front() {
+                    queue.in_flight.insert(tag, event.clone());
+                    return Some(Delivery { tag, event });
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    pub(crate) fn ack(&self, tag: u64) {
+        self.queue.lock().in_flight.remove(&tag);
+    }
+
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.queue.lock().waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billing_bridge_domain::events::ResourceKind;
+
+    fn event(id: &str) -> ResourceEvent {
+        ResourceEvent {
+            event_id: id.into(),
+            kind: ResourceKind::ProductPlan,
+            name: "silver".into(),
+            resource_id: "p1".into(),
+            self_link: "/catalog/v1/productplans/silver".into(),
+            deleted: false,
+            correlation_id: None,
+        }
+    }
+
+    #[test]
+    fn an_event_is_claimed_once_and_a_released_claim_can_be_taken_again() {
+        let store = MemoryStore::new(10);
+        let hold = Duration::from_secs(30);
+        assert_eq!(store.claim_event("e1", hold), Claim::Claimed);
+        assert_eq!(store.claim_event("e1", hold), Claim::InFlight);
+        store.abandon_event("e1");
+        assert_eq!(store.claim_event("e1", hold), Claim::Claimed);
+        store.finish_event("e1", Duration::from_secs(3600));
+        assert_eq!(store.claim_event("e1", hold), Claim::Done);
+        store.abandon_event("e1");
+        assert_eq!(
+            store.claim_event("e1", hold),
+            Claim::Done,
+            "a finished event stays finished"
+        );
+    }
+
+    #[test]
+    fn an_expired_processing_mark_can_be_claimed_again() {
+        let store = MemoryStore::new(10);
+        assert_eq!(store.claim_event("e1", Duration::ZERO), Claim::Claimed);
+        assert_eq!(
+            store.claim_event("e1", Duration::from_secs(30)),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_and_hands_events_out_in_order() {
+        let store = MemoryStore::new(2);
+        store.enqueue(event("a")).unwrap();
+        store.enqueue(event("b")).unwrap();
+        assert_eq!(
+            store.enqueue(event("c")),
+            Err(StoreError::QueueFull { capacity: 2 })
+        );
+        let first = store.next_event(Duration::from_millis(10)).await.unwrap();
+        assert_eq!(first.event.event_id, "a");
+        // Handed out but not acknowledged still counts against the capacity.
+        assert!(store.enqueue(event("c")).is_err());
+        store.ack(first.tag);
+        store.enqueue(event("c")).unwrap();
+        assert_eq!(
+            store
+                .next_event(Duration::from_millis(10))
+                .await
+                .unwrap()
+                .event
+                .event_id,
+            "b"
+        );
+        assert_eq!(store.queue_depth(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_wakes_when_an_event_arrives() {
+        let store = std::sync::Arc::new(MemoryStore::new(10));
+        let consumer = {
+            let store = store.clone();
+            tokio::spawn(async move { store.next_event(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        store.enqueue(event("late")).unwrap();
+        assert_eq!(consumer.await.unwrap().unwrap().event.event_id, "late");
+        assert!(store.next_event(Duration::from_millis(20)).await.is_none());
+    }
+}
