@@ -143,6 +143,7 @@ mod tests {
             self_link: "/catalog/v1/productplans/silver".into(),
             deleted: false,
             correlation_id: None,
+            billing_id: None,
         }
     }
 
