@@ -1,0 +1,143 @@
+//! Usage records (reference §6): creation under a subscription's add-on, listing by billing
+//! status, look-up by id, and the refusal of future timestamps.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use super::client::{Recurly, field_of, list_data};
+
+fn usage_path(subscription: &Value) -> String {
+    let id = subscription["id"].as_str().unwrap();
+    format!("/subscriptions/{id}/add_ons/code-api_calls/usage")
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[tokio::test]
+async fn usage_is_recorded_with_its_amount_and_found_by_id() {
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-7f3a", "gold").await;
+    let at = Utc::now() - Duration::minutes(10);
+    let body = json!({"amount": 1523, "merchant_tag": "rpt:1:consumer-7f3a",
+                      "usage_timestamp": timestamp(at),
+                      "recording_timestamp": timestamp(at + Duration::minutes(2))});
+    let created = r.post(&usage_path(&sub), &body).await.expect(201);
+    assert_eq!(created["object"], "usage");
+    assert_eq!(created["amount"].as_f64(), Some(1523.0), "{created}");
+    assert_eq!(created["merchant_tag"], "rpt:1:consumer-7f3a");
+    assert_eq!(created["usage_type"], "price");
+    assert_eq!(created["tier_type"], "tiered");
+    // §6: `billed_at` is null while unbilled.
+    assert!(created["billed_at"].is_null(), "{created}");
+    let usage_at: DateTime<Utc> = created["usage_timestamp"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("usage_timestamp is a date-time: {created}"));
+    assert_eq!(usage_at, at.with_nanosecond_zero());
+
+    let id = created["id"].as_str().unwrap();
+    let fetched = r.get(&format!("/usage/{id}")).await.expect(200);
+    assert_eq!(fetched["amount"].as_f64(), Some(1523.0));
+    assert_eq!(fetched["merchant_tag"], "rpt:1:consumer-7f3a");
+    r.get("/usage/nosuchusage")
+        .await
+        .expect_error(404, "not_found");
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn usage_without_timestamps_is_dated_now() {
+    // §6: omitted timestamps default to the current time [V RDOCS].
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let before = Utc::now() - Duration::seconds(5);
+    let created = r
+        .post(&usage_path(&sub), &json!({"amount": 7}))
+        .await
+        .expect(201);
+    let after = Utc::now() + Duration::seconds(5);
+    for field in ["usage_timestamp", "recording_timestamp"] {
+        let at: DateTime<Utc> = created[field]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{field} is set: {created}"));
+        assert!(before <= at && at <= after, "{field} {at} is now");
+    }
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn usage_lists_default_to_unbilled_and_billing_status_all_shows_everything() {
+    // §6: `billing_status` defaults to `unbilled`; nothing is billed in a fresh subscription.
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let path = usage_path(&sub);
+    let mut ids = Vec::new();
+    for amount in [10, 20, 30] {
+        let created = r.post(&path, &json!({"amount": amount})).await.expect(201);
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    for query in ["", "?billing_status=unbilled", "?billing_status=all"] {
+        let list = r.get(&format!("{path}{query}")).await.expect(200);
+        let mut listed = field_of(&list, "id");
+        listed.sort();
+        assert_eq!(listed, ids, "{path}{query}");
+    }
+    let billed = r
+        .get(&format!("{path}?billing_status=billed"))
+        .await
+        .expect(200);
+    assert!(list_data(&billed).is_empty(), "{billed}");
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn usage_with_a_future_timestamp_is_refused() {
+    // §6: future `usage_timestamp`s were refused in v2 [V]; v3 assumed the same [U].
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let path = usage_path(&sub);
+    let future = timestamp(Utc::now() + Duration::hours(1));
+    r.post(&path, &json!({"amount": 5, "usage_timestamp": future}))
+        .await
+        .expect_error(422, "validation");
+    let all = r
+        .get(&format!("{path}?billing_status=all"))
+        .await
+        .expect(200);
+    assert!(list_data(&all).is_empty(), "nothing recorded: {all}");
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn usage_on_an_unknown_subscription_or_add_on_is_404() {
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let id = sub["id"].as_str().unwrap();
+    r.post(
+        "/subscriptions/nosuchsub/add_ons/code-api_calls/usage",
+        &json!({"amount": 1}),
+    )
+    .await
+    .expect_error(404, "not_found");
+    r.post(
+        &format!("/subscriptions/{id}/add_ons/code-nosuchaddon/usage"),
+        &json!({"amount": 1}),
+    )
+    .await
+    .expect_error(404, "not_found");
+    r.finish().await;
+}
+
+trait WholeSeconds {
+    fn with_nanosecond_zero(self) -> Self;
+}
+
+impl WholeSeconds for DateTime<Utc> {
+    fn with_nanosecond_zero(self) -> Self {
+        chrono::DateTime::from_timestamp(self.timestamp(), 0).expect("valid timestamp")
+    }
+}
