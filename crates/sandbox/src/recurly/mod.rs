@@ -301,14 +301,19 @@ async fn dispatch(
         return error_answer(&error, peek().as_ref(), &request_id);
     }
     if !accepts_api_version(&req) {
+        // The body of the spec's "Unsupported Versions" example, list field included.
         let error = ApiError::new(
             "invalid_api_version",
-            format!(
-                "That accept header isn't in the format we use to specify an API version. Try one of these instead: {}",
-                ACCEPTABLE_ACCEPT_HEADERS.join(", ")
-            ),
+            "That accept header isn't in the format we use to specify an API version. Try one of these instead:",
         );
-        return error_answer(&error, peek().as_ref(), &request_id);
+        let mut body = error.body();
+        body["error"]["acceptable_accept_headers"] = serde_json::json!(ACCEPTABLE_ACCEPT_HEADERS);
+        return answer(
+            error.status().as_u16(),
+            Some(body.to_string()),
+            peek().as_ref(),
+            &request_id,
+        );
     }
 
     let relative = relative_path(&req);

@@ -78,6 +78,11 @@ impl Record {
         self.body.insert("updated_at".into(), json!(timestamp(now)));
     }
 
+    /// A body field, `null` when absent (indexing a `Map` directly would panic).
+    pub fn field(&self, key: &str) -> &Value {
+        self.body.get(key).unwrap_or(&Value::Null)
+    }
+
     pub fn text(&self, key: &str) -> &str {
         self.body
             .get(key)
@@ -372,7 +377,7 @@ impl Store {
         checker.finish()?;
         let plan = self.plans.get_mut(&plan_id).expect("plan looked up above");
         for key in ["id", "object", "state", "created_at"] {
-            fields.insert(key.into(), plan.body[key].clone());
+            fields.insert(key.into(), plan.field(key).clone());
         }
         plan.body = fields;
         plan.touch(now);
@@ -440,7 +445,7 @@ impl Store {
     }
 
     fn plan_currencies(plan: &Record) -> Vec<String> {
-        plan.body["currencies"]
+        plan.field("currencies")
             .as_array()
             .into_iter()
             .flatten()
@@ -597,7 +602,7 @@ impl Store {
             .get_mut(&add_on_id)
             .expect("add-on looked up above");
         for key in ["id", "object", "state", "plan_id", "created_at"] {
-            fields.insert(key.into(), add_on.body[key].clone());
+            fields.insert(key.into(), add_on.field(key).clone());
         }
         add_on.body = fields;
         add_on.touch(now);
@@ -978,7 +983,8 @@ impl Store {
         let currency = checker.string(input, "", "currency", 3, true);
         let plan_pricing = match (plan, &currency) {
             (Some(plan), Some(currency)) => {
-                let pricing = plan.body["currencies"]
+                let pricing = plan
+                    .field("currencies")
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -1068,7 +1074,7 @@ impl Store {
             && let (Some(account_id), Some(plan)) = (&account_id, plan)
             && self
                 .subscriptions_of(account_id)
-                .any(|s| s.body["plan"]["id"] == json!(plan.id) && subscription_is_live(s, now))
+                .any(|s| s.field("plan")["id"] == json!(plan.id) && subscription_is_live(s, now))
         {
             return Err(ApiError::validation_message(
                 "You already have a subscription to this plan.",
@@ -1089,16 +1095,16 @@ impl Store {
         let start = starts_at.filter(|s| *s > now).unwrap_or(now);
         let state = if start > now { "future" } else { "active" };
         let interval_unit = plan.text("interval_unit").to_owned();
-        let interval_length = plan.body["interval_length"].as_i64().unwrap_or(1);
+        let interval_length = plan.field("interval_length").as_i64().unwrap_or(1);
         let trial_end = trial_ends_at.filter(|t| *t > start).or_else(|| {
-            let length = plan.body["trial_length"].as_i64().unwrap_or(0);
+            let length = plan.field("trial_length").as_i64().unwrap_or(0);
             (length > 0).then(|| add_interval(start, plan.text("trial_unit"), length))
         });
         let period_end = next_bill_date
             .filter(|t| *t > start)
             .or(trial_end)
             .unwrap_or_else(|| add_interval(start, &interval_unit, interval_length));
-        let total_cycles = total_cycles.or_else(|| plan.body["total_billing_cycles"].as_i64());
+        let total_cycles = total_cycles.or_else(|| plan.field("total_billing_cycles").as_i64());
         let term_end = match total_cycles {
             Some(cycles) if cycles > 1 && trial_end.is_none() => {
                 add_interval(start, &interval_unit, interval_length * cycles)
@@ -1139,7 +1145,7 @@ impl Store {
             "current_period_ends_at": timestamp(period_end),
             "current_term_started_at": timestamp(start),
             "current_term_ends_at": timestamp(term_end),
-            "auto_renew": auto_renew.unwrap_or_else(|| plan.body["auto_renew"].as_bool().unwrap_or(true)),
+            "auto_renew": auto_renew.unwrap_or_else(|| plan.field("auto_renew").as_bool().unwrap_or(true)),
             "currency": currency,
             "revenue_schedule_type": revenue.as_deref().unwrap_or("evenly"),
             "unit_amount": unit_amount,
@@ -1251,7 +1257,7 @@ impl Store {
             let default_quantity = if usage {
                 1
             } else {
-                add_on.body["default_quantity"].as_i64().unwrap_or(1)
+                add_on.field("default_quantity").as_i64().unwrap_or(1)
             };
             let quantity = checker
                 .integer(item, &prefix, "quantity", 0, i64::from(i32::MAX))
@@ -1381,7 +1387,7 @@ impl Store {
         } else {
             "current_term_ends_at"
         };
-        let expires = sub.body[ends].clone();
+        let expires = sub.field(ends).clone();
         sub.touch(now);
         sub.body.insert("state".into(), json!(next_state));
         sub.body.insert("canceled_at".into(), json!(timestamp(now)));
@@ -1449,7 +1455,8 @@ impl Store {
 
     fn expire_subscription(&mut self, id: &str, charge: bool, now: DateTime<Utc>) {
         if !charge {
-            let add_on_ids: Vec<String> = self.subscriptions[id].body["add_ons"]
+            let add_on_ids: Vec<String> = self.subscriptions[id]
+                .field("add_ons")
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -1489,9 +1496,10 @@ impl Store {
     /// The subscription and the plan add-on a usage path names (`{id}` or `code-{code}`).
     fn usage_target(&self, sub_key: &str, add_on_key: &str) -> Result<(&Record, &Value)> {
         let sub = self.subscription(sub_key)?;
-        let plan_id = sub.body["plan"]["id"].as_str().unwrap_or_default();
+        let plan_id = sub.field("plan")["id"].as_str().unwrap_or_default();
         let code = add_on_key.strip_prefix("code-");
-        let on_subscription = sub.body["add_ons"]
+        let on_subscription = sub
+            .field("add_ons")
             .as_array()
             .into_iter()
             .flatten()
@@ -1762,11 +1770,11 @@ impl Store {
                 Some(UsageTotal {
                     subscription_id: sub_id.clone(),
                     subscription_uuid: sub.text("uuid").to_owned(),
-                    account_code: sub.body["account"]["code"]
+                    account_code: sub.field("account")["code"]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
-                    plan_code: sub.body["plan"]["code"]
+                    plan_code: sub.field("plan")["code"]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
@@ -1834,7 +1842,13 @@ fn account_mini(account: &Record) -> Value {
 /// A plan add-on as a SubscriptionAddOn priced in `currency`, embedding its AddOnMini.
 fn subscription_add_on(add_on: &Record, currency: &str) -> Map<String, Value> {
     let a = &add_on.body;
-    let mut mini = json!({"id": add_on.id, "object": "add_on_mini", "code": a["code"], "name": a["name"], "add_on_type": a["add_on_type"]});
+    let mut mini = json!({
+        "id": add_on.id,
+        "object": "add_on_mini",
+        "code": add_on.field("code"),
+        "name": add_on.field("name"),
+        "add_on_type": add_on.field("add_on_type"),
+    });
     for key in [
         "usage_type",
         "usage_percentage",
