@@ -216,9 +216,12 @@ impl RecurlyContract {
             ));
         };
         match described {
+            _ if method.eq_ignore_ascii_case("HEAD") && is_empty_body(body) => Ok(()),
+            _ if method.eq_ignore_ascii_case("HEAD") => {
+                Err(Violations::single(label, "a HEAD answer has no body"))
+            }
             ResponseBody::None if is_empty_body(body) => Ok(()),
             ResponseBody::None => Err(Violations::single(label, "the spec describes no body")),
-            ResponseBody::Schema(_) if method.eq_ignore_ascii_case("HEAD") => Ok(()),
             ResponseBody::Schema(name) if ERROR_SCHEMAS.contains(&name.as_str()) => {
                 let inner = match body.as_object() {
                     Some(map) if map.len() == 1 && map.contains_key("error") => &map["error"],
@@ -278,6 +281,13 @@ impl RecurlyContract {
                 format!("{method} {bare}"),
                 "the spec describes no such path",
             ));
+        };
+        // "Every GET listing endpoint also supports the HEAD HTTP method" (the spec's
+        // introduction, "Counting with HEAD"); a HEAD is checked as its GET, without a body.
+        let method = if method.eq_ignore_ascii_case("HEAD") {
+            "GET"
+        } else {
+            method
         };
         candidates
             .into_iter()

@@ -235,3 +235,14 @@ fn recorded_exchanges_are_judged_by_policy() {
     let client = ExchangePolicy::ClientMustConform;
     assert!(check_recorded_exchanges(&[invalid_refused], "/recurly", client).is_err());
 }
+
+#[test]
+fn a_head_on_a_list_is_checked_as_its_get_and_has_no_body() {
+    let c = contract();
+    c.validate_response("HEAD", "/plans?state=active", 200, &Value::Null)
+        .unwrap();
+    assert!(
+        c.validate_response("HEAD", "/plans", 200, &json!({"object": "list"}))
+            .is_err()
+    );
+}

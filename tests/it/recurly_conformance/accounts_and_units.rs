@@ -91,3 +91,18 @@ async fn an_account_without_a_code_or_with_a_code_over_50_is_refused() {
     assert!(list_data(&list).is_empty(), "{list}");
     r.finish().await;
 }
+
+#[tokio::test]
+async fn a_deleted_account_is_inactive_and_a_second_delete_is_422() {
+    // §4: DELETE /accounts/{id} deactivates (200); the spec's 422 is "Account may already be
+    // inactive."
+    let r = Recurly::start().await;
+    r.create_account("consumer-1").await;
+    let deleted = r.delete("/accounts/code-consumer-1").await.expect(200);
+    assert_eq!(deleted["state"], "inactive");
+    let fetched = r.get("/accounts/code-consumer-1").await.expect(200);
+    assert_eq!(fetched["state"], "inactive");
+    let reply = r.delete("/accounts/code-consumer-1").await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    r.finish().await;
+}

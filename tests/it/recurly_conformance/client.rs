@@ -204,6 +204,11 @@ impl Recurly {
         self.send(self.request(Method::PUT, path).json(body)).await
     }
 
+    /// A PUT without a body, for operations the spec gives none (`reactivate`).
+    pub async fn put_empty(&self, path: &str) -> Reply {
+        self.send(self.request(Method::PUT, path)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(self.request(Method::DELETE, path)).await
     }

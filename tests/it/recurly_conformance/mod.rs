@@ -9,6 +9,7 @@
 
 mod accounts_and_units;
 pub mod client;
+mod contract_check;
 mod limits_and_faults;
 mod pagination;
 mod plans;

@@ -94,3 +94,20 @@ async fn a_limit_outside_1_to_200_is_refused() {
     }
     r.finish().await;
 }
+
+#[tokio::test]
+async fn a_head_on_a_list_counts_the_records_without_a_body() {
+    // §1.2: `HEAD` on a list answers an empty body plus `Recurly-Total-Records`, counting what
+    // the filters select.
+    let r = Recurly::start().await;
+    for n in 0..3 {
+        r.create_account(&format!("consumer-{n}")).await;
+    }
+    let reply = r
+        .send(r.request(reqwest::Method::HEAD, "/accounts?limit=1"))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.is_null(), "no body: {}", reply.body);
+    assert_eq!(reply.header("Recurly-Total-Records"), Some("3"));
+    r.finish().await;
+}

@@ -391,3 +391,58 @@ async fn add_ons_are_created_read_updated_and_removed_under_their_plan() {
         .expect_error(404, "not_found");
     r.finish().await;
 }
+
+#[tokio::test]
+async fn a_percentage_add_on_takes_a_usage_percentage_and_no_currencies() {
+    // §3: `percentage` + `flat` needs `usage_percentage` (0–100) and no `currencies`.
+    let r = Recurly::start().await;
+    r.create_measured_unit("api_calls").await;
+    let percentage = json!({
+        "code": "revenue_share", "name": "Revenue share",
+        "add_on_type": "usage", "usage_type": "percentage", "tier_type": "flat",
+        "usage_percentage": 2.5, "measured_unit_name": "api_calls"
+    });
+    let mut with_currencies = percentage.clone();
+    with_currencies["currencies"] = json!([{"currency": "USD", "unit_amount": 1}]);
+    let mut over_100 = percentage.clone();
+    over_100["usage_percentage"] = json!(100.5);
+    let mut missing = percentage.clone();
+    missing.as_object_mut().unwrap().remove("usage_percentage");
+    for (add_on, why) in [
+        (with_currencies, "percentage with currencies"),
+        (over_100, "usage_percentage over 100"),
+        (missing, "percentage without usage_percentage"),
+    ] {
+        let mut plan = usage_plan("share");
+        plan["add_ons"] = json!([add_on]);
+        assert_plan_refused(&r, &plan, why).await;
+    }
+    let mut plan = usage_plan("share");
+    plan["add_ons"] = json!([percentage]);
+    r.create_plan(&plan).await;
+    let add_on = r
+        .get("/plans/code-share/add_ons/code-revenue_share")
+        .await
+        .expect(200);
+    assert_eq!(add_on["usage_type"], "percentage");
+    assert_eq!(add_on["usage_percentage"].as_f64(), Some(2.5));
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn add_ons_of_every_plan_are_listed_site_wide() {
+    // §3: `GET /add_ons` and `GET /add_ons/{add_on_id}`.
+    let r = Recurly::start().await;
+    r.create_usage_plan("gold").await;
+    r.create_plan(&usage_plan("silver")).await;
+    let list = r.get("/add_ons").await.expect(200);
+    let data = list_data(&list);
+    assert_eq!(data.len(), 2, "{list}");
+    let plan_ids: std::collections::BTreeSet<_> =
+        data.iter().map(|a| a["plan_id"].to_string()).collect();
+    assert_eq!(plan_ids.len(), 2, "one add-on per plan: {list}");
+    let id = data[0]["id"].as_str().unwrap();
+    let one = r.get(&format!("/add_ons/{id}")).await.expect(200);
+    assert_eq!(one["id"], data[0]["id"]);
+    r.finish().await;
+}

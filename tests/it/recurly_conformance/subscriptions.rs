@@ -165,3 +165,62 @@ async fn terminating_a_subscription_expires_it_now() {
     assert_eq!(fetched["state"], "expired");
     r.finish().await;
 }
+
+#[tokio::test]
+async fn a_canceled_subscription_can_be_reactivated_but_an_active_one_cannot() {
+    // §5: reactivate answers 200, only before expiry; the spec's 422 example is "Only canceled
+    // subscriptions can be reactivated".
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let id = sub["id"].as_str().unwrap();
+    let reply = r
+        .put_empty(&format!("/subscriptions/{id}/reactivate"))
+        .await;
+    assert_eq!(
+        reply.status, 422,
+        "reactivating an active one: {}",
+        reply.body
+    );
+    r.put(&format!("/subscriptions/{id}/cancel"), &json!({}))
+        .await
+        .expect(200);
+    let reactivated = r
+        .put_empty(&format!("/subscriptions/{id}/reactivate"))
+        .await
+        .expect(200);
+    assert_eq!(reactivated["state"], "active");
+    r.delete(&format!("/subscriptions/{id}")).await.expect(200);
+    let reply = r
+        .put_empty(&format!("/subscriptions/{id}/reactivate"))
+        .await;
+    assert_eq!(
+        reply.status, 422,
+        "reactivating an expired one: {}",
+        reply.body
+    );
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn a_deleted_plan_takes_no_new_subscriptions() {
+    // §2: deleting "prevents new customers from subscribing to it" [V RDOCS].
+    let r = Recurly::start().await;
+    r.create_usage_plan("gold").await;
+    r.create_account("consumer-1").await;
+    r.delete("/plans/code-gold").await.expect(200);
+    let reply = r
+        .post("/subscriptions", &subscription("consumer-1", "gold"))
+        .await;
+    assert!(
+        matches!(reply.status, 404 | 422),
+        "subscribing to a deleted plan: {} {}",
+        reply.status,
+        reply.body
+    );
+    let subs = r
+        .get("/accounts/code-consumer-1/subscriptions")
+        .await
+        .expect(200);
+    assert!(list_data(&subs).is_empty(), "{subs}");
+    r.finish().await;
+}

@@ -141,3 +141,54 @@ impl WholeSeconds for DateTime<Utc> {
         chrono::DateTime::from_timestamp(self.timestamp(), 0).expect("valid timestamp")
     }
 }
+
+#[tokio::test]
+async fn unbilled_usage_can_be_updated_and_deleted() {
+    // §6: PUT /usage/{id} answers 200; DELETE answers 204; unbilled records are editable.
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let created = r
+        .post(
+            &usage_path(&sub),
+            &json!({"amount": 10, "merchant_tag": "first"}),
+        )
+        .await
+        .expect(201);
+    let id = created["id"].as_str().unwrap();
+    let updated = r
+        .put(
+            &format!("/usage/{id}"),
+            &json!({"amount": 12, "merchant_tag": "second"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(updated["amount"].as_f64(), Some(12.0));
+    assert_eq!(updated["merchant_tag"], "second");
+    let deleted = r.delete(&format!("/usage/{id}")).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert!(deleted.body.is_null(), "204 has no body: {}", deleted.body);
+    r.get(&format!("/usage/{id}"))
+        .await
+        .expect_error(404, "not_found");
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn usage_posts_are_not_rate_limited() {
+    // §1.4: "The Usage API endpoints are not rate-limited to support real-time logging"
+    // [V RDOCS]. A budget of 10 requests: 5 go to the set-up, 12 usage posts follow, and a GET
+    // afterwards is still within the budget.
+    let r = Recurly::start_with(billing_bridge_sandbox::RecurlySettings {
+        requests_per_minute: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    for amount in 0..12 {
+        r.post(&usage_path(&sub), &json!({"amount": amount}))
+            .await
+            .expect(201);
+    }
+    r.get("/plans").await.expect(200);
+    r.finish().await;
+}

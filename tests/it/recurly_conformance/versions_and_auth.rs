@@ -115,3 +115,34 @@ async fn the_configured_key_is_accepted_as_user_name_and_a_wrong_one_is_403_inva
     reply.expect_error(403, "invalid_api_key");
     r.finish().await;
 }
+
+#[tokio::test]
+async fn every_answer_carries_the_version_and_a_request_id() {
+    // §1.1: `Recurly-Version: recurly.v2021-02-25` and `X-Request-Id` on responses, errors too.
+    let r = Recurly::start().await;
+    let ok = r.get("/plans").await;
+    let missing = r.get("/plans/code-nope").await;
+    let invalid = r.post("/accounts", &serde_json::json!({})).await;
+    let mut request_ids = Vec::new();
+    for reply in [&ok, &missing, &invalid] {
+        assert_eq!(
+            reply.header("Recurly-Version"),
+            Some("recurly.v2021-02-25"),
+            "{} → {}",
+            reply.request,
+            reply.status
+        );
+        let id = reply.header("X-Request-Id").unwrap_or_default().to_owned();
+        assert!(
+            !id.is_empty(),
+            "{} → {}: X-Request-Id",
+            reply.request,
+            reply.status
+        );
+        request_ids.push(id);
+    }
+    request_ids.sort();
+    request_ids.dedup();
+    assert_eq!(request_ids.len(), 3, "a request id per request");
+    r.finish().await;
+}
