@@ -12,8 +12,8 @@ pub(crate) const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 pub(crate) const MAX_KEY_LEN: usize = 255;
 /// A request that has held its key this long without answering is taken to have died.
 const ABANDONED_AFTER: Duration = Duration::from_secs(60);
-/// Expired keys are swept after this many new keys.
-const SWEEP_EVERY: usize = 4_096;
+/// Expired keys are swept at most this often, so a busy site does not rescan on every key.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Which answers are remembered: everything except 5xx and 429, as Stripe does, so a client
 /// retrying after a server fault or throttling gets a real second attempt, while a retried
@@ -47,7 +47,7 @@ pub(crate) enum Claim {
 #[derive(Default)]
 pub(crate) struct IdempotencyKeys {
     slots: Mutex<HashMap<String, Slot>>,
-    inserted: Mutex<usize>,
+    last_sweep: Mutex<Option<Instant>>,
 }
 
 impl IdempotencyKeys {
@@ -63,9 +63,9 @@ impl IdempotencyKeys {
             _ => {}
         }
         slots.insert(key.to_owned(), Slot::InFlight(now));
-        let mut inserted = self.inserted.lock();
-        *inserted += 1;
-        if *inserted % SWEEP_EVERY == 0 {
+        let mut last_sweep = self.last_sweep.lock();
+        if last_sweep.is_none_or(|at| now.duration_since(at) >= SWEEP_INTERVAL) {
+            *last_sweep = Some(now);
             slots.retain(|_, slot| match slot {
                 Slot::Done(_, at) => now.duration_since(*at) < KEY_TTL,
                 Slot::InFlight(at) => now.duration_since(*at) < ABANDONED_AFTER,

@@ -17,7 +17,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use chrono::Utc;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
 use crate::config::credential_matches;
@@ -53,7 +53,14 @@ pub(crate) struct RecurlyState {
     store: RwLock<Store>,
     keys: IdempotencyKeys,
     window: RwLock<Option<Arc<SlidingWindow>>>,
+    /// The latest counted decision, shown on answers that are not counted (production-mode
+    /// writes, usage calls, refusals): peeking the window scans every hit in it, too slow to
+    /// do on every request of a busy site.
+    last_decision: Mutex<Option<(Instant, Decision)>>,
 }
+
+/// How long a counted decision stands in for a peek at the window.
+const DECISION_REUSE: Duration = Duration::from_secs(1);
 
 fn window_for(config: &SandboxConfig) -> Option<Arc<SlidingWindow>> {
     config.recurly.per_minute_limit().map(|per_minute| {
@@ -70,6 +77,7 @@ impl RecurlyState {
             store: RwLock::new(Store::default()),
             keys: IdempotencyKeys::default(),
             window: RwLock::new(window_for(config)),
+            last_decision: Mutex::new(None),
         }
     }
 
@@ -82,6 +90,7 @@ impl RecurlyState {
         let mut window = self.window.write();
         if window.as_ref().map(|w| w.limit()) != budget {
             *window = window_for(config);
+            *self.last_decision.lock() = None;
         }
     }
 
@@ -89,10 +98,31 @@ impl RecurlyState {
         *self.store.write() = Store::default();
         self.keys.clear();
         *self.window.write() = window_for(config);
+        *self.last_decision.lock() = None;
     }
 
     fn window(&self) -> Option<Arc<SlidingWindow>> {
         self.window.read().clone()
+    }
+
+    /// Counts one request against the window.
+    fn count_request(&self, window: &SlidingWindow) -> Decision {
+        let now = Instant::now();
+        let decision = window.acquire(now);
+        *self.last_decision.lock() = Some((now, decision));
+        decision
+    }
+
+    /// The window's state for an answer that is not counted.
+    fn observe(&self, window: &SlidingWindow) -> Decision {
+        let now = Instant::now();
+        match *self.last_decision.lock() {
+            Some((at, decision)) if now.duration_since(at) < DECISION_REUSE => Decision {
+                reset_after: decision.reset_after.saturating_sub(now.duration_since(at)),
+                ..decision
+            },
+            _ => window.peek(now),
+        }
     }
 }
 
@@ -287,7 +317,7 @@ async fn dispatch(
     let config = state.config();
     let recurly = &state.recurly;
     let window = recurly.window();
-    let peek = || window.as_ref().map(|w| w.peek(Instant::now()));
+    let peek = || window.as_deref().map(|w| recurly.observe(w));
 
     let Some(key) = api_key(&req) else {
         let error = ApiError::new(
@@ -322,8 +352,8 @@ async fn dispatch(
     let counts =
         config.recurly.counts_against_limit(method.as_str()) && !exempt_from_rate_limit(&segments);
     let decision = match (&window, counts) {
-        (Some(w), true) => Some(w.acquire(Instant::now())),
-        (Some(w), false) => Some(w.peek(Instant::now())),
+        (Some(w), true) => Some(recurly.count_request(w)),
+        (Some(w), false) => Some(recurly.observe(w)),
         (None, _) => None,
     };
     if decision.is_some_and(|d| counts && !d.allowed) {
@@ -564,7 +594,7 @@ pub(crate) fn injected_rate_limit(state: &SandboxState) -> HttpResponse {
         Some(window) => Decision {
             allowed: false,
             remaining: 0,
-            ..window.peek(Instant::now())
+            ..state.recurly.observe(&window)
         },
         None => Decision {
             allowed: false,

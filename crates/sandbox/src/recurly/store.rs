@@ -1615,6 +1615,8 @@ impl Store {
         if let Some(unit) = priced.get("measured_unit_id") {
             body.insert("measured_unit_id".into(), unit.clone());
         }
+        // Nothing is billed in the sandbox; Recurly sends the unset field as null (reference §6).
+        body.insert("billed_at".into(), Value::Null);
         body.insert("usage_timestamp".into(), json!(timestamp(usage_at)));
         body.insert("recording_timestamp".into(), json!(timestamp(recorded_at)));
         let subscription_id = sub.id.clone();
