@@ -217,6 +217,11 @@ impl RecurlyContract {
         };
         match described {
             _ if method.eq_ignore_ascii_case("HEAD") && is_empty_body(body) => Ok(()),
+            // 502/503/504 come from Recurly's edge, "no type; status only" (reference §1.3):
+            // no body, or a text one, is fine; a JSON one must still be a Recurly error.
+            _ if (502..=504).contains(&status) && (is_empty_body(body) || body.is_string()) => {
+                Ok(())
+            }
             _ if method.eq_ignore_ascii_case("HEAD") => {
                 Err(Violations::single(label, "a HEAD answer has no body"))
             }

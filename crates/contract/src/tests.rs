@@ -246,3 +246,20 @@ fn a_head_on_a_list_is_checked_as_its_get_and_has_no_body() {
             .is_err()
     );
 }
+
+#[test]
+fn gateway_errors_may_come_without_a_body() {
+    let c = contract();
+    c.validate_response("GET", "/plans", 503, &Value::Null)
+        .unwrap();
+    c.validate_response("GET", "/plans", 502, &json!("<html>Bad Gateway</html>"))
+        .unwrap();
+    assert!(
+        c.validate_response("GET", "/plans", 500, &Value::Null)
+            .is_err()
+    );
+    assert!(
+        c.validate_response("GET", "/plans", 503, &json!({"oops": 1}))
+            .is_err()
+    );
+}

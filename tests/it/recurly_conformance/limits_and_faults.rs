@@ -193,3 +193,68 @@ async fn rate_limited_next_gives_two_429s_then_success() {
     r.get("/plans").await.expect(200);
     r.finish().await;
 }
+
+#[tokio::test]
+async fn every_answer_carries_rate_limit_headers_of_the_sandbox_site() {
+    // §1.4: sandbox sites get 400/min over a sliding 5 minutes, a budget of 2,000 (the Go
+    // client's fixture shows `X-RateLimit-Limit: 2000`); the headers come with every answer,
+    // errors included.
+    let r = Recurly::start().await;
+    let replies = [
+        r.get("/plans").await,
+        r.post("/accounts", &json!({"code": "consumer-1"})).await,
+        r.get("/accounts/code-nobody").await,
+        r.post("/accounts", &json!({"code": "consumer-1"})).await,
+    ];
+    let started = now_epoch();
+    for (n, reply) in replies.iter().enumerate() {
+        let (limit, remaining, reset) = rate_headers(reply);
+        assert_eq!(limit, 2000, "{} → {}", reply.request, reply.status);
+        assert_eq!(
+            remaining,
+            2000 - 1 - n as u64,
+            "{} → {}",
+            reply.request,
+            reply.status
+        );
+        assert!(
+            reset + 5 >= started && reset <= started + 305,
+            "reset {reset}"
+        );
+    }
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn an_idempotent_cancel_replays_instead_of_failing_the_second_time() {
+    // §1.5: `Idempotency-Key` covers PUT too; without it a second cancel is a 422 (§5).
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let path = format!("/subscriptions/{}/cancel", sub["id"].as_str().unwrap());
+    let cancel = || {
+        r.send(
+            r.request(Method::PUT, &path)
+                .header("Idempotency-Key", "cancel:consumer-1:gold")
+                .json(&json!({"timeframe": "term_end"})),
+        )
+    };
+    let first = cancel().await;
+    let second = cancel().await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(second.status, 200, "the replay, not a 422: {}", second.body);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("Idempotency-Prior"), Some("true"));
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn an_injected_503_is_a_bare_gateway_error() {
+    // §1.3: 502/503/504 carry no error type, status only; the contract check accepts no body or
+    // a Recurly error body here.
+    let r = Recurly::start().await;
+    r.inject_faults(json!({"error_rate": 1.0, "error_status": 503}))
+        .await;
+    let reply = r.get("/plans").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    r.finish().await;
+}

@@ -446,3 +446,63 @@ async fn add_ons_of_every_plan_are_listed_site_wide() {
     assert_eq!(one["id"], data[0]["id"]);
     r.finish().await;
 }
+
+#[tokio::test]
+async fn prices_outside_the_schema_bounds_are_refused() {
+    // Spec `PlanCreate`/`PlanPricing`/`AddOnCreate`/`TierPricing`: currencies minItems 1,
+    // currency maxLength 3, unit_amount 0–1,000,000, interval_length ≥ 1, add-on code ≤ 50;
+    // §3: `unit_amount_decimal` ≤ 9 dp and for usage add-ons only.
+    let r = Recurly::start().await;
+    r.create_measured_unit("api_calls").await;
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let mut plan = usage_plan("bounds");
+    plan["currencies"] = json!([]);
+    cases.push((plan, "no currencies"));
+    let mut plan = usage_plan("bounds");
+    plan["currencies"][0]["currency"] = json!("USDX");
+    cases.push((plan, "a 4-letter currency"));
+    let mut plan = usage_plan("bounds");
+    plan["currencies"][0]["unit_amount"] = json!(-1);
+    cases.push((plan, "a negative unit_amount"));
+    let mut plan = usage_plan("bounds");
+    plan["currencies"][0]["unit_amount"] = json!(1_000_001);
+    cases.push((plan, "unit_amount over 1,000,000"));
+    let mut plan = usage_plan("bounds");
+    plan["interval_length"] = json!(0);
+    cases.push((plan, "interval_length 0"));
+    let mut plan = usage_plan("bounds");
+    plan.as_object_mut().unwrap().remove("name");
+    cases.push((plan, "no name"));
+    let mut plan = usage_plan("bounds");
+    plan["add_ons"][0]["code"] = json!("c".repeat(51));
+    plan["add_ons"][0]["accounting_code"] = json!("calls");
+    cases.push((plan, "an add-on code of 51"));
+    let mut plan = usage_plan("bounds");
+    plan["add_ons"][0]["tiers"][1]["currencies"][0]["unit_amount_decimal"] = json!("0.0000000001");
+    cases.push((plan, "unit_amount_decimal with 10 places"));
+    let mut plan = usage_plan("bounds");
+    plan["add_ons"] = json!([{"code": "support", "name": "Support", "add_on_type": "fixed",
+                              "currencies": [{"currency": "USD", "unit_amount_decimal": "1.5"}]}]);
+    cases.push((plan, "unit_amount_decimal on a fixed add-on"));
+    for (plan, why) in cases {
+        assert_plan_refused(&r, &plan, why).await;
+    }
+    // Nine places are fine.
+    let mut plan = usage_plan("nine-places");
+    plan["add_ons"][0]["tiers"][1]["currencies"][0]["unit_amount_decimal"] = json!("0.000000001");
+    r.create_plan(&plan).await;
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn codes_are_percent_decoded_in_paths() {
+    // §1.1: "Percent-encode codes in paths"; the plan code pattern allows `+` (§3.1).
+    let r = Recurly::start().await;
+    r.create_measured_unit("api_calls").await;
+    let mut plan = usage_plan("gold+plus");
+    plan["accounting_code"] = json!("goldplus");
+    let created = r.create_plan(&plan).await;
+    let fetched = r.get("/plans/code-gold%2Bplus").await.expect(200);
+    assert_eq!(fetched["id"], created["id"]);
+    r.finish().await;
+}

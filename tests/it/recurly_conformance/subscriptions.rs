@@ -224,3 +224,32 @@ async fn a_deleted_plan_takes_no_new_subscriptions() {
     assert!(list_data(&subs).is_empty(), "{subs}");
     r.finish().await;
 }
+
+#[tokio::test]
+async fn a_subscription_without_currency_or_with_an_unknown_add_on_is_refused() {
+    // Spec `SubscriptionCreate` requires `plan_code`, `currency` and `account`; add-on codes
+    // name the plan's add-ons (`add_on_source` defaults to `plan_add_on`).
+    let r = Recurly::start().await;
+    r.create_usage_plan("gold").await;
+    r.create_account("consumer-1").await;
+    let mut no_currency = subscription("consumer-1", "gold");
+    no_currency.as_object_mut().unwrap().remove("currency");
+    r.post("/subscriptions", &no_currency)
+        .await
+        .expect_error(422, "validation");
+    let mut unknown_add_on = subscription("consumer-1", "gold");
+    unknown_add_on["add_ons"][0]["code"] = json!("no_such_add_on");
+    let reply = r.post("/subscriptions", &unknown_add_on).await;
+    assert!(
+        matches!(reply.status, 404 | 422),
+        "unknown add-on: {} {}",
+        reply.status,
+        reply.body
+    );
+    let subs = r
+        .get("/accounts/code-consumer-1/subscriptions")
+        .await
+        .expect(200);
+    assert!(list_data(&subs).is_empty(), "{subs}");
+    r.finish().await;
+}

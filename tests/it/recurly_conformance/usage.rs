@@ -192,3 +192,34 @@ async fn usage_posts_are_not_rate_limited() {
     r.get("/plans").await.expect(200);
     r.finish().await;
 }
+
+#[tokio::test]
+async fn usage_is_listed_by_usage_timestamp_and_filtered_by_time() {
+    // §6: `sort` defaults to `usage_timestamp`; §1.2: `order` defaults to `desc`;
+    // `begin_time`/`end_time` filter on the sort field.
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let path = usage_path(&sub);
+    let base = Utc::now() - Duration::hours(10);
+    // Posted out of order, so creation order and usage order differ.
+    for (tag, hours) in [("b", 2), ("c", 3), ("a", 1)] {
+        let at = timestamp(base + Duration::hours(hours));
+        r.post(
+            &path,
+            &json!({"amount": 1, "merchant_tag": tag, "usage_timestamp": at}),
+        )
+        .await
+        .expect(201);
+    }
+    let desc = r.get(&path).await.expect(200);
+    assert_eq!(field_of(&desc, "merchant_tag"), ["c", "b", "a"]);
+    let asc = r.get(&format!("{path}?order=asc")).await.expect(200);
+    assert_eq!(field_of(&asc, "merchant_tag"), ["a", "b", "c"]);
+    let begin = timestamp(base + Duration::minutes(90));
+    let window = r
+        .get(&format!("{path}?order=asc&begin_time={begin}"))
+        .await
+        .expect(200);
+    assert_eq!(field_of(&window, "merchant_tag"), ["b", "c"]);
+    r.finish().await;
+}
