@@ -111,3 +111,24 @@ async fn a_head_on_a_list_counts_the_records_without_a_body() {
     assert_eq!(reply.header("Recurly-Total-Records"), Some("3"));
     r.finish().await;
 }
+
+#[tokio::test]
+async fn ids_select_records_and_unknown_ids_are_ignored() {
+    // Spec parameter `ids`: up to 200 comma-separated ids; "Invalid or unknown IDs will be
+    // ignored"; arbitrary order.
+    let r = Recurly::start().await;
+    let mut wanted = Vec::new();
+    for n in 0..4 {
+        let account = r.create_account(&format!("consumer-{n}")).await;
+        if n % 2 == 0 {
+            wanted.push(account["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let ids = format!("{},{},nosuchid", wanted[0], wanted[1]);
+    let list = r.get(&format!("/accounts?ids={ids}")).await.expect(200);
+    let mut listed = field_of(&list, "id");
+    listed.sort();
+    wanted.sort();
+    assert_eq!(listed, wanted);
+    r.finish().await;
+}

@@ -221,5 +221,17 @@ async fn usage_is_listed_by_usage_timestamp_and_filtered_by_time() {
         .await
         .expect(200);
     assert_eq!(field_of(&window, "merchant_tag"), ["b", "c"]);
+    // §1.2: a value without a time zone is read as UTC.
+    let naive = (base + Duration::minutes(90))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    let end = timestamp(base + Duration::minutes(150));
+    let window = r
+        .get(&format!(
+            "{path}?order=asc&begin_time={naive}&end_time={end}"
+        ))
+        .await
+        .expect(200);
+    assert_eq!(field_of(&window, "merchant_tag"), ["b"]);
     r.finish().await;
 }
