@@ -288,6 +288,16 @@ mod tests {
     }
 
     #[test]
+    fn nullable_admits_null_in_requests_too() {
+        let schema = json!({"type": "string", "nullable": true, "enum": ["a", "b"]});
+        let request = convert(&schema, &Map::new(), Direction::Request);
+        assert_eq!(request["type"], json!(["string", "null"]));
+        assert_eq!(request["enum"], json!(["a", "b", null]));
+        let plain = convert(&json!({"type": "string"}), &Map::new(), Direction::Request);
+        assert_eq!(plain["type"], json!("string"));
+    }
+
+    #[test]
     fn read_only_fields_are_dropped_from_requests_and_kept_in_responses() {
         let schema = json!({"type": "object", "properties": {
             "id": {"type": "string", "readOnly": true}, "name": {"type": "string"}}});
