@@ -43,5 +43,8 @@ async fn the_recorded_traffic_check_flags_a_request_outside_the_contract() {
         (400..500).contains(&reply.status),
         "{as_server:?}"
     );
+    // The spec's 400 on writes is "Invalid or unpermitted parameter."; the emulator must not
+    // swallow a field it does not know.
+    reply.expect_error(400, "bad_request");
     r.sb.handle.stop().await;
 }

@@ -100,10 +100,13 @@ async fn usage_with_a_future_timestamp_is_refused() {
     let r = Recurly::start().await;
     let sub = r.create_subscription("consumer-1", "gold").await;
     let path = usage_path(&sub);
-    let future = timestamp(Utc::now() + Duration::hours(1));
-    r.post(&path, &json!({"amount": 5, "usage_timestamp": future}))
-        .await
-        .expect_error(422, "validation");
+    // "even a few seconds ahead from clock skew" (§6), so 30 s ahead is refused too.
+    for ahead in [Duration::hours(1), Duration::seconds(30)] {
+        let future = timestamp(Utc::now() + ahead);
+        r.post(&path, &json!({"amount": 5, "usage_timestamp": future}))
+            .await
+            .expect_error(422, "validation");
+    }
     let all = r
         .get(&format!("{path}?billing_status=all"))
         .await
@@ -233,5 +236,23 @@ async fn usage_is_listed_by_usage_timestamp_and_filtered_by_time() {
         .await
         .expect(200);
     assert_eq!(field_of(&window, "merchant_tag"), ["b"]);
+    r.finish().await;
+}
+
+#[tokio::test]
+async fn a_repeated_merchant_tag_is_not_deduplicated() {
+    // §6: no server-side uniqueness on `merchant_tag`; only an Idempotency-Key deduplicates.
+    let r = Recurly::start().await;
+    let sub = r.create_subscription("consumer-1", "gold").await;
+    let path = usage_path(&sub);
+    let body = json!({"amount": 4, "merchant_tag": "rpt:2024-05-01T00:00Z:consumer-1"});
+    let first = r.post(&path, &body).await.expect(201);
+    let second = r.post(&path, &body).await.expect(201);
+    assert_ne!(first["id"], second["id"]);
+    let all = r
+        .get(&format!("{path}?billing_status=all"))
+        .await
+        .expect(200);
+    assert_eq!(list_data(&all).len(), 2, "{all}");
     r.finish().await;
 }
