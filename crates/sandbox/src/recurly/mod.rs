@@ -187,8 +187,10 @@ pub(crate) fn seed(state: &SandboxState, seed: &Value) -> Result<Value, String> 
     Ok(Value::Object(created))
 }
 
+/// A fresh `X-Request-Id`: 20 hex digits from the thread's generator (no system call).
 fn request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    let id: u128 = rand::random();
+    format!("{:020x}", id >> 48)
 }
 
 fn reset_epoch(decision: &Decision) -> u64 {
@@ -412,6 +414,7 @@ async fn dispatch(
     });
     let (status, text, total) = match result {
         Ok(Reply::Json(status, value)) => (status, Some(value.to_string()), None),
+        Ok(Reply::Raw(status, text)) => (status, Some(text), None),
         Ok(Reply::List(page)) => {
             let total = page.total;
             (200, Some(page.body().to_string()), Some(total))

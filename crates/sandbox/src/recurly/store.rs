@@ -152,8 +152,16 @@ pub(crate) struct UsageTotal {
 /// What a handler answers: a status and JSON body, or a list page (HEAD needs its total).
 pub(crate) enum Reply {
     Json(u16, Value),
+    /// A body serialized straight from the stored record, sparing a deep copy on hot reads.
+    Raw(u16, String),
     List(Page<Value>),
     NoContent,
+}
+
+impl Reply {
+    fn raw(status: u16, body: &Map<String, Value>) -> Reply {
+        Reply::Raw(status, serde_json::to_string(body).unwrap_or_default())
+    }
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -333,10 +341,7 @@ impl Store {
     }
 
     pub fn get_plan(&self, key: &str) -> Result<Reply> {
-        Ok(Reply::Json(
-            200,
-            Value::Object(self.plan(key)?.body.clone()),
-        ))
+        Ok(Reply::raw(200, &self.plan(key)?.body))
     }
 
     pub fn list_plans(&self, query: &ListQuery) -> Result<Reply> {
@@ -501,10 +506,7 @@ impl Store {
 
     pub fn get_add_on(&self, plan_key: &str, key: &str) -> Result<Reply> {
         let plan = self.plan(plan_key)?;
-        Ok(Reply::Json(
-            200,
-            Value::Object(self.plan_add_on(&plan.id, key)?.body.clone()),
-        ))
+        Ok(Reply::raw(200, &self.plan_add_on(&plan.id, key)?.body))
     }
 
     pub fn list_plan_add_ons(&self, plan_key: &str, query: &ListQuery) -> Result<Reply> {
@@ -545,7 +547,7 @@ impl Store {
             None => self.add_ons.get(key),
         };
         let add_on = found.ok_or_else(|| ApiError::not_found("AddOn", key))?;
-        Ok(Reply::Json(200, Value::Object(add_on.body.clone())))
+        Ok(Reply::raw(200, &add_on.body))
     }
 
     /// PUT /plans/{id}/add_ons/{id}: answered with 201, as the OpenAPI description documents it.
@@ -675,10 +677,7 @@ impl Store {
     }
 
     pub fn get_unit(&self, key: &str) -> Result<Reply> {
-        Ok(Reply::Json(
-            200,
-            Value::Object(self.unit(key)?.body.clone()),
-        ))
+        Ok(Reply::raw(200, &self.unit(key)?.body))
     }
 
     pub fn list_units(&self, query: &ListQuery) -> Result<Reply> {
@@ -1306,10 +1305,7 @@ impl Store {
     }
 
     pub fn get_subscription(&self, key: &str) -> Result<Reply> {
-        Ok(Reply::Json(
-            200,
-            Value::Object(self.subscription(key)?.body.clone()),
-        ))
+        Ok(Reply::raw(200, &self.subscription(key)?.body))
     }
 
     fn subscription_state_filter(query: &ListQuery) -> Result<Option<String>> {
@@ -1702,10 +1698,7 @@ impl Store {
     }
 
     pub fn get_usage(&self, id: &str) -> Result<Reply> {
-        Ok(Reply::Json(
-            200,
-            Value::Object(self.usage_record(id)?.record.body.clone()),
-        ))
+        Ok(Reply::raw(200, &self.usage_record(id)?.record.body))
     }
 
     pub fn update_usage(&mut self, id: &str, input: &Value, now: DateTime<Utc>) -> Result<Reply> {
