@@ -270,7 +270,8 @@ impl Store {
         impl Fn(&str) -> Option<String> + '_,
     ) {
         (
-            move |id: &str| self.units.get(id).is_some_and(Record::active),
+            // A stored add-on may keep pointing at a unit deleted since.
+            move |id: &str| self.units.contains_key(id),
             move |name: &str| {
                 self.unit_by_name
                     .get(name)
@@ -1127,18 +1128,19 @@ impl Store {
                 Value::Object(a)
             })
             .collect();
+        // Folded from +0.0: `f64` sums start at -0.0, which an empty list would print.
         let add_ons_total: f64 = add_ons
             .iter()
             .filter(|a| a["add_on"]["add_on_type"] == "fixed")
             .map(|a| {
                 a["unit_amount"].as_f64().unwrap_or(0.0) * a["quantity"].as_f64().unwrap_or(0.0)
             })
-            .sum();
+            .fold(0.0, |total, amount| total + amount);
         let subtotal = unit_amount * quantity as f64 + add_ons_total;
         let mut body = json!({
             "uuid": uuid::Uuid::new_v4().simple().to_string(),
             "account": account_mini(account),
-            "plan": {"id": plan.id, "object": "plan_mini", "code": plan.text("code"), "name": plan.text("name")},
+            "plan": {"id": plan.id, "object": "plan", "code": plan.text("code"), "name": plan.text("name")},
             "state": state,
             "current_period_started_at": timestamp(start),
             "current_period_ends_at": timestamp(period_end),
@@ -1467,7 +1469,7 @@ impl Store {
                     .flatten()
                     .filter_map(|u| self.usage.get(u))
                     .map(|u| u.amount)
-                    .sum();
+                    .fold(0.0, |total, amount| total + amount);
                 if unbilled != 0.0 {
                     let zero_out = json!({"amount": -unbilled, "merchant_tag": "Recurly: unbilled usage removed at termination"});
                     let _ = self.create_usage(id, &add_on_id, &zero_out, now);
@@ -1777,7 +1779,7 @@ impl Store {
                         .map(|a| a.text("code").to_owned())
                         .unwrap_or_default(),
                     records: ids.len() as u64,
-                    amount: records.map(|u| u.amount).sum(),
+                    amount: records.fold(0.0, |total, u| total + u.amount),
                 })
             })
             .collect();
@@ -1816,8 +1818,7 @@ fn subscription_matches_state(sub: &Record, want: &str, now: DateTime<Utc>) -> b
 }
 
 fn account_mini(account: &Record) -> Value {
-    let mut mini =
-        json!({"id": account.id, "object": "account_mini", "code": account.text("code")});
+    let mut mini = json!({"id": account.id, "object": "account", "code": account.text("code")});
     for key in [
         "email",
         "first_name",
@@ -1839,7 +1840,7 @@ fn subscription_add_on(add_on: &Record, currency: &str) -> Map<String, Value> {
     let a = &add_on.body;
     let mut mini = json!({
         "id": add_on.id,
-        "object": "add_on_mini",
+        "object": "add_on",
         "code": add_on.field("code"),
         "name": add_on.field("name"),
         "add_on_type": add_on.field("add_on_type"),
@@ -1903,4 +1904,172 @@ fn subscription_add_on(add_on: &Record, currency: &str) -> Map<String, Value> {
         body.insert("tiers".into(), Value::Array(tiers));
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(reply: Result<Reply>) -> Value {
+        match reply {
+            Ok(Reply::Json(_, v)) => v,
+            Ok(Reply::Raw(_, text)) => serde_json::from_str(&text).unwrap(),
+            Ok(_) => Value::Null,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn error(reply: Result<Reply>) -> ApiError {
+        match reply {
+            Err(e) => e,
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    /// A site with a measured unit and plan `basic` holding usage add-on `calls` and fixed `seats`.
+    fn site() -> (Store, DateTime<Utc>) {
+        let mut store = Store::default();
+        let now = Utc::now();
+        body(store.create_unit(&json!({"name": "calls", "display_name": "Calls"}), now));
+        body(store.create_plan(
+            &json!({"code": "basic", "name": "Basic", "currencies": [{"currency": "USD", "unit_amount": 0}],
+                "add_ons": [
+                    {"code": "calls", "name": "Calls", "add_on_type": "usage", "usage_type": "price",
+                     "measured_unit_name": "calls", "currencies": [{"currency": "USD", "unit_amount_decimal": "0.002"}]},
+                    {"code": "seats", "name": "Seats", "currencies": [{"currency": "USD", "unit_amount": 5}]}]}),
+            now,
+        ));
+        (store, now)
+    }
+
+    fn subscribe(store: &mut Store, account: &str, now: DateTime<Utc>) -> Result<Reply> {
+        store.create_subscription(
+            &json!({"plan_code": "basic", "currency": "USD", "account": {"code": account},
+                "add_ons": [{"code": "calls"}, {"code": "seats", "quantity": 2}]}),
+            now,
+        )
+    }
+
+    #[test]
+    fn a_subscription_creates_its_account_and_prices_its_add_ons() {
+        let (mut store, now) = site();
+        let sub = body(subscribe(&mut store, "consumer-1", now));
+        assert_eq!(sub["state"], "active");
+        assert_eq!(sub["account"]["code"], "consumer-1");
+        assert_eq!(sub["add_ons"][0]["add_on"]["code"], "calls");
+        assert_eq!(sub["add_ons"][0]["unit_amount_decimal"], "0.002");
+        assert_eq!(sub["add_ons_total"], 10.0);
+        let account = body(store.get_account("code-consumer-1", now));
+        assert_eq!(account["has_live_subscription"], true);
+    }
+
+    #[test]
+    fn a_second_live_subscription_to_the_same_plan_is_refused() {
+        let (mut store, now) = site();
+        body(subscribe(&mut store, "consumer-1", now));
+        let err = error(subscribe(&mut store, "consumer-1", now));
+        assert_eq!(err.message, "You already have a subscription to this plan.");
+    }
+
+    #[test]
+    fn usage_add_ons_take_quantity_one_only() {
+        let (mut store, now) = site();
+        let err = error(store.create_subscription(
+            &json!({"plan_code": "basic", "currency": "USD", "account": {"code": "c"}, "add_ons": [{"code": "calls", "quantity": 2}]}),
+            now,
+        ));
+        assert_eq!(err.params[0].param, "add_ons[0].quantity");
+        assert!(
+            store.account("code-c").is_err(),
+            "a refused subscription creates no account"
+        );
+    }
+
+    #[test]
+    fn usage_is_refused_in_the_future_and_on_fixed_add_ons() {
+        let (mut store, now) = site();
+        let sub = body(subscribe(&mut store, "c", now));
+        let id = sub["id"].as_str().unwrap();
+        let ahead = timestamp(now + Duration::seconds(60));
+        let err = error(store.create_usage(
+            id,
+            "code-calls",
+            &json!({"amount": 1, "usage_timestamp": ahead}),
+            now,
+        ));
+        assert_eq!(err.params[0].param, "usage_timestamp");
+        let skewed = timestamp(now + USAGE_CLOCK_SKEW_ALLOWANCE - Duration::seconds(1));
+        body(store.create_usage(
+            id,
+            "code-calls",
+            &json!({"amount": 1, "usage_timestamp": skewed}),
+            now,
+        ));
+        assert_eq!(
+            error(store.create_usage(id, "code-seats", &json!({"amount": 1}), now)).kind,
+            "validation"
+        );
+        assert_eq!(
+            error(store.create_usage(id, "code-nope", &json!({"amount": 1}), now)).kind,
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn terminating_without_charge_zeroes_the_unbilled_usage() {
+        let (mut store, now) = site();
+        let sub = body(subscribe(&mut store, "c", now));
+        let id = sub["id"].as_str().unwrap();
+        body(store.create_usage(id, "code-calls", &json!({"amount": 40}), now));
+        body(store.create_usage(id, "code-calls", &json!({"amount": 2}), now));
+        let totals = store.usage_totals();
+        assert_eq!((totals[0].records, totals[0].amount), (2, 42.0));
+        let expired = body(store.terminate_subscription(id, Some("none"), Some("false"), now));
+        assert_eq!(expired["state"], "expired");
+        let totals = store.usage_totals();
+        assert_eq!((totals[0].records, totals[0].amount), (3, 0.0));
+        assert_eq!(
+            error(store.create_usage(id, "code-calls", &json!({"amount": 1}), now)).kind,
+            "validation"
+        );
+    }
+
+    #[test]
+    fn a_deleted_plan_stays_readable_and_keeps_its_code() {
+        let (mut store, now) = site();
+        let deleted = body(store.delete_plan("code-basic", now));
+        assert_eq!(deleted["state"], "inactive");
+        assert!(deleted.get("deleted_at").is_some());
+        assert_eq!(body(store.get_plan("code-basic"))["state"], "inactive");
+        let again = store.create_plan(
+            &json!({"code": "basic", "name": "B", "currencies": [{"currency": "USD"}]}),
+            now,
+        );
+        assert_eq!(error(again).message, "Code has already been taken.");
+        assert!(
+            error(subscribe(&mut store, "c", now))
+                .params
+                .iter()
+                .any(|p| p.param == "plan_code")
+        );
+    }
+
+    #[test]
+    fn cancel_then_reactivate_follows_recurlys_state_rules() {
+        let (mut store, now) = site();
+        let sub = body(subscribe(&mut store, "c", now));
+        let id = sub["id"].as_str().unwrap();
+        let canceled = body(store.cancel_subscription(id, &json!({"timeframe": "bill_date"}), now));
+        assert_eq!(canceled["state"], "canceled");
+        assert_eq!(canceled["expires_at"], canceled["current_period_ends_at"]);
+        let err = error(store.cancel_subscription(id, &Value::Null, now));
+        assert_eq!(
+            err.message,
+            "Only active and future subscriptions can be canceled"
+        );
+        assert_eq!(
+            body(store.reactivate_subscription(id, now))["state"],
+            "active"
+        );
+    }
 }
