@@ -232,14 +232,17 @@ fn list_of(page: Page<&Record>, render: impl Fn(&Record) -> Value) -> Reply {
     })
 }
 
+/// `start` plus `length` days or months; an interval past the calendar's end stays at `start`
+/// rather than overflowing (plans may ask for up to 2³¹ units).
 fn add_interval(start: DateTime<Utc>, unit: &str, length: i64) -> DateTime<Utc> {
-    if unit == "days" {
-        start + Duration::days(length)
+    let end = if unit == "days" {
+        Duration::try_days(length).and_then(|d| start.checked_add_signed(d))
     } else {
-        start
-            .checked_add_months(Months::new(length.clamp(0, i64::from(u32::MAX)) as u32))
-            .unwrap_or(start)
-    }
+        u32::try_from(length)
+            .ok()
+            .and_then(|months| start.checked_add_months(Months::new(months)))
+    };
+    end.unwrap_or(start)
 }
 
 impl Store {
@@ -1106,9 +1109,11 @@ impl Store {
             .unwrap_or_else(|| add_interval(start, &interval_unit, interval_length));
         let total_cycles = total_cycles.or_else(|| plan.field("total_billing_cycles").as_i64());
         let term_end = match total_cycles {
-            Some(cycles) if cycles > 1 && trial_end.is_none() => {
-                add_interval(start, &interval_unit, interval_length * cycles)
-            }
+            Some(cycles) if cycles > 1 && trial_end.is_none() => add_interval(
+                start,
+                &interval_unit,
+                interval_length.saturating_mul(cycles),
+            ),
             _ => period_end,
         };
         let unit_amount = unit_amount.unwrap_or_else(|| {
@@ -2071,5 +2076,20 @@ mod tests {
             body(store.reactivate_subscription(id, now))["state"],
             "active"
         );
+    }
+
+    #[test]
+    fn an_interval_past_the_calendar_does_not_overflow() {
+        let (mut store, now) = site();
+        body(store.create_plan(
+            &json!({"code": "forever", "name": "Forever", "interval_unit": "days",
+                "interval_length": 2147483647, "currencies": [{"currency": "USD", "unit_amount": 1}]}),
+            now,
+        ));
+        let sub = store.create_subscription(
+            &json!({"plan_code": "forever", "currency": "USD", "account": {"code": "c"}, "total_billing_cycles": 2147483647}),
+            now,
+        );
+        assert_eq!(body(sub)["state"], "active");
     }
 }
