@@ -497,6 +497,7 @@ fn run(
             }
             ["subscriptions"] => store.list_subscriptions(None, &list(DATE_SORTS)?, now),
             ["subscriptions", sub] => store.get_subscription(sub),
+            ["subscriptions", sub, "change"] => store.get_subscription_change(sub),
             ["subscriptions", sub, "add_ons", add_on, "usage"] => {
                 store.list_usage(sub, add_on, &list(USAGE_SORTS)?)
             }
@@ -529,6 +530,8 @@ fn run(
         ("POST", ["subscriptions"]) => store.create_subscription(input, now),
         ("PUT", ["subscriptions", sub, "cancel"]) => store.cancel_subscription(sub, input, now),
         ("PUT", ["subscriptions", sub, "reactivate"]) => store.reactivate_subscription(sub, now),
+        ("POST", ["subscriptions", sub, "change"]) => store.change_subscription(sub, input, now),
+        ("DELETE", ["subscriptions", sub, "change"]) => store.delete_subscription_change(sub, now),
         ("DELETE", ["subscriptions", sub]) => store.terminate_subscription(
             sub,
             query_param("refund").as_deref(),

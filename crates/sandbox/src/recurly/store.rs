@@ -1133,15 +1133,7 @@ impl Store {
                 Value::Object(a)
             })
             .collect();
-        // Folded from +0.0: `f64` sums start at -0.0, which an empty list would print.
-        let add_ons_total: f64 = add_ons
-            .iter()
-            .filter(|a| a["add_on"]["add_on_type"] == "fixed")
-            .map(|a| {
-                a["unit_amount"].as_f64().unwrap_or(0.0) * a["quantity"].as_f64().unwrap_or(0.0)
-            })
-            .fold(0.0, |total, amount| total + amount);
-        let subtotal = unit_amount * quantity as f64 + add_ons_total;
+        let (add_ons_total, subtotal) = subscription_totals(&add_ons, unit_amount, quantity);
         let mut body = json!({
             "uuid": uuid::Uuid::new_v4().simple().to_string(),
             "account": account_mini(account),
@@ -1309,6 +1301,267 @@ impl Store {
             out.push(body);
         }
         Ok(out)
+    }
+
+    /// POST /subscriptions/{id}/change. `timeframe=now` applies at once; the other timeframes
+    /// wait for a renewal the sandbox never reaches, so they stay as `pending_change`.
+    pub fn change_subscription(
+        &mut self,
+        key: &str,
+        input: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Reply> {
+        let sub = self.subscription(key)?;
+        let input = object_body(input, v::SUBSCRIPTION_CHANGE_FIELDS)?;
+        if matches!(sub.text("state"), "expired" | "failed") {
+            return Err(ApiError::new(
+                "validation",
+                "Expired subscriptions cannot be changed.",
+            ));
+        }
+        let mut checker = Checker::default();
+        let timeframe = checker
+            .one_of(
+                input,
+                "",
+                "timeframe",
+                &["now", "bill_date", "renewal", "term_end"],
+            )
+            .unwrap_or_else(|| "now".into());
+        let current_plan_id = sub.field("plan")["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let plan_key = checker
+            .string(input, "", "plan_id", 13, false)
+            .or_else(|| {
+                checker
+                    .string(input, "", "plan_code", v::CODE_MAX, false)
+                    .map(|c| format!("code-{c}"))
+            })
+            .unwrap_or_else(|| current_plan_id.clone());
+        let plan = match self.plan(&plan_key) {
+            Ok(plan) if plan.active() => plan,
+            Ok(_) => {
+                return Err(ApiError::validation_message(
+                    "The plan is inactive.",
+                    "plan_code",
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::validation_message(
+                    "The plan could not be found.",
+                    "plan_code",
+                ));
+            }
+        };
+        let currency = sub.text("currency").to_owned();
+        let pricing = plan
+            .field("currencies")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["currency"] == json!(currency))
+            .cloned();
+        if pricing.is_none() {
+            checker.fail("plan_code", "is not priced in the subscription's currency");
+        }
+        let plan_changes = plan.id != current_plan_id;
+        let account_id = sub.field("account")["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if plan_changes
+            && ONE_LIVE_SUBSCRIPTION_PER_PLAN
+            && self.subscriptions_of(&account_id).any(|s| {
+                s.id != sub.id
+                    && s.field("plan")["id"] == json!(plan.id)
+                    && subscription_is_live(s, now)
+            })
+        {
+            return Err(ApiError::validation_message(
+                "You already have a subscription to this plan.",
+                "plan_code",
+            ));
+        }
+
+        // Existing add-ons are named by their subscription add-on id; they keep that id.
+        let current: Vec<Value> = sub.field("add_ons").as_array().cloned().unwrap_or_default();
+        let items: Vec<Value> = match input.get("add_ons") {
+            Some(Value::Array(items)) => items.clone(),
+            None | Some(Value::Null) => current
+                .iter()
+                .map(|a| json!({"code": a["add_on"]["code"], "quantity": a["quantity"]}))
+                .collect(),
+            Some(_) => {
+                checker.fail("add_ons", "must be an array");
+                Vec::new()
+            }
+        };
+        let mut named = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(fields) = item.as_object() else {
+                checker.fail(format!("add_ons[{i}]"), "must be an object");
+                continue;
+            };
+            let mut fields = fields.clone();
+            if let Some(id) = fields.remove("id") {
+                match current.iter().find(|a| a["id"] == id) {
+                    Some(existing) => {
+                        fields
+                            .entry("code")
+                            .or_insert(existing["add_on"]["code"].clone());
+                        fields
+                            .entry("quantity")
+                            .or_insert(existing["quantity"].clone());
+                    }
+                    None => checker.fail(format!("add_ons[{i}].id"), "is invalid"),
+                }
+            }
+            named.push(Value::Object(fields));
+        }
+        let mut wanted = Map::new();
+        wanted.insert("add_ons".into(), Value::Array(named));
+        let add_ons = self.subscription_add_ons(&wanted, plan, &currency, &mut checker)?;
+        let quantity = checker.integer(input, "", "quantity", 0, i64::from(i32::MAX));
+        let unit_amount = checker.amount(input, "", "unit_amount", 2);
+        let collection = checker.one_of(input, "", "collection_method", &["automatic", "manual"]);
+        let net_terms = checker.integer(input, "", "net_terms", 0, 999);
+        let po_number = checker.string(input, "", "po_number", 50, false);
+        let revenue = checker.one_of(
+            input,
+            "",
+            "revenue_schedule_type",
+            v::REVENUE_SCHEDULE_TYPES,
+        );
+        if input
+            .get("coupon_codes")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+        {
+            checker.fail("coupon_codes", "is invalid");
+        }
+        checker.finish()?;
+
+        let sub_id = sub.id.clone();
+        let add_ons: Vec<Value> = add_ons
+            .into_iter()
+            .map(|mut a| {
+                let kept = current
+                    .iter()
+                    .find(|c| c["add_on"]["id"] == a["add_on"]["id"]);
+                match kept {
+                    Some(kept) => {
+                        a.insert("id".into(), kept["id"].clone());
+                        a.insert("created_at".into(), kept["created_at"].clone());
+                    }
+                    None => {
+                        a.insert("created_at".into(), json!(timestamp(now)));
+                    }
+                }
+                a.insert("subscription_id".into(), json!(sub_id));
+                a.insert("updated_at".into(), json!(timestamp(now)));
+                Value::Object(a)
+            })
+            .collect();
+        let unit_amount = unit_amount
+            .or_else(|| {
+                (!plan_changes)
+                    .then(|| sub.field("unit_amount").as_f64())
+                    .flatten()
+            })
+            .or_else(|| pricing.as_ref().and_then(|p| p["unit_amount"].as_f64()))
+            .unwrap_or(0.0);
+        let quantity = quantity
+            .or_else(|| sub.field("quantity").as_i64())
+            .unwrap_or(1);
+        let activate_at = match timeframe.as_str() {
+            "now" => json!(timestamp(now)),
+            "term_end" => sub.field("current_term_ends_at").clone(),
+            _ => sub.field("current_period_ends_at").clone(),
+        };
+        let plan_mini = json!({"id": plan.id, "object": "plan", "code": plan.text("code"), "name": plan.text("name")});
+        let mut change = json!({
+            "id": new_id(),
+            "object": "subscription_change",
+            "subscription_id": sub_id,
+            "plan": plan_mini,
+            "add_ons": add_ons,
+            "unit_amount": unit_amount,
+            "tax_inclusive": false,
+            "quantity": quantity,
+            "activate_at": activate_at,
+            "activated": timeframe == "now",
+            "created_at": timestamp(now),
+            "updated_at": timestamp(now),
+        });
+        if let Some(revenue) = &revenue {
+            change["revenue_schedule_type"] = json!(revenue);
+        }
+        let sub = self
+            .subscriptions
+            .get_mut(&sub_id)
+            .expect("subscription looked up above");
+        sub.touch(now);
+        if timeframe != "now" {
+            sub.body.insert("pending_change".into(), change.clone());
+            return Ok(Reply::Json(201, change));
+        }
+        sub.body.remove("pending_change");
+        let (add_ons_total, subtotal) = subscription_totals(&add_ons, unit_amount, quantity);
+        for (key, value) in [
+            ("plan", change["plan"].clone()),
+            ("add_ons", Value::Array(add_ons)),
+            ("unit_amount", json!(unit_amount)),
+            ("quantity", json!(quantity)),
+            ("add_ons_total", json!(add_ons_total)),
+            ("subtotal", json!(subtotal)),
+            ("total", json!(subtotal)),
+        ] {
+            sub.body.insert(key.into(), value);
+        }
+        if let Some(collection) = collection {
+            sub.body
+                .insert("collection_method".into(), json!(collection));
+        }
+        if let Some(net_terms) = net_terms {
+            sub.body.insert("net_terms".into(), json!(net_terms));
+        }
+        if let Some(po) = po_number {
+            sub.body.insert("po_number".into(), json!(po));
+        }
+        if let Some(revenue) = revenue {
+            sub.body
+                .insert("revenue_schedule_type".into(), json!(revenue));
+        }
+        Ok(Reply::Json(201, change))
+    }
+
+    pub fn get_subscription_change(&self, key: &str) -> Result<Reply> {
+        let sub = self.subscription(key)?;
+        match sub.body.get("pending_change") {
+            Some(change) => Ok(Reply::Json(200, change.clone())),
+            None => Err(ApiError::new(
+                "not_found",
+                "The subscription has no pending change.",
+            )),
+        }
+    }
+
+    pub fn delete_subscription_change(&mut self, key: &str, now: DateTime<Utc>) -> Result<Reply> {
+        let id = self.subscription(key)?.id.clone();
+        let sub = self
+            .subscriptions
+            .get_mut(&id)
+            .expect("subscription looked up above");
+        if sub.body.remove("pending_change").is_none() {
+            return Err(ApiError::new(
+                "not_found",
+                "The subscription has no pending change.",
+            ));
+        }
+        sub.touch(now);
+        Ok(Reply::NoContent)
     }
 
     pub fn get_subscription(&self, key: &str) -> Result<Reply> {
@@ -1799,6 +2052,18 @@ impl Store {
     }
 }
 
+/// `(add_ons_total, subtotal)`: fixed add-ons at their price × quantity (usage is billed in
+/// arrears), plus the plan price × quantity.
+fn subscription_totals(add_ons: &[Value], unit_amount: f64, quantity: i64) -> (f64, f64) {
+    // Folded from +0.0: `f64` sums start at -0.0, which an empty list would print.
+    let add_ons_total = add_ons
+        .iter()
+        .filter(|a| a["add_on"]["add_on_type"] == "fixed")
+        .map(|a| a["unit_amount"].as_f64().unwrap_or(0.0) * a["quantity"].as_f64().unwrap_or(0.0))
+        .fold(0.0, |total, amount| total + amount);
+    (add_ons_total, unit_amount * quantity as f64 + add_ons_total)
+}
+
 /// `live`: active, canceled, future, or in trial (FilterSubscriptionStateEnum).
 fn subscription_is_live(sub: &Record, now: DateTime<Utc>) -> bool {
     matches!(sub.text("state"), "active" | "canceled" | "future") || in_trial(sub, now)
@@ -2091,5 +2356,45 @@ mod tests {
             now,
         );
         assert_eq!(body(sub)["state"], "active");
+    }
+
+    #[test]
+    fn a_change_now_replaces_the_add_ons_and_keeps_the_ones_named_by_id() {
+        let (mut store, now) = site();
+        let sub = body(store.create_subscription(
+            &json!({"plan_code": "basic", "currency": "USD", "account": {"code": "c"}, "add_ons": [{"code": "calls"}]}),
+            now,
+        ));
+        let id = sub["id"].as_str().unwrap();
+        let kept_id = sub["add_ons"][0]["id"].clone();
+        let change = body(store.change_subscription(
+            id,
+            &json!({"add_ons": [{"id": kept_id}, {"code": "seats", "quantity": 4}]}),
+            now,
+        ));
+        assert_eq!(change["activated"], true);
+        let changed = body(store.get_subscription(id));
+        assert_eq!(changed["add_ons"][0]["id"], kept_id);
+        assert_eq!(changed["add_ons"][1]["quantity"], 4);
+        assert_eq!(changed["add_ons_total"], 20.0);
+
+        let pending = body(store.change_subscription(
+            id,
+            &json!({"timeframe": "renewal", "add_ons": []}),
+            now,
+        ));
+        assert_eq!(pending["activated"], false);
+        assert_eq!(
+            body(store.get_subscription(id))["add_ons"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(matches!(
+            store.delete_subscription_change(id, now),
+            Ok(Reply::NoContent)
+        ));
+        assert_eq!(error(store.get_subscription_change(id)).kind, "not_found");
     }
 }

@@ -196,6 +196,26 @@ pub(crate) const SUBSCRIPTION_ADD_ON_FIELDS: &[&str] = &[
     "usage_percentage",
     "revenue_schedule_type",
 ];
+pub(crate) const SUBSCRIPTION_CHANGE_FIELDS: &[&str] = &[
+    "timeframe",
+    "plan_id",
+    "plan_code",
+    "unit_amount",
+    "tax_inclusive",
+    "quantity",
+    "shipping",
+    "coupon_codes",
+    "add_ons",
+    "collection_method",
+    "revenue_schedule_type",
+    "custom_fields",
+    "po_number",
+    "net_terms",
+    "net_terms_type",
+    "transaction_type",
+    "billing_info",
+    "ramp_intervals",
+];
 pub(crate) const USAGE_CREATE_FIELDS: &[&str] = &[
     "merchant_tag",
     "amount",
