@@ -4,10 +4,14 @@
 //! Every request under `/recurly` goes through [`dispatch`]: Basic auth, the versioned `Accept`
 //! header, the sliding rate-limit window, `Idempotency-Key`, then the route's [`Store`] method.
 
+mod accounts;
+mod catalog;
 mod errors;
 mod idempotency;
 mod paging;
 mod store;
+mod subscriptions;
+mod usage;
 mod validation;
 
 use std::sync::Arc;
