@@ -618,3 +618,85 @@ pub(crate) fn injected_rate_limit(state: &SandboxState) -> HttpResponse {
     };
     rate_limited(Some(&decision), &request_id())
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+    use base64::Engine;
+
+    use super::*;
+
+    fn basic(credentials: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    }
+
+    #[test]
+    fn the_key_is_read_with_or_without_the_colon_of_an_empty_password() {
+        for credentials in ["KEY:", "KEY"] {
+            let req = TestRequest::default()
+                .insert_header(("Authorization", basic(credentials)))
+                .to_http_request();
+            assert_eq!(api_key(&req).as_deref(), Some("KEY"), "{credentials}");
+        }
+        for header in [
+            basic(":"),
+            basic(""),
+            "Bearer KEY".to_owned(),
+            "Basic !!".to_owned(),
+        ] {
+            let req = TestRequest::default()
+                .insert_header(("Authorization", header.clone()))
+                .to_http_request();
+            assert_eq!(api_key(&req), None, "{header}");
+        }
+    }
+
+    #[test]
+    fn only_the_current_or_latest_version_is_accepted() {
+        let accepts = |accept: &str| {
+            accepts_api_version(
+                &TestRequest::default()
+                    .insert_header(("Accept", accept))
+                    .to_http_request(),
+            )
+        };
+        assert!(accepts("application/vnd.recurly.v2021-02-25"));
+        assert!(accepts(
+            "application/vnd.recurly.v2021-02-25+json; charset=utf-8"
+        ));
+        assert!(accepts("application/json, application/vnd.recurly.latest"));
+        assert!(!accepts("application/vnd.recurly.v2019-10-10"));
+        assert!(!accepts("application/json"));
+        assert!(!accepts_api_version(
+            &TestRequest::default().to_http_request()
+        ));
+    }
+
+    #[test]
+    fn path_segments_are_decoded_and_a_site_prefix_is_dropped() {
+        assert_eq!(
+            segments("/sites/subdomain-acme/plans/code-a%2Fb+c"),
+            ["plans", "code-a/b+c"]
+        );
+        assert!(exempt_from_rate_limit(&segments("/usage/abc")));
+        assert!(exempt_from_rate_limit(&segments(
+            "/subscriptions/s/add_ons/code-x/usage"
+        )));
+        assert!(!exempt_from_rate_limit(&segments("/plans")));
+    }
+
+    #[test]
+    fn injected_gateway_errors_have_no_recurly_body() {
+        let res = injected_error(503);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().get("Recurly-Version").is_none());
+        let res = injected_error(500);
+        assert_eq!(
+            res.headers().get("Content-Type").unwrap(),
+            "application/json; charset=utf-8"
+        );
+    }
+}
