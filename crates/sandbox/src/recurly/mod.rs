@@ -304,7 +304,9 @@ fn segments(relative: &str) -> Vec<String> {
 fn rate_limited(decision: Option<&Decision>, request_id: &str) -> HttpResponse {
     let error = ApiError::new(
         "rate_limited",
-        "You have made too many API requests in the last 5 minutes. Wait until the time in X-RateLimit-Reset before retrying.",
+        format!(
+            "You have made too many API requests in the last {RATE_LIMIT_WINDOW_MINUTES} minutes. Wait until the time in X-RateLimit-Reset before retrying."
+        ),
     );
     error_answer(&error, decision, request_id)
 }
