@@ -44,6 +44,9 @@ pub(crate) enum Claim {
     InFlight,
 }
 
+/// Keys per API key (the caller prefixes it). The key alone names the request: reusing it for
+/// another path or body replays the first answer [U: what Recurly does then is undocumented;
+/// the bridge derives one key per logical operation, so it never meets this case].
 #[derive(Default)]
 pub(crate) struct IdempotencyKeys {
     slots: Mutex<HashMap<String, Slot>>,
