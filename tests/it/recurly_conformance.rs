@@ -1,1 +1,0 @@
-//! (written by the conformance work for this area)
