@@ -32,6 +32,9 @@ pub struct FaultSettings {
     pub rate_limited_next: u32,
     /// Fraction of requests refused as rate limited.
     pub rate_limited_rate: f64,
+    /// How far ahead an injected 429 says the limit resets (`X-RateLimit-Reset`, `Retry-After`):
+    /// a short burst by default, so clients that wait it out correctly are not held for minutes.
+    pub retry_after_secs: u64,
     /// Fraction of requests held for `hang_ms` and then dropped without an answer.
     pub timeout_rate: f64,
     pub hang_ms: u64,
@@ -54,6 +57,7 @@ impl Default for FaultSettings {
             latency_jitter_ms: 0,
             rate_limited_next: 0,
             rate_limited_rate: 0.0,
+            retry_after_secs: 1,
             timeout_rate: 0.0,
             hang_ms: 30_000,
             hangup_rate: 0.0,
@@ -87,7 +91,7 @@ struct ActiveFaults {
 enum Injection {
     None,
     Error(u16),
-    RateLimited,
+    RateLimited(Duration),
     Timeout(Duration),
     Hangup,
 }
@@ -155,13 +159,14 @@ impl Faults {
         }
         let roll: f64 = active.rng.random();
         let s = &active.settings;
+        let retry_after = Duration::from_secs(s.retry_after_secs);
         let injection = if active.burst_left > 0 {
             active.burst_left -= 1;
-            Injection::RateLimited
+            Injection::RateLimited(retry_after)
         } else if roll < s.error_rate {
             Injection::Error(s.error_status)
         } else if roll < s.error_rate + s.rate_limited_rate {
-            Injection::RateLimited
+            Injection::RateLimited(retry_after)
         } else if roll < s.error_rate + s.rate_limited_rate + s.timeout_rate {
             Injection::Timeout(Duration::from_millis(s.hang_ms))
         } else if roll < s.error_rate + s.rate_limited_rate + s.timeout_rate + s.hangup_rate {
@@ -171,7 +176,7 @@ impl Faults {
         };
         match injection {
             Injection::Error(_) => active.counts.errors += 1,
-            Injection::RateLimited => active.counts.rate_limited += 1,
+            Injection::RateLimited(_) => active.counts.rate_limited += 1,
             Injection::Timeout(_) => active.counts.timeouts += 1,
             Injection::Hangup => active.counts.hangups += 1,
             Injection::None => {}
@@ -242,11 +247,11 @@ pub async fn gate(
             (None, res)
         }
         Injection::Error(status) => {
-            let resp = upstream.injected_error(status);
+            let resp = upstream.injected_error(status, &state);
             (Some(format!("error {status}")), req.into_response(resp))
         }
-        Injection::RateLimited => {
-            let resp = upstream.injected_rate_limit(&state);
+        Injection::RateLimited(retry_after) => {
+            let resp = upstream.injected_rate_limit(&state, retry_after);
             (Some("rate_limited".to_owned()), req.into_response(resp))
         }
         Injection::Timeout(hang) => {

@@ -88,25 +88,29 @@ impl Upstream {
     }
 
     /// An injected error answer, in the error format of this upstream.
-    fn injected_error(self, status: u16) -> HttpResponse {
+    fn injected_error(self, status: u16, state: &SandboxState) -> HttpResponse {
         match self {
             Upstream::Amplify | Upstream::Platform => amplify::injected_error(status),
             Upstream::Auth => amplify::injected_auth_error(status),
             Upstream::Recurly => recurly::injected_error(status),
             Upstream::Teams => teams::injected_error(status),
-            Upstream::Sendgrid => sendgrid::injected_error(status),
+            Upstream::Sendgrid => sendgrid::injected_error(status, state),
         }
     }
 
     /// An injected 429, with the headers and body this upstream sends when it throttles.
-    fn injected_rate_limit(self, state: &SandboxState) -> HttpResponse {
+    fn injected_rate_limit(
+        self,
+        state: &SandboxState,
+        retry_after: std::time::Duration,
+    ) -> HttpResponse {
         match self {
             Upstream::Amplify | Upstream::Platform | Upstream::Auth => {
-                amplify::rate_limited_response(std::time::Duration::from_secs(60))
+                amplify::rate_limited_response(retry_after)
             }
-            Upstream::Recurly => recurly::injected_rate_limit(state),
+            Upstream::Recurly => recurly::injected_rate_limit(state, retry_after),
             Upstream::Teams => teams::throttled_response(),
-            Upstream::Sendgrid => sendgrid::rate_limited_response(),
+            Upstream::Sendgrid => sendgrid::rate_limited_response(retry_after),
         }
     }
 }
@@ -203,10 +207,19 @@ impl SandboxHandle {
         &self.state
     }
 
-    /// Stops accepting connections and waits for the server to finish.
+    /// Stops accepting connections and waits for the server to finish (at most a few seconds:
+    /// a test must not hang on a connection a client left open).
     pub async fn stop(self) {
-        self.server.stop(true).await;
-        let _ = self.task.await;
+        let graceful = async {
+            self.server.stop(true).await;
+            let _ = self.task.await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), graceful)
+            .await
+            .is_err()
+        {
+            tracing::warn!("sandbox did not stop within 5 s; abandoning it");
+        }
     }
 
     /// Waits until the server ends (for the `sandbox` command).

@@ -178,6 +178,14 @@ fn validate(body: &Value, now_secs: i64) -> (Vec<Value>, Vec<String>) {
             }
         }
     }
+    if let Some(send_at) = body.get("send_at").and_then(|s| s.as_i64())
+        && send_at > now_secs + MAX_SCHEDULE_SECS
+    {
+        errors.push(error(
+            Some("send_at"),
+            "The send_at parameter cannot be more than 72 hours in the future.",
+        ));
+    }
     if recipients.len() > MAX_RECIPIENTS {
         errors.push(error(
             Some("personalizations"),
@@ -358,17 +366,23 @@ async fn mail_send(
         .finish()
 }
 
-pub(crate) fn rate_limited_response() -> HttpResponse {
-    HttpResponse::TooManyRequests()
-        .insert_header(("X-RateLimit-Limit", REQUESTS_PER_SECOND.to_string()))
-        .insert_header(("X-RateLimit-Remaining", "0"))
+pub(crate) fn rate_limited_response(retry_after: Duration) -> HttpResponse {
+    let decision = Decision {
+        allowed: false,
+        limit: REQUESTS_PER_SECOND,
+        remaining: 0,
+        reset_after: retry_after,
+    };
+    with_limit_headers(HttpResponse::TooManyRequests(), &decision)
         .json(json!({"errors":[{"field": null, "message": "too many requests"}]}))
 }
 
-pub(crate) fn injected_error(status: u16) -> HttpResponse {
+pub(crate) fn injected_error(status: u16, state: &SandboxState) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(status)
         .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
-    HttpResponse::build(status).json(error_body(vec![error(
+    // Every SendGrid answer carries the rate-limit headers, errors included (reference §9).
+    let decision = state.sendgrid.window.peek(Instant::now());
+    with_limit_headers(HttpResponse::build(status), &decision).json(error_body(vec![error(
         None,
         status.canonical_reason().unwrap_or("error"),
     )]))
@@ -410,6 +424,22 @@ mod tests {
         body.as_object_mut().unwrap().remove("subject");
         body.as_object_mut().unwrap().remove("content");
         body["template_id"] = json!("d-0123456789abcdef0123456789abcdef");
+        assert!(validate(&body, 0).0.is_empty());
+    }
+
+    #[test]
+    fn a_mail_scheduled_more_than_72_hours_ahead_is_refused_wherever_send_at_is() {
+        let mut body = valid();
+        body["send_at"] = json!(MAX_SCHEDULE_SECS + 1);
+        let (errors, _) = validate(&body, 0);
+        assert_eq!(errors[0]["field"], "send_at");
+        let mut body = valid();
+        body["personalizations"][0]["send_at"] = json!(MAX_SCHEDULE_SECS + 1);
+        assert_eq!(
+            validate(&body, 0).0[0]["field"],
+            "personalizations.0.send_at"
+        );
+        body["personalizations"][0]["send_at"] = json!(MAX_SCHEDULE_SECS);
         assert!(validate(&body, 0).0.is_empty());
     }
 

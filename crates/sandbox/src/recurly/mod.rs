@@ -595,7 +595,7 @@ pub(crate) fn injected_error(status: u16) -> HttpResponse {
     }
 }
 
-pub(crate) fn injected_rate_limit(state: &SandboxState) -> HttpResponse {
+pub(crate) fn injected_rate_limit(state: &SandboxState, retry_after: Duration) -> HttpResponse {
     let config = state.config();
     let decision = match state.recurly.window() {
         Some(window) => Decision {
@@ -614,8 +614,10 @@ pub(crate) fn injected_rate_limit(state: &SandboxState) -> HttpResponse {
             reset_after: Duration::from_secs(60),
         },
     };
+    // The fault says how long the burst lasts; the real window may be longer, but a client
+    // that waits for `X-RateLimit-Reset` must be able to recover from an injected burst.
     let decision = Decision {
-        reset_after: decision.reset_after.max(Duration::from_secs(1)),
+        reset_after: retry_after.max(Duration::from_secs(1)),
         ..decision
     };
     rate_limited(Some(&decision), &request_id())
