@@ -146,3 +146,27 @@ async fn sixth_request_in_a_minute_is_rate_limited_429() {
         "§1.4 per-client limit"
     );
 }
+
+#[tokio::test]
+async fn rate_limit_is_counted_per_client() {
+    let mut config = unlimited();
+    config.amplify.requests_per_minute = 2;
+    let amp = Amplify::start_with(config).await;
+    for _ in 0..2 {
+        assert_eq!(amp.get("/catalog/v1/products").await.status.as_u16(), 200);
+    }
+    assert_eq!(amp.get("/catalog/v1/products").await.status.as_u16(), 429);
+
+    let other = token_basic(&amp.sb, "another-client", "its-secret")
+        .await
+        .expect(200, "token for a second client");
+    let resp = amp
+        .sb
+        .http
+        .get(amp.sb.at("/amplify/apis/catalog/v1/products"))
+        .bearer_auth(other["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "§1.4 the limit is per client");
+}

@@ -439,3 +439,63 @@ async fn main_put_does_not_change_subresources() {
         "§2.3 subresources change only via their own PUT"
     );
 }
+
+#[tokio::test]
+async fn subscription_state_is_unset_until_approved_then_active() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    let sub = amp.subscription("v1", "sub-1", "p", "silver").await;
+    assert!(
+        sub["state"].is_null() || sub["state"]["name"].is_null(),
+        "§3.4 state 'not set until the subscription is approved': {sub}"
+    );
+    let approved = amp
+        .put(
+            "/catalog/v1/subscriptions/sub-1/approval",
+            &json!({"approval": {"state": "approved", "reason": "ok"}}),
+        )
+        .await
+        .expect(200, "approve");
+    assert_eq!(approved["state"]["name"], "active", "§3.4: {approved}");
+}
+
+#[tokio::test]
+async fn rejecting_a_subscription_keeps_it_inactive() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    amp.subscription("v1", "sub-1", "p", "silver").await;
+    let rejected = amp
+        .put(
+            "/catalog/v1/subscriptions/sub-1/approval",
+            &json!({"approval": {"state": "rejected", "reason": "No billing account amplify-team-x"}}),
+        )
+        .await
+        .expect(200, "§3.4 reject");
+    assert_eq!(rejected["approval"]["state"], "rejected");
+    assert_ne!(rejected["state"]["name"], "active", "{rejected}");
+}
+
+#[tokio::test]
+async fn subscribing_to_a_deprecated_plan_is_refused() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    amp.put(
+        "/catalog/v1/productplans/silver/state",
+        &json!({"state": "deprecated"}),
+    )
+    .await
+    .expect(200, "deprecate");
+    let resp = amp
+        .post(
+            "/catalog/v1/subscriptions",
+            &subscription_body("v1", "sub-late", "p", "silver"),
+        )
+        .await;
+    assert!(
+        resp.status.is_client_error(),
+        "§3.2 deprecated = no new subscriptions: {} {}",
+        resp.status,
+        resp.text
+    );
+    assert!(resp.body["errors"].is_array(), "{}", resp.text);
+}

@@ -329,3 +329,136 @@ async fn query_and_paging_combine() {
     both.sort();
     assert_eq!(both, ["fin-a", "fin-b"], "next link keeps the query");
 }
+
+#[tokio::test]
+async fn sort_orders_by_name_descending() {
+    let amp = Amplify::start().await;
+    billing_products(&amp).await;
+    let resp = amp
+        .get_query("/catalog/v1/products", &[("sort", "name,DESC")])
+        .await;
+    assert_eq!(names(&resp.body), ["ops-c", "fin-b", "fin-a"], "§2.5 sort");
+    let resp = amp
+        .get_query("/catalog/v1/products", &[("sort", "name,ASC")])
+        .await;
+    assert_eq!(names(&resp.body), ["fin-a", "fin-b", "ops-c"], "§2.5 sort");
+}
+
+#[tokio::test]
+async fn fields_limits_the_returned_keys() {
+    let amp = Amplify::start().await;
+    billing_products(&amp).await;
+    let resp = amp
+        .get_query("/catalog/v1/products", &[("fields", "name,attributes")])
+        .await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", resp.text);
+    let items = resp.body.as_array().expect("array");
+    assert_eq!(items.len(), 3);
+    for item in items {
+        assert!(item["name"].is_string(), "{item}");
+        assert!(item["attributes"].is_object(), "{item}");
+        assert!(
+            item["spec"].is_null(),
+            "§2.5 fields leaves out spec: {item}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rsql_matches_tags() {
+    let amp = Amplify::start().await;
+    billing_products(&amp).await;
+    let mut tagged = super::client::product_body("v1", "tagged", "recurly");
+    tagged["tags"] = json!(["weather"]);
+    amp.create("/catalog/v1/products", &tagged).await;
+    assert_eq!(
+        query(&amp, "/catalog/v1/products", "tags==weather").await,
+        ["tagged"],
+        "§2.5 SDK query builder tags==\"t\""
+    );
+}
+
+#[tokio::test]
+async fn page_past_the_end_is_an_empty_array() {
+    let amp = Amplify::start().await;
+    billing_products(&amp).await;
+    let resp = amp
+        .get_query("/catalog/v1/products", &[("page", "5"), ("pageSize", "2")])
+        .await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", resp.text);
+    assert_eq!(resp.body, json!([]));
+}
+
+#[tokio::test]
+async fn rsql_underscore_matches_one_character() {
+    let amp = Amplify::start().await;
+    billing_products(&amp).await;
+    assert_eq!(
+        query(&amp, "/catalog/v1/products", "name==fin-_").await,
+        ["fin-a", "fin-b"],
+        "§2.5 `_` wildcard"
+    );
+}
+
+#[tokio::test]
+async fn rsql_accepts_quoted_lists_and_word_operators() {
+    let amp = Amplify::start().await;
+    billing_products(&amp).await;
+    assert_eq!(
+        query(
+            &amp,
+            "/catalog/v1/products",
+            "name=in=(\"fin-a\",\"ops-c\")"
+        )
+        .await,
+        ["fin-a", "ops-c"],
+        "§2.5 SDK name=in=(\"a\",\"b\")"
+    );
+    assert_eq!(
+        query(&amp, "/catalog/v1/products", "name==fin-a or name==ops-c").await,
+        ["fin-a", "ops-c"],
+        "§2.5 `or`"
+    );
+    assert_eq!(
+        query(
+            &amp,
+            "/catalog/v1/products",
+            "attributes.billingSystem==recurly and name==fin-a"
+        )
+        .await,
+        ["fin-a"],
+        "§2.5 `and`"
+    );
+}
+
+#[tokio::test]
+async fn rsql_selects_by_metadata_id_and_reference_kind() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    amp.product("v1", "q", "recurly").await;
+    amp.plan("v1", "gold", "q").await;
+    amp.activate_plan("v1", "gold").await;
+    let sub = amp.subscription("v1", "sub-s", "p", "silver").await;
+    amp.subscription("v1", "sub-g", "q", "gold").await;
+
+    let id = sub["metadata"]["id"].as_str().unwrap();
+    assert_eq!(
+        query(
+            &amp,
+            "/catalog/v1/subscriptions",
+            &format!("metadata.id=={id}")
+        )
+        .await,
+        ["sub-s"]
+    );
+    assert_eq!(
+        query(
+            &amp,
+            "/catalog/v1/subscriptions",
+            "metadata.references.name==gold;metadata.references.kind==ProductPlan"
+        )
+        .await,
+        ["sub-g"],
+        "§2.5 SDK reference query"
+    );
+}

@@ -1,5 +1,5 @@
 //! A webhook receiver for the tests: a bare HTTP/1.1 server on 127.0.0.1:0 that keeps every
-//! request (head and body) and answers 200 with an empty body.
+//! request (head and body) and answers with a fixed status (200 unless told) and an empty body.
 
 #![allow(dead_code)]
 
@@ -31,6 +31,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_answering(200).await
+    }
+
+    /// A receiver that answers every request with `status`.
+    pub async fn start_answering(status: u16) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("receiver binds");
@@ -40,7 +45,7 @@ impl Receiver {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, tx).await;
+                    let _ = serve(stream, tx, status).await;
                 });
             }
         });
@@ -145,7 +150,11 @@ fn decode_chunked(data: &[u8]) -> Option<(Vec<u8>, usize)> {
     }
 }
 
-async fn serve(stream: TcpStream, tx: mpsc::UnboundedSender<Delivery>) -> std::io::Result<()> {
+async fn serve(
+    stream: TcpStream,
+    tx: mpsc::UnboundedSender<Delivery>,
+    status: u16,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -202,11 +211,10 @@ async fn serve(stream: TcpStream, tx: mpsc::UnboundedSender<Delivery>) -> std::i
             headers,
             body,
         });
-        write_all(
-            &stream,
-            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n",
-        )
-        .await?;
+        let answer = format!(
+            "HTTP/1.1 {status} Status\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n"
+        );
+        write_all(&stream, answer.as_bytes()).await?;
         if close {
             return Ok(());
         }

@@ -528,3 +528,75 @@ async fn disabled_webhook_gets_nothing() {
         "§4.1 enabled: false"
     );
 }
+
+#[tokio::test]
+async fn failed_delivery_is_not_retried() {
+    let amp = Amplify::start().await;
+    let mut failing = Receiver::start_answering(500).await;
+    amp.product("v1", "p", "recurly").await;
+    register_hook(
+        &amp,
+        "failing",
+        &failing.url,
+        None,
+        vec![trigger("ProductPlan", "*", &["created"])],
+    )
+    .await;
+    amp.plan("v1", "silver", "p").await;
+    failing.wait_until(WAIT, |got| !got.is_empty()).await;
+    let got = failing.settle(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "§4.1 'there is no retry mechanism': one attempt for one event, got {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn wildcard_kind_trigger_delivers_every_catalog_kind() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    register_hook(
+        &amp,
+        "everything",
+        &rx.url,
+        None,
+        vec![trigger("*", "*", &["created"])],
+    )
+    .await;
+    amp.product("v1", "p", "recurly").await;
+    amp.plan("v1", "silver", "p").await;
+    let kinds = |got: &[Delivery]| -> Vec<String> {
+        got.iter()
+            .filter(|d| d.body["type"] == "ResourceCreated")
+            .map(|d| d.body["payload"]["kind"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let got = rx.wait_until(WAIT, |got| kinds(got).len() >= 2).await;
+    let kinds = kinds(got);
+    assert!(
+        kinds.contains(&"Product".to_owned()) && kinds.contains(&"ProductPlan".to_owned()),
+        "§4.1 kind \"*\": {kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn subscription_events_share_the_correlation_id_of_the_create_request() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    register_billing_hook(&amp, &rx.url).await;
+    amp.subscription("v1", "sub-1", "p", "silver").await;
+    let got = rx
+        .wait_until(WAIT, |got| has_update_of(got, "approval", |_| true))
+        .await;
+    let ids: HashSet<&str> = got
+        .iter()
+        .map(|d| d.body["correlationId"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "§4.3 correlationId is the id of the originating API request: {ids:?}"
+    );
+}
