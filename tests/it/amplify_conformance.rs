@@ -3,7 +3,7 @@
 
 mod auth;
 mod catalog;
-mod client;
+pub(crate) mod client;
 mod lists;
 mod platform;
 mod receiver;

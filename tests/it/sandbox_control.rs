@@ -10,6 +10,7 @@ use billing_bridge_sandbox::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::amplify_conformance::client::{Amplify, token_basic};
 use crate::support::{TestSandbox, default_sandbox, spawn_sandbox};
 
 const MAIL_SEND: &str = "/sendgrid/v3/mail/send";
@@ -669,5 +670,121 @@ async fn faults_for_an_unknown_upstream_are_404() {
     assert_eq!(
         put_faults(&sb, "paypal", json!({"error_rate": 1})).await,
         StatusCode::NOT_FOUND
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// control routes over Amplify
+
+#[tokio::test]
+async fn reset_forgets_amplify_resources() {
+    let amp = Amplify::start().await;
+    amp.product("v1", "p", "recurly").await;
+    let resp = amp
+        .sb
+        .http
+        .post(amp.sb.at("/_sandbox/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let token = token_basic(&amp.sb, "billing-bridge-sa", "sa-secret")
+        .await
+        .expect(200, "token after reset");
+    let resp = amp
+        .sb
+        .http
+        .get(amp.apis("/catalog/v1/products"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!([]),
+        "no product after reset"
+    );
+}
+
+#[tokio::test]
+async fn auth_fault_spares_the_api_server() {
+    let amp = Amplify::start().await;
+    set_faults(
+        &amp.sb,
+        "auth",
+        json!({"error_rate": 1, "error_status": 503}),
+    )
+    .await;
+    let resp = token_basic(&amp.sb, "billing-bridge-sa", "sa-secret").await;
+    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        amp.get("/catalog/v1/products").await.status,
+        StatusCode::OK,
+        "a token already issued still works"
+    );
+}
+
+#[tokio::test]
+async fn amplify_fault_restricted_to_a_path_spares_other_collections() {
+    let amp = Amplify::start().await;
+    set_faults(
+        &amp.sb,
+        "amplify",
+        json!({"error_rate": 1, "error_status": 503, "path_contains": "/subscriptions"}),
+    )
+    .await;
+    assert_eq!(amp.get("/catalog/v1/products").await.status, StatusCode::OK);
+    let resp = amp.get("/catalog/v1/subscriptions").await;
+    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.body["errors"].is_array(), "{}", resp.text);
+}
+
+#[tokio::test]
+async fn amplify_rate_limited_next_gives_three_429_then_normal() {
+    let amp = Amplify::start().await;
+    set_faults(&amp.sb, "amplify", json!({"rate_limited_next": 3})).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(amp.get("/catalog/v1/products").await.status.as_u16());
+    }
+    assert_eq!(statuses, [429, 429, 429, 200]);
+}
+
+#[tokio::test]
+async fn config_replacement_changes_the_accepted_amplify_secret() {
+    let amp = Amplify::start_with(SandboxConfig {
+        amplify: AmplifySettings {
+            client_id: Some("sa".into()),
+            client_secret: Some("old-secret".into()),
+            requests_per_minute: 0,
+            ..AmplifySettings::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    amp.product("v1", "kept", "recurly").await;
+    let resp = amp
+        .sb
+        .http
+        .put(amp.sb.at("/_sandbox/config"))
+        .json(&json!({"amplify": {"client_id": "sa", "client_secret": "new-secret", "requests_per_minute": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    assert_eq!(
+        token_basic(&amp.sb, "sa", "old-secret").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        token_basic(&amp.sb, "sa", "new-secret").await.status,
+        StatusCode::OK
+    );
+    let product = amp.get("/catalog/v1/products/kept").await;
+    assert_eq!(
+        product.status,
+        StatusCode::OK,
+        "data kept across config change"
     );
 }
