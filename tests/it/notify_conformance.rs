@@ -504,3 +504,141 @@ async fn sendgrid_sandbox_mode_still_validates() {
     let fields = error_fields(&resp.json().await.unwrap());
     assert!(fields.iter().any(|f| f.starts_with("from")), "{fields:?}");
 }
+
+#[tokio::test]
+async fn teams_refuses_an_adaptive_envelope_whose_type_is_not_message() {
+    let sb = default_sandbox().await;
+    let mut card = adaptive_card("wrong envelope");
+    card["type"] = json!("note");
+    let (status, body) = post_teams(&sb, "/teams/webhookb2/env", &card).await;
+    assert!(
+        !(status == StatusCode::OK && body == "1"),
+        "§8.2 `type` must be \"message\": got {status} {body}"
+    );
+    assert!(cards(&sb).await.is_empty());
+}
+
+#[tokio::test]
+async fn teams_refuses_an_attachment_that_is_not_an_adaptive_card() {
+    let sb = default_sandbox().await;
+    let mut card = adaptive_card("wrong content type");
+    card["attachments"][0]["contentType"] = json!("application/json");
+    let (status, body) = post_teams(&sb, "/teams/webhookb2/ct", &card).await;
+    assert!(
+        !(status == StatusCode::OK && body == "1"),
+        "§8.2 contentType must be the adaptive card type: got {status} {body}"
+    );
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_empty_personalizations() {
+    let sb = default_sandbox().await;
+    let mut mail = plain_mail("dev@consumer.example");
+    mail["personalizations"] = json!([]);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "§9 personalizations 1–1000"
+    );
+    let fields = error_fields(&resp.json().await.unwrap());
+    assert!(
+        fields.iter().any(|f| f.starts_with("personalizations")),
+        "{fields:?}"
+    );
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_a_personalization_without_to() {
+    let sb = default_sandbox().await;
+    let mut mail = plain_mail("dev@consumer.example");
+    mail["personalizations"] = json!([{"subject": "no recipients"}]);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "§9 `to` is required"
+    );
+    let fields = error_fields(&resp.json().await.unwrap());
+    assert!(
+        fields.iter().any(|f| f.starts_with("personalizations.0")),
+        "the field names the personalization: {fields:?}"
+    );
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_more_than_1000_recipients() {
+    let sb = default_sandbox().await;
+    let to: Vec<Value> = (0..1001)
+        .map(|i| json!({"email": format!("r{i}@consumer.example")}))
+        .collect();
+    let mut mail = plain_mail("x@consumer.example");
+    mail["personalizations"] = json!([{"to": to}]);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "§9 max 1000 recipients"
+    );
+    assert!(mails(&sb).await.is_empty());
+}
+
+#[tokio::test]
+async fn sendgrid_accepts_exactly_1000_recipients() {
+    let sb = default_sandbox().await;
+    let to: Vec<Value> = (0..1000)
+        .map(|i| json!({"email": format!("r{i}@consumer.example")}))
+        .collect();
+    let mut mail = plain_mail("x@consumer.example");
+    mail["personalizations"] = json!([{"to": to}]);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_more_than_10_categories() {
+    let sb = default_sandbox().await;
+    let mut mail = plain_mail("dev@consumer.example");
+    mail["categories"] = json!((0..11).map(|i| format!("c{i}")).collect::<Vec<_>>());
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "§9 categories ≤ 10");
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_send_at_more_than_72_hours_ahead() {
+    let sb = default_sandbox().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mail = plain_mail("dev@consumer.example");
+    mail["send_at"] = json!(now + 73 * 3600);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "§9 send_at ≤ 72 h ahead"
+    );
+
+    mail["send_at"] = json!(now + 3600);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED, "an hour ahead is fine");
+}
+
+#[tokio::test]
+async fn sendgrid_refuses_content_with_no_blocks() {
+    let sb = default_sandbox().await;
+    let mut mail = plain_mail("dev@consumer.example");
+    mail["content"] = json!([]);
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "§9 at least one content block"
+    );
+    let fields = error_fields(&resp.json().await.unwrap());
+    assert!(
+        fields.iter().any(|f| f.starts_with("content")),
+        "{fields:?}"
+    );
+}
