@@ -170,3 +170,43 @@ async fn rate_limit_is_counted_per_client() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200, "§1.4 the limit is per client");
 }
+
+#[tokio::test]
+async fn token_request_without_client_credentials_grant_is_400() {
+    let sb = spawn_sandbox(configured_client()).await;
+    let resp = sb
+        .http
+        .post(sb.at(super::client::TOKEN_PATH))
+        .basic_auth("billing-bridge-sa", Some("right-secret"))
+        .form(&[("grant_type", "password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        400,
+        "README: unsupported_grant_type"
+    );
+    let resp = sb
+        .http
+        .post(sb.at(super::client::TOKEN_PATH))
+        .basic_auth("billing-bridge-sa", Some("right-secret"))
+        .form(&[("scope", "email")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "README: invalid_request");
+}
+
+#[tokio::test]
+async fn unauthorized_api_answers_use_the_central_error_body() {
+    let sb = spawn_sandbox(unlimited()).await;
+    let resp = sb
+        .http
+        .get(sb.at("/amplify/apis/catalog/v1/products"))
+        .send()
+        .await
+        .unwrap();
+    let resp = Resp::from(resp).await;
+    super::client::assert_central_error(&resp, 401);
+}

@@ -600,3 +600,76 @@ async fn subscription_events_share_the_correlation_id_of_the_create_request() {
         "§4.3 correlationId is the id of the originating API request: {ids:?}"
     );
 }
+
+async fn deliveries(amp: &Amplify) -> Vec<Value> {
+    let resp = amp
+        .sb
+        .http
+        .get(amp.sb.at("/_sandbox/deliveries"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.expect("deliveries are a JSON array")
+}
+
+/// A loopback URL nobody listens on.
+async fn closed_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/hooks")
+}
+
+#[tokio::test]
+async fn deliveries_route_lists_each_attempt_with_its_outcome() {
+    let amp = Amplify::start().await;
+    let mut ok = Receiver::start().await;
+    let failing = Receiver::start_answering(500).await;
+    let nowhere = closed_url().await;
+    amp.product("v1", "p", "recurly").await;
+    let plans = || vec![trigger("ProductPlan", "*", &["created"])];
+    register_hook(&amp, "ok", &ok.url, None, plans()).await;
+    register_hook(&amp, "failing", &failing.url, None, plans()).await;
+    register_hook(&amp, "nowhere", &nowhere, None, plans()).await;
+    amp.plan("v1", "silver", "p").await;
+    let got = ok.wait_until(WAIT, |got| !got.is_empty()).await.to_vec();
+
+    let mut listed = Vec::new();
+    for _ in 0..20 {
+        listed = deliveries(&amp).await;
+        if listed.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed.len(), 3, "one attempt per webhook: {listed:?}");
+    let by_url = |url: &str| {
+        listed
+            .iter()
+            .find(|d| d["url"] == url)
+            .unwrap_or_else(|| panic!("delivery to {url}: {listed:?}"))
+    };
+    let delivered = by_url(&ok.url);
+    assert_eq!(delivered["status"], 200);
+    assert_eq!(delivered["event_type"], "ResourceCreated");
+    assert_eq!(
+        delivered["event_id"], got[0].body["id"],
+        "same event as received"
+    );
+    assert_eq!(delivered["event"], got[0].body);
+    assert_eq!(by_url(&failing.url)["status"], 500);
+    let refused = by_url(&nowhere);
+    assert!(refused["status"].is_null(), "{refused}");
+    assert!(refused["error"].is_string(), "{refused}");
+
+    let resp = amp
+        .sb
+        .http
+        .delete(amp.sb.at("/_sandbox/deliveries"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(deliveries(&amp).await.is_empty());
+}
