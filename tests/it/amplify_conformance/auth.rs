@@ -210,3 +210,20 @@ async fn unauthorized_api_answers_use_the_central_error_body() {
     let resp = Resp::from(resp).await;
     super::client::assert_central_error(&resp, 401);
 }
+
+#[tokio::test]
+async fn platform_requests_count_against_the_same_limit() {
+    let mut config = unlimited();
+    config.amplify.requests_per_minute = 2;
+    let amp = Amplify::start_with(config).await;
+    assert_eq!(amp.get("/catalog/v1/products").await.status.as_u16(), 200);
+    let platform = amp
+        .send(amp.sb.http.get(amp.sb.at("/platform/api/v1/user/nobody")))
+        .await;
+    assert_eq!(platform.status.as_u16(), 404, "{}", platform.text);
+    assert_eq!(
+        amp.get("/catalog/v1/products").await.status.as_u16(),
+        429,
+        "§1.4 one budget for all listed Amplify APIs"
+    );
+}

@@ -422,21 +422,53 @@ async fn extension_subresource_comes_back_as_a_top_level_key() {
 #[tokio::test]
 async fn main_put_does_not_change_subresources() {
     let amp = Amplify::start().await;
-    amp.product_with_active_plan("p", "silver").await;
-    let mut plan = amp
-        .get("/catalog/v1/productplans/silver")
-        .await
-        .expect(200, "plan");
-    plan["state"] = json!("archived");
+    amp.product("v1", "p", "recurly").await;
+    let mut plan = amp.plan("v1", "silver", "p").await;
+    plan["state"] = json!("active");
     plan["title"] = json!("Silver 2");
+    plan["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
     let updated = amp
         .put("/catalog/v1/productplans/silver", &plan)
         .await
         .expect(200, "main PUT");
     assert_eq!(updated["title"], "Silver 2");
     assert_eq!(
-        updated["state"], "active",
+        updated["state"], "draft",
         "§2.3 subresources change only via their own PUT"
+    );
+}
+
+#[tokio::test]
+async fn active_plan_takes_new_attributes_and_quotas_but_not_new_prices() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    let mut plan = amp
+        .get("/catalog/v1/productplans/silver")
+        .await
+        .expect(200, "plan");
+    plan["attributes"]["recurlyPlanCode"] = json!("amplify-plan-x");
+    let updated = amp
+        .put("/catalog/v1/productplans/silver", &plan)
+        .await
+        .expect(200, "§2.3/§6 the integration links plans by attributes");
+    assert_eq!(updated["attributes"]["recurlyPlanCode"], "amplify-plan-x");
+    amp.create(
+        "/catalog/v1/productplans/silver/quotas",
+        &quota_body("v1", "quota-late"),
+    )
+    .await;
+
+    let mut repriced = updated.clone();
+    repriced["spec"]["billing"]["price"] = json!(99.0);
+    let resp = amp.put("/catalog/v1/productplans/silver", &repriced).await;
+    assert!(
+        resp.status.is_client_error(),
+        "§3.2 'Editing an active plan is restricted to adding resources/quotas': {} {}",
+        resp.status,
+        resp.text
     );
 }
 

@@ -462,3 +462,52 @@ async fn rsql_selects_by_metadata_id_and_reference_kind() {
         "§2.5 SDK reference query"
     );
 }
+
+#[tokio::test]
+async fn sort_by_create_timestamp() {
+    let amp = Amplify::start().await;
+    for name in ["first", "third", "second"] {
+        amp.product("v1", name, "recurly").await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let resp = amp
+        .get_query(
+            "/catalog/v1/products",
+            &[("sort", "metadata.audit.createTimestamp,DESC")],
+        )
+        .await;
+    assert_eq!(names(&resp.body), ["second", "third", "first"], "§2.5 sort");
+}
+
+#[tokio::test]
+async fn rsql_compares_create_timestamps_as_epoch_or_text() {
+    let amp = Amplify::start().await;
+    amp.product("v1", "old", "recurly").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    amp.product("v1", "new", "recurly").await;
+
+    let epoch = cut.timestamp_millis();
+    assert_eq!(
+        query(
+            &amp,
+            "/catalog/v1/products",
+            &format!("metadata.audit.createTimestamp>{epoch}")
+        )
+        .await,
+        ["new"],
+        "§2.5 timestamps compare as epoch ms"
+    );
+    let text = cut.format("%Y-%m-%dT%H:%M:%S%.3f%z").to_string();
+    assert_eq!(
+        query(
+            &amp,
+            "/catalog/v1/products",
+            &format!("metadata.audit.createTimestamp<{text}")
+        )
+        .await,
+        ["old"],
+        "§2.5 timestamps compare in yyyy-MM-dd'T'HH:mm:ss.SSSZZZZ"
+    );
+}

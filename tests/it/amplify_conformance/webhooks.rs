@@ -673,3 +673,92 @@ async fn deliveries_route_lists_each_attempt_with_its_outcome() {
     assert_eq!(resp.status().as_u16(), 204);
     assert!(deliveries(&amp).await.is_empty());
 }
+
+#[tokio::test]
+async fn updated_only_hook_gets_subresource_updates_but_not_creation() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    register_hook(
+        &amp,
+        "updates",
+        &rx.url,
+        None,
+        vec![trigger("Subscription", "*", &["updated"])],
+    )
+    .await;
+    amp.subscription("v1", "sub-1", "p", "silver").await;
+    let got = rx
+        .wait_until(WAIT, |got| has_update_of(got, "approval", |_| true))
+        .await;
+    assert!(
+        has_update_of(got, "approval", |_| true),
+        "§4.3 type [updated] delivers SubResourceUpdated: {got:?}"
+    );
+    assert!(
+        got.iter().all(|d| d.body["type"] != "ResourceCreated"),
+        "no ResourceCreated for type [updated]"
+    );
+}
+
+#[tokio::test]
+async fn scoped_trigger_only_delivers_quotas_of_that_plan() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product("v1", "p", "recurly").await;
+    amp.plan("v1", "gold", "p").await;
+    amp.plan("v1", "bronze", "p").await;
+    let mut scoped = trigger("Quota", "*", &["created"]);
+    scoped["scope"] = json!({"kind": "ProductPlan", "name": "gold"});
+    register_hook(&amp, "quotas", &rx.url, None, vec![scoped]).await;
+    amp.create(
+        "/catalog/v1/productplans/bronze/quotas",
+        &super::client::quota_body("v1", "bronze-q"),
+    )
+    .await;
+    amp.create(
+        "/catalog/v1/productplans/gold/quotas",
+        &super::client::quota_body("v1", "gold-q"),
+    )
+    .await;
+    rx.wait_until(WAIT, |got| !got.is_empty()).await;
+    let got = rx.settle(Duration::from_millis(300)).await;
+    let names: Vec<&str> = got
+        .iter()
+        .map(|d| d.body["payload"]["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["gold-q"], "§4.1 trigger scope");
+}
+
+#[tokio::test]
+async fn v1alpha1_writes_deliver_v1alpha1_payloads() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    register_billing_hook(&amp, &rx.url).await;
+    amp.create(
+        "/catalog/v1alpha1/subscriptions",
+        &super::client::subscription_body("v1alpha1", "legacy", "p", "silver"),
+    )
+    .await;
+    let got = rx
+        .wait_until(WAIT, |got| has_update_of(got, "approval", |_| true))
+        .await;
+    let approval = got
+        .iter()
+        .map(|d| &d.body)
+        .find(|e| subresource(e) == Some("approval"))
+        .expect("approval event");
+    assert_eq!(
+        approval["version"], "v1",
+        "envelope version stays v1 (§4.3 sample)"
+    );
+    assert_eq!(
+        approval["payload"]["apiVersion"], "v1alpha1",
+        "§4.3 LBU sample"
+    );
+    assert_eq!(
+        approval["payload"]["metadata"]["selfLink"],
+        "/catalog/v1alpha1/subscriptions/legacy"
+    );
+}
