@@ -427,3 +427,85 @@ async fn generator_without_subscriptions_uses_approved_catalog_subscriptions() {
     assert_eq!(rows[0]["totalCount"], 50, "{rows}");
     assert_eq!(rows[0]["subscriptionName"], "sub-approved", "{rows}");
 }
+
+const SEARCH: &str = "/amplify/api/traceability/v1/traceability/search";
+
+async fn search(amp: &Amplify, body: Value) -> Value {
+    let req = amp.sb.http.post(amp.sb.at(SEARCH)).json(&body);
+    amp.send(req).await.expect(200, "search")
+}
+
+/// §5.2 filters: transaction summaries of `sub` (if given) within (FROM, TO).
+fn search_filters(sub: Option<&str>) -> Value {
+    let mut and = vec![json!({"$match": {"type": ["transactionSummary"]}})];
+    if let Some(sub) = sub {
+        and.push(json!({"$match": {"transactionSummary.consumerDetails.subscription.id": [sub]}}));
+    }
+    json!({"$and": and, "$range": {"@event_time": {"gt": FROM, "lt": TO}}})
+}
+
+#[tokio::test]
+async fn search_counts_a_subscriptions_events_in_a_time_range() {
+    let amp = Amplify::start().await;
+    inject(&amp, &sample_traffic()).await;
+    let body = search(
+        &amp,
+        json!({"filters": search_filters(Some("sub-a-id")),
+               "invoke": {"field": "@event_time", "method": "count"}, "version": "0.2"}),
+    )
+    .await;
+    assert_eq!(body["count"], 7, "§5.2 count inside the range: {body}");
+}
+
+#[tokio::test]
+async fn search_groups_counts_by_subscription() {
+    let amp = Amplify::start().await;
+    inject(&amp, &sample_traffic()).await;
+    let field = "transactionSummary.consumerDetails.subscription.id";
+    let body = search(
+        &amp,
+        json!({"filters": search_filters(None),
+               "invoke": {"field": "@event_time", "method": "count"},
+               "group_by": [{"field": field, "type": "string"}], "version": "0.2"}),
+    )
+    .await;
+    let counts: BTreeMap<&str, u64> = body
+        .as_array()
+        .unwrap_or_else(|| panic!("grouped answer is an array: {body}"))
+        .iter()
+        .map(|g| (g[field].as_str().unwrap(), g["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts, BTreeMap::from([("sub-a-id", 7), ("sub-b-id", 1)]));
+}
+
+#[tokio::test]
+async fn search_sums_durations_and_finds_events_in_time_order() {
+    let amp = Amplify::start().await;
+    inject(&amp, &sample_traffic()).await;
+    let body = search(
+        &amp,
+        json!({"filters": search_filters(Some("sub-a-id")),
+               "invoke": {"field": "transactionSummary.duration", "method": "sum"}, "version": "0.2"}),
+    )
+    .await;
+    assert_eq!(
+        body["sum"].as_f64(),
+        Some(450.0),
+        "10+20+30+40+50+100+200: {body}"
+    );
+
+    let found = search(
+        &amp,
+        json!({"filters": search_filters(Some("sub-a-id")),
+               "invoke": {"field": "@event_time", "method": "find", "params": {"limit": 3}},
+               "version": "0.2"}),
+    )
+    .await;
+    let times: Vec<u64> = found
+        .as_array()
+        .unwrap_or_else(|| panic!("find answers events: {found}"))
+        .iter()
+        .map(|e| e["@event_time"].as_u64().unwrap())
+        .collect();
+    assert_eq!(times, [FROM + 1_000, FROM + 2_000, FROM + 3_000]);
+}
