@@ -316,8 +316,25 @@ async fn sendgrid_accepts_mail_with_202_empty_body_message_id_and_rate_limit_hea
     assert!(!message_id.is_empty());
     assert!(resp.text().await.unwrap().is_empty(), "§9: empty body");
 
+    let second = send_mail(
+        &sb,
+        Some("SG.test-key"),
+        &plain_mail("ops@consumer.example"),
+    )
+    .await;
+    assert_ne!(
+        second
+            .headers()
+            .get("x-message-id")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        message_id,
+        "each mail has its own X-Message-Id"
+    );
+
     let mails = mails(&sb).await;
-    assert_eq!(mails.len(), 1);
+    assert_eq!(mails.len(), 2);
     assert_eq!(mails[0]["message_id"], message_id);
     assert_eq!(mails[0]["recipients"], json!(["dev@consumer.example"]));
     assert_eq!(mails[0]["from"], "billing@ourmarket.example");

@@ -788,3 +788,42 @@ async fn config_replacement_changes_the_accepted_amplify_secret() {
         "data kept across config change"
     );
 }
+
+#[tokio::test]
+async fn recorder_files_amplify_requests_under_their_upstream() {
+    let amp = Amplify::start().await;
+    amp.get("/catalog/v1/products").await;
+    let auth = recorded(&amp.sb, "?upstream=auth").await;
+    assert_eq!(auth.len(), 1, "the token request: {auth:?}");
+    assert_eq!(auth[0]["status"], 200);
+    let central = recorded(&amp.sb, "?upstream=amplify").await;
+    assert_eq!(central.len(), 1, "{central:?}");
+    assert_eq!(central[0]["path"], "/amplify/apis/catalog/v1/products");
+    assert_eq!(central[0]["method"], "GET");
+    assert_eq!(central[0]["response_body"], json!([]));
+}
+
+#[tokio::test]
+async fn reset_forgets_traffic_and_deliveries() {
+    let amp = Amplify::start().await;
+    let resp = amp
+        .sb
+        .http
+        .post(amp.sb.at("/_sandbox/traffic/generate"))
+        .json(&json!({"seed": 1, "count": 10, "from": 1_700_000_000_000u64, "to": 1_700_000_100_000u64,
+                      "subscriptions": [{"id": "s", "name": "s",
+                                         "assetResources": [{"id": "a", "name": "a"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(get_json(&amp.sb, "/_sandbox/traffic").await["stored"], 10);
+    amp.sb
+        .http
+        .post(amp.sb.at("/_sandbox/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_json(&amp.sb, "/_sandbox/traffic").await["stored"], 0);
+    assert_eq!(get_json(&amp.sb, "/_sandbox/deliveries").await, json!([]));
+}

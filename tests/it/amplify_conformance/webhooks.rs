@@ -762,3 +762,120 @@ async fn v1alpha1_writes_deliver_v1alpha1_payloads() {
         "/catalog/v1alpha1/subscriptions/legacy"
     );
 }
+
+#[tokio::test]
+async fn event_payload_is_the_resource_as_get_shows_it() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    register_billing_hook(&amp, &rx.url).await;
+    amp.subscription("v1", "sub-1", "p", "silver").await;
+    rx.wait_until(WAIT, |got| has_update_of(got, "approval", |_| true))
+        .await;
+    amp.put(
+        "/catalog/v1/subscriptions/sub-1/approval",
+        &json!({"approval": {"state": "approved", "reason": "ok"}}),
+    )
+    .await
+    .expect(200, "approve");
+    let approved = |e: &Value| e["payload"]["approval"]["state"] == "approved";
+    let got = rx
+        .wait_until(WAIT, |got| has_update_of(got, "approval", approved))
+        .await
+        .to_vec();
+    let event = got
+        .iter()
+        .map(|d| &d.body)
+        .find(|e| approved(e))
+        .expect("approval event");
+    let current = amp
+        .get("/catalog/v1/subscriptions/sub-1")
+        .await
+        .expect(200, "get");
+    assert_eq!(
+        event["payload"], current,
+        "§4.3 payload: the full resource after the change, same JSON as GET"
+    );
+}
+
+#[tokio::test]
+async fn webhook_sends_the_secret_value_under_the_named_key() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product("v1", "p", "recurly").await;
+    let base = "/management/v1/integrations/keys";
+    amp.create(
+        "/management/v1/integrations",
+        &json!({"name": "keys", "spec": {"description": "key lookup"}}),
+    )
+    .await;
+    amp.create(
+        &format!("{base}/secrets"),
+        &json!({"name": "multi", "spec": {"data": {"Authorization": "Basic wrong", "Token": "Bearer right"}}}),
+    )
+    .await;
+    amp.create(
+        &format!("{base}/webhooks"),
+        &json!({"name": "wh", "spec": {"enabled": true, "url": rx.url,
+                "auth": {"secret": {"name": "multi", "key": "Token"}}}}),
+    )
+    .await;
+    amp.create(
+        &format!("{base}/resourcehooks"),
+        &json!({"name": "rh", "spec": {"triggers": [trigger("ProductPlan", "*", &["created"])],
+                "webhooks": ["wh"]}}),
+    )
+    .await;
+    amp.plan("v1", "silver", "p").await;
+    let got = rx.wait_until(WAIT, |got| !got.is_empty()).await;
+    assert!(!got.is_empty(), "delivered");
+    assert_eq!(
+        got[0].headers.get("authorization").map(String::as_str),
+        Some("Bearer right"),
+        "§4.1 auth.secret.key picks the value"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_is_given_up_after_the_timeout_and_others_still_get_events() {
+    let mut config = super::client::unlimited();
+    config.amplify.webhook_timeout_ms = 300;
+    let amp = Amplify::start_with(config).await;
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut rx = Receiver::start().await;
+    amp.product("v1", "p", "recurly").await;
+    let plans = || vec![trigger("ProductPlan", "*", &["created"])];
+    register_hook(&amp, "silent", &silent_url, None, plans()).await;
+    register_hook(&amp, "live", &rx.url, None, plans()).await;
+    amp.plan("v1", "silver", "p").await;
+    amp.plan("v1", "gold", "p").await;
+    let got = rx.wait_until(WAIT, |got| got.len() >= 2).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "a silent receiver costs at most webhook_timeout_ms per event"
+    );
+    let resp = amp
+        .sb
+        .http
+        .get(amp.sb.at("/_sandbox/deliveries"))
+        .send()
+        .await
+        .unwrap();
+    let listed: Vec<Value> = resp.json().await.unwrap();
+    let silent_attempts: Vec<&Value> = listed.iter().filter(|d| d["url"] == silent_url).collect();
+    assert!(!silent_attempts.is_empty(), "{listed:?}");
+    for attempt in silent_attempts {
+        assert!(attempt["status"].is_null(), "{attempt}");
+        assert!(attempt["error"].is_string(), "{attempt}");
+    }
+    hold.abort();
+}
