@@ -227,3 +227,21 @@ async fn platform_requests_count_against_the_same_limit() {
         "§1.4 one budget for all listed Amplify APIs"
     );
 }
+
+#[tokio::test]
+async fn tenant_header_is_not_required_with_a_service_account_token() {
+    let amp = Amplify::start().await;
+    let resp = amp
+        .sb
+        .http
+        .get(amp.apis("/catalog/v1/products"))
+        .bearer_auth(&amp.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "§1.3 X-Axway-Tenant-Id optional"
+    );
+}

@@ -531,3 +531,41 @@ async fn subscribing_to_a_deprecated_plan_is_refused() {
     );
     assert!(resp.body["errors"].is_array(), "{}", resp.text);
 }
+
+#[tokio::test]
+async fn subscription_references_resolve_through_their_self_links() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    let sub = amp.subscription("v1", "sub-1", "p", "silver").await;
+    let references = sub["metadata"]["references"]
+        .as_array()
+        .expect("references");
+    assert!(!references.is_empty());
+    for reference in references {
+        let link = reference["selfLink"]
+            .as_str()
+            .unwrap_or_else(|| panic!("§2.4 reference selfLink: {reference}"));
+        let target = amp.get(link).await.expect(200, &format!("GET {link}"));
+        assert_eq!(target["metadata"]["id"], reference["id"], "{reference}");
+        assert_eq!(target["kind"], reference["kind"], "{reference}");
+    }
+}
+
+#[tokio::test]
+async fn quota_without_a_name_gets_one() {
+    let amp = Amplify::start().await;
+    amp.product("v1", "p", "recurly").await;
+    amp.plan("v1", "silver", "p").await;
+    let mut body = quota_body("v1", "unused");
+    body.as_object_mut().unwrap().remove("name");
+    let created = amp
+        .create("/catalog/v1/productplans/silver/quotas", &body)
+        .await;
+    let name = created["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| panic!("§3.3 quota names are generated: {created}"));
+    amp.get(&format!("/catalog/v1/productplans/silver/quotas/{name}"))
+        .await
+        .expect(200, "generated name resolves");
+}
