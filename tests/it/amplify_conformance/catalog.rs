@@ -569,3 +569,23 @@ async fn quota_without_a_name_gets_one() {
         .await
         .expect(200, "generated name resolves");
 }
+
+#[tokio::test]
+async fn one_resource_is_served_in_both_versions() {
+    let amp = Amplify::start().await;
+    amp.product_with_active_plan("p", "silver").await;
+    let created = amp.subscription("v1", "sub-1", "p", "silver").await;
+    let legacy = amp
+        .get("/catalog/v1alpha1/subscriptions/sub-1")
+        .await
+        .expect(200, "§2.1 v1alpha1 still works");
+    assert_eq!(legacy["apiVersion"], "v1alpha1");
+    assert_eq!(
+        legacy["metadata"]["selfLink"],
+        "/catalog/v1alpha1/subscriptions/sub-1"
+    );
+    assert_eq!(
+        legacy["metadata"]["id"], created["metadata"]["id"],
+        "same resource"
+    );
+}

@@ -509,3 +509,34 @@ async fn search_sums_durations_and_finds_events_in_time_order() {
         .collect();
     assert_eq!(times, [FROM + 1_000, FROM + 2_000, FROM + 3_000]);
 }
+
+#[tokio::test]
+async fn summary_groups_by_proxy_filtered_by_environment() {
+    let amp = Amplify::start().await;
+    let mut traffic = sample_traffic();
+    let mut elsewhere = event(FROM + 10, "sub-a", "assetx", "Success", 1);
+    elsewhere["environmentId"] = json!("env-2");
+    traffic.push(elsewhere);
+    inject(&amp, &traffic).await;
+    // The DOCS example of §5.1: groupBy proxyId & proxyRevision, query environmentId==<envId>.
+    let rows = summary(
+        &amp,
+        &[
+            ("groupBy", "proxyId".into()),
+            ("groupBy", "proxyRevision".into()),
+            ("from", FROM.to_string()),
+            ("to", TO.to_string()),
+            ("query", "environmentId==env-1".into()),
+        ],
+    )
+    .await
+    .expect(200, "summary");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["proxyId"], "remoteApiId_weather");
+    assert_eq!(rows[0]["proxyRevision"].to_string().trim_matches('"'), "1");
+    assert_eq!(
+        rows[0]["totalCount"], 8,
+        "env-2 and out-of-window events excluded"
+    );
+}
