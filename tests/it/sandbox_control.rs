@@ -436,6 +436,29 @@ async fn sendgrid_error_fault_answers_with_sendgrid_errors_body() {
 }
 
 #[tokio::test]
+async fn sendgrid_injected_error_still_carries_rate_limit_headers() {
+    let sb = default_sandbox().await;
+    set_faults(
+        &sb,
+        "sendgrid",
+        json!({"error_rate": 1, "error_status": 503}),
+    )
+    .await;
+    let resp = send_mail(&sb, "a@consumer.example").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ] {
+        assert!(
+            resp.headers().contains_key(name),
+            "§9 every response carries {name}; README: injected answers have the upstream's headers"
+        );
+    }
+}
+
+#[tokio::test]
 async fn latency_fault_delays_answers_by_at_least_the_latency() {
     let sb = default_sandbox().await;
     set_faults(&sb, "sendgrid", json!({"latency_ms": 200})).await;
