@@ -659,3 +659,18 @@ async fn sendgrid_refuses_content_with_no_blocks() {
         "{fields:?}"
     );
 }
+
+#[tokio::test]
+async fn sendgrid_refuses_a_from_without_email() {
+    let sb = default_sandbox().await;
+    let mut mail = plain_mail("dev@consumer.example");
+    mail["from"] = json!({"name": "Our API Marketplace"});
+    let resp = send_mail(&sb, Some("SG.k"), &mail).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "§9 from{{email,name}}"
+    );
+    let fields = error_fields(&resp.json().await.unwrap());
+    assert!(fields.iter().any(|f| f.starts_with("from")), "{fields:?}");
+}
