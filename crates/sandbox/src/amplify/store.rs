@@ -97,10 +97,57 @@ fn initial_state(kind: &str) -> Option<Value> {
 /// A webhook whose `spec.enabled` is absent counts as enabled [I: examples always set it].
 pub(crate) const WEBHOOK_ENABLED_BY_DEFAULT: bool = true;
 
-/// The Marketplace a subscription references when no Marketplace resource exists (the real
-/// platform always has one; its name is a GUID, reference §3.5) [I].
+/// The Marketplace subscriptions live in when none was created: the real platform always has
+/// one (its name is a GUID, reference §3.5), so it is stored on first need, without an event [I].
 const DEFAULT_MARKETPLACE_NAME: &str = "082a27eb-1c67-4b54-90e0-b1529c008af7";
 const DEFAULT_MARKETPLACE_ID: &str = "8a2e8036807692430180855c80a547b2";
+
+fn ensure_marketplace(catalog: &mut Catalog, ctx: &ChangeContext) {
+    if catalog.all_of("Marketplace").next().is_some() {
+        return;
+    }
+    let spec = kind_named("Marketplace").expect("Marketplace is a known kind");
+    let now = central_timestamp(ctx.now);
+    let document = json!({
+        "group": spec.group, "kind": spec.kind, "name": DEFAULT_MARKETPLACE_NAME,
+        "title": "Sandbox Marketplace",
+        "metadata": {"id": DEFAULT_MARKETPLACE_ID, "resourceVersion": "1", "references": [],
+                     "audit": {"createTimestamp": now, "createUserId": ctx.user_id,
+                               "modifyTimestamp": now, "modifyUserId": ctx.user_id}},
+        "attributes": {}, "tags": [], "finalizers": [],
+        "spec": {"description": "The marketplace of the sandbox organization"},
+    });
+    catalog.insert(Stored {
+        spec,
+        scope: None,
+        name: DEFAULT_MARKETPLACE_NAME.to_owned(),
+        document,
+    });
+}
+
+/// Whether a PUT may change the spec of a plan in `plan_state`, or of a quota of such a plan.
+/// "Editing an active plan is restricted to adding resources/quotas" (reference §3.2): outside
+/// draft, a plan's spec is frozen and a quota may only change its `resources` [I for the exact
+/// line].
+fn spec_edit_allowed(kind: &str, plan_state: &str, old_spec: &Value, new_spec: &Value) -> bool {
+    if plan_state == "draft" || old_spec == new_spec {
+        return true;
+    }
+    match kind {
+        "ProductPlan" => false,
+        "Quota" => {
+            let without_resources = |spec: &Value| {
+                let mut spec = spec.clone();
+                if let Some(map) = spec.as_object_mut() {
+                    map.remove("resources");
+                }
+                spec
+            };
+            without_resources(old_spec) == without_resources(new_spec)
+        }
+        _ => true,
+    }
+}
 
 /// Name for a resource created without one [I: the real server generates quota names such as
 /// `quota-0` or random words, reference §3.3].
@@ -342,12 +389,12 @@ fn validate_spec(
             let marketplace = catalog
                 .all_of("Marketplace")
                 .next()
-                .map(reference_to)
-                .unwrap_or_else(|| {
-                    json!({"id": DEFAULT_MARKETPLACE_ID, "kind": "Marketplace",
-                           "name": DEFAULT_MARKETPLACE_NAME, "type": "hard", "group": "catalog"})
-                });
-            Ok(vec![reference_to(product), marketplace, reference_to(plan)])
+                .ok_or_else(|| ApiError::new(500, "no Marketplace to subscribe in"))?;
+            Ok(vec![
+                reference_to(product),
+                reference_to(marketplace),
+                reference_to(plan),
+            ])
         }
         "Webhook" => {
             if text("/url").is_none_or(str::is_empty) {
@@ -487,6 +534,9 @@ pub(crate) fn create(
         )));
     }
     let body_spec = object_field(body, "spec")?.unwrap_or_else(|| json!({}));
+    if spec.kind == "Subscription" {
+        ensure_marketplace(catalog, ctx);
+    }
     let references = validate_spec(catalog, spec, &body_spec, true)?;
     let now = central_timestamp(ctx.now);
     let mut metadata = json!({
@@ -652,6 +702,19 @@ pub(crate) fn update(
         document["owner"] = owner;
     }
     if let Some(new_spec) = object_field(body, "spec")? {
+        let plan_state = match spec.kind {
+            "ProductPlan" => document["state"].as_str(),
+            "Quota" => scope
+                .and_then(|plan| catalog.named("ProductPlan", None, plan))
+                .and_then(|plan| plan.document["state"].as_str()),
+            _ => None,
+        }
+        .unwrap_or("draft");
+        if !spec_edit_allowed(spec.kind, plan_state, &document["spec"], &new_spec) {
+            return Err(ApiError::bad_request(format!(
+                "the plan is {plan_state}: editing it is restricted to adding resources and quotas"
+            )));
+        }
         let references = validate_spec(catalog, spec, &new_spec, false)?;
         if !references.is_empty() {
             document["metadata"]["references"] = json!(references);
@@ -1056,6 +1119,51 @@ mod tests {
         .unwrap()
         .1;
         assert!(generated.starts_with("quota-"));
+    }
+
+    #[test]
+    fn an_active_plan_keeps_its_spec_but_takes_attributes_and_quota_resources() {
+        let mut c = seeded();
+        create(
+            &mut c,
+            spec("Quota"),
+            Some("gold"),
+            &json!({"name": "q0", "spec": {"unit": "transactions"}}),
+            &ctx(),
+        )
+        .unwrap();
+        put_subresource(
+            &mut c,
+            spec("ProductPlan"),
+            None,
+            "gold",
+            "state",
+            &json!({"state": "active"}),
+            &ctx(),
+        )
+        .unwrap();
+        let plan = update(
+            &mut c,
+            spec("ProductPlan"),
+            None,
+            "gold",
+            &json!({"attributes": {"k": "v"}}),
+            &ctx(),
+        );
+        assert!(plan.is_ok());
+        let repriced = update(
+            &mut c,
+            spec("ProductPlan"),
+            None,
+            "gold",
+            &json!({"spec": {"product": "p", "type": "free"}}),
+            &ctx(),
+        );
+        assert_eq!(repriced.err().map(|e| e.status), Some(400));
+        let more = json!({"spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": "a/b"}]}});
+        assert!(update(&mut c, spec("Quota"), Some("gold"), "q0", &more, &ctx()).is_ok());
+        let unit = json!({"spec": {"unit": "calls", "resources": [{"kind": "AssetResource", "name": "a/b"}]}});
+        assert!(update(&mut c, spec("Quota"), Some("gold"), "q0", &unit, &ctx()).is_err());
     }
 
     #[test]
