@@ -589,3 +589,50 @@ async fn one_resource_is_served_in_both_versions() {
         "same resource"
     );
 }
+
+#[tokio::test]
+async fn quota_of_an_active_plan_takes_new_resources_but_not_new_pricing() {
+    let amp = Amplify::start().await;
+    amp.product("v1", "p", "recurly").await;
+    amp.plan("v1", "silver", "p").await;
+    amp.create(
+        "/catalog/v1/productplans/silver/quotas",
+        &quota_body("v1", "quota-0"),
+    )
+    .await;
+    amp.activate_plan("v1", "silver").await;
+    let path = "/catalog/v1/productplans/silver/quotas/quota-0";
+    let mut quota = amp.get(path).await.expect(200, "quota");
+    quota["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+
+    let mut more = quota.clone();
+    more["spec"]["resources"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kind": "AssetResource", "name": "weather/forecast"}));
+    let updated = amp
+        .put(path, &more)
+        .await
+        .expect(200, "§3.2 adding resources to an active plan");
+    assert_eq!(
+        updated["spec"]["resources"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let mut repriced = updated.clone();
+    repriced["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    repriced["spec"]["pricing"]["limit"]["tiers"][0]["cost"] = json!(0.5);
+    let resp = amp.put(path, &repriced).await;
+    assert!(
+        resp.status.is_client_error(),
+        "§3.2 active plan: only resources/quotas may be added: {} {}",
+        resp.status,
+        resp.text
+    );
+}

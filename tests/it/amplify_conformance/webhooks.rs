@@ -879,3 +879,39 @@ async fn a_hanging_receiver_is_given_up_after_the_timeout_and_others_still_get_e
     }
     hold.abort();
 }
+
+#[tokio::test]
+async fn deleting_the_integration_stops_its_deliveries() {
+    let amp = Amplify::start().await;
+    let mut rx = Receiver::start().await;
+    amp.product("v1", "p", "recurly").await;
+    register_hook(
+        &amp,
+        "gone",
+        &rx.url,
+        None,
+        vec![trigger("ProductPlan", "*", &["created"])],
+    )
+    .await;
+    amp.plan("v1", "before", "p").await;
+    rx.wait_until(WAIT, |got| !got.is_empty()).await;
+    assert_eq!(rx.got.len(), 1, "delivered while the integration exists");
+
+    let resp = amp.delete("/management/v1/integrations/gone").await;
+    assert!(resp.status.is_success(), "{}", resp.text);
+    let webhooks = amp
+        .get("/management/v1/integrations/gone/webhooks/wh-gone")
+        .await;
+    assert_eq!(
+        webhooks.status.as_u16(),
+        404,
+        "scoped webhook goes with its integration"
+    );
+    amp.plan("v1", "after", "p").await;
+    let got = rx.settle(Duration::from_millis(500)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "no delivery after the integration is deleted: {got:?}"
+    );
+}
