@@ -1,1 +1,11 @@
-//! (written by the conformance work for this area)
+//! Black-box conformance of the sandbox's Amplify emulator (auth, Central catalog and management,
+//! webhooks, Platform, Traceability) against `shared/reference/amplify-api.md`, section numbers cited.
+
+mod auth;
+mod catalog;
+pub(crate) mod client;
+mod lists;
+mod platform;
+mod receiver;
+mod traceability;
+mod webhooks;
