@@ -1,13 +1,14 @@
 //! Load harness for the sandbox: shows it is not what limits a load test. Starts the sandbox on
-//! 127.0.0.1:0 (recorder off, one worker), drives it over loopback with keep-alive HTTP/1.1
+//! 127.0.0.1:0 (one worker), drives it over loopback with keep-alive HTTP/1.1
 //! connections for a bounded time, and prints throughput and latency percentiles per scenario.
 //!
-//! `cargo bench --bench sandbox_load` (env `LOAD_SECONDS`, `LOAD_CONNECTIONS` adjust the run).
+//! `cargo bench --bench sandbox_load` (env `LOAD_SECONDS`, `LOAD_CONNECTIONS` adjust the run;
+//! `LOAD_RECORDER=10000` measures with the request recorder on, as in the default configuration).
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use billing_bridge_sandbox::{RecorderSettings, RecurlySettings, SandboxConfig};
+use billing_bridge_sandbox::{AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -149,6 +150,69 @@ async fn run(addr: std::net::SocketAddr, scenario: &Scenario, seconds: u64, conn
     );
 }
 
+const USAGE: &str = r#"{"amount":3,"merchant_tag":"bench"}"#;
+
+/// A bearer token, a plan to read and a Recurly subscription to post usage to, created through
+/// the emulators' own APIs. Returns (Amplify token, Recurly subscription id).
+async fn setup(base: &str) -> (String, String) {
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!(
+            "{base}/auth/realms/Broker/protocol/openid-connect/token"
+        ))
+        .basic_auth("bench", Some("bench-secret"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token answer");
+    let token = token["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    let created = |path: &'static str, body: serde_json::Value| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let status = http
+                .post(format!("{base}/amplify/apis/catalog/v1/{path}"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("create")
+                .status();
+            assert_eq!(status, 201, "creating {path}");
+        }
+    };
+    created("products", serde_json::json!({"group":"catalog","apiVersion":"v1","kind":"Product","name":"weather","title":"Weather","spec":{}})).await;
+    created("productplans", serde_json::json!({"group":"catalog","apiVersion":"v1","kind":"ProductPlan","name":"silver","title":"Silver","spec":{"product":"weather","type":"paid","billing":{"currency":"USD","price":10,"interval":"monthly"},"subscription":{"approval":"manual"}}})).await;
+    let seed = serde_json::json!({"recurly": {
+        "measured_units": [{"name": "calls", "display_name": "calls"}],
+        "accounts": [{"code": "bench-account"}],
+        "plans": [{"code": "bench", "name": "Bench", "currencies": [{"currency": "USD", "unit_amount": 0}],
+                   "add_ons": [{"code": "calls", "name": "Calls", "add_on_type": "usage", "usage_type": "price",
+                                "measured_unit_name": "calls", "currencies": [{"currency": "USD", "unit_amount_decimal": "0.001"}]}]}],
+        "subscriptions": [{"plan_code": "bench", "currency": "USD", "account": {"code": "bench-account"}, "add_ons": [{"code": "calls"}]}]
+    }});
+    let seeded: serde_json::Value = http
+        .post(format!("{base}/_sandbox/seed"))
+        .json(&seed)
+        .send()
+        .await
+        .expect("seed")
+        .json()
+        .await
+        .expect("seed answer");
+    let subscription = seeded["recurly"]["subscriptions"][0]["id"]
+        .as_str()
+        .expect("seeded subscription id")
+        .to_owned();
+    (token, subscription)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this with no flag: keep that short.
     let benching = std::env::args().any(|a| a == "--bench");
@@ -163,7 +227,14 @@ fn main() {
         .build()
         .expect("server runtime");
     let config = SandboxConfig {
-        recorder: RecorderSettings { limit: 0 },
+        // Recording every request costs a copy of each body; off unless LOAD_RECORDER asks.
+        recorder: RecorderSettings {
+            limit: env_or("LOAD_RECORDER", 0) as usize,
+        },
+        amplify: AmplifySettings {
+            requests_per_minute: 0,
+            ..AmplifySettings::default()
+        },
         recurly: RecurlySettings {
             requests_per_minute: Some(0),
             ..RecurlySettings::default()
@@ -178,6 +249,11 @@ fn main() {
     let host = addr.to_string();
 
     let recurly_auth = base64::engine::general_purpose::STANDARD.encode("bench-key:");
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let amplify_token = client_rt.block_on(setup(&handle.url()));
     let mail = r#"{"personalizations":[{"to":[{"email":"dev@consumer.example"}]}],"from":{"email":"billing@market.example"},"subject":"Welcome","content":[{"type":"text/plain","value":"hello"}]}"#;
     let scenarios = [
         Scenario {
@@ -193,6 +269,23 @@ fn main() {
             expect_status: &[404],
         },
         Scenario {
+            name: "GET /amplify/.../productplans/silver",
+            request: format!(
+                "GET /amplify/apis/catalog/v1/productplans/silver HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\r\n",
+                amplify_token.0
+            ),
+            expect_status: &[200],
+        },
+        Scenario {
+            name: "POST /recurly/.../usage",
+            request: format!(
+                "POST /recurly/subscriptions/{}/add_ons/code-calls/usage HTTP/1.1\r\nHost: {host}\r\nAccept: application/vnd.recurly.v2021-02-25\r\nAuthorization: Basic {recurly_auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{USAGE}",
+                amplify_token.1,
+                USAGE.len()
+            ),
+            expect_status: &[201],
+        },
+        Scenario {
             name: "POST /sendgrid/v3/mail/send",
             request: format!(
                 "POST /sendgrid/v3/mail/send HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer SG.bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{mail}",
@@ -203,12 +296,14 @@ fn main() {
         },
     ];
 
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let recorder = env_or("LOAD_RECORDER", 0);
     println!(
-        "sandbox load: {connections} keep-alive connections, {seconds} s per scenario, recorder off"
+        "sandbox load: {connections} keep-alive connections, {seconds} s per scenario, recorder {}",
+        if recorder == 0 {
+            "off".to_owned()
+        } else {
+            format!("on (last {recorder} requests)")
+        }
     );
     client_rt.block_on(async {
         for scenario in &scenarios {
