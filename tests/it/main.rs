@@ -3,6 +3,7 @@
 mod amplify_conformance;
 mod notify_conformance;
 mod notify_delivery;
+mod provisioning;
 mod recurly_client;
 mod recurly_conformance;
 mod sandbox_control;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use billing_bridge_upstream::RetryPolicy;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -106,8 +106,15 @@ fn next_page_query(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Characters left as they are in path segments and query values (RFC 3986 unreserved).
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(value: &str) -> String {
-    utf8_percent_encode(value, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(value, UNRESERVED).to_string()
 }
 
 impl AmplifyClient {
@@ -347,6 +354,33 @@ impl AmplifyClient {
             next = next_page_query(&headers).filter(|_| !empty);
         }
         Ok(items)
+    }
+
+    /// The API version this client uses for paths it builds.
+    pub fn api_version(&self) -> &str {
+        &self.settings.api_version
+    }
+
+    /// Fetches a token now: proves the service account works (for `check`).
+    pub async fn check_credentials(&self) -> Result<(), AmplifyError> {
+        self.forget_token().await;
+        self.bearer().await.map(|_| ())
+    }
+
+    /// Replaces a resource (`PUT {selfLink}`) with `resource`.
+    pub async fn replace(&self, self_link: &str, resource: &Value) -> Result<Value, AmplifyError> {
+        let (body, _) = self
+            .call(
+                "replace resource",
+                Method::PUT,
+                &self.central(self_link),
+                Some(resource),
+            )
+            .await?;
+        body.ok_or(AmplifyError::Unexpected {
+            operation: "replace resource",
+            detail: "empty answer".into(),
+        })
     }
 
     pub async fn create(&self, collection: &str, resource: &Value) -> Result<Value, AmplifyError> {

@@ -155,10 +155,17 @@ impl BridgeConfig {
 
     /// Parses a TOML document over the defaults (tests and the demo).
     pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
-        let config: BridgeConfig = Figment::from(Toml::string(DEFAULT_CONFIG))
-            .merge(Toml::string(overrides))
-            .extract()
-            .map_err(Box::new)?;
+        Self::from_toml_layers(&[overrides])
+    }
+
+    /// TOML documents over the defaults, later ones winning.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
+        let figment = layers
+            .iter()
+            .fold(Figment::from(Toml::string(DEFAULT_CONFIG)), |f, layer| {
+                f.merge(Toml::string(layer))
+            });
+        let config: BridgeConfig = figment.extract().map_err(Box::new)?;
         Ok(config.normalised())
     }
 

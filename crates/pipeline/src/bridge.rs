@@ -1,0 +1,94 @@
+//! Everything the provisioners need, built once from the configuration and shared by the actors:
+//! the upstream clients, the store and the metrics.
+
+use std::time::Duration;
+
+use billing_bridge_amplify::{AmplifyClient, AmplifySettings};
+use billing_bridge_billing::recurly::{RecurlyClient, RecurlySettings, SiteKind};
+use billing_bridge_config::{BridgeConfig, RecurlySite};
+use billing_bridge_notify::{Mailer, ProviderChannel};
+use billing_bridge_store::Store;
+use billing_bridge_upstream::RetryPolicy;
+use secrecy::SecretString;
+
+use crate::metrics::Metrics;
+
+pub struct Bridge {
+    pub config: BridgeConfig,
+    pub amplify: AmplifyClient,
+    pub recurly: RecurlyClient,
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+/// The notification channels, owned by the Notifier actor.
+pub struct Channels {
+    pub provider: ProviderChannel,
+    pub mailer: Mailer,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+impl Bridge {
+    /// Builds the clients a configuration describes. `retry` bounds every upstream call.
+    pub fn build(
+        config: BridgeConfig,
+        retry: RetryPolicy,
+    ) -> Result<(Bridge, Channels), BuildError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("billing-bridge/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| BuildError(format!("HTTP client: {e}")))?;
+        let amplify = AmplifyClient::new(
+            http.clone(),
+            AmplifySettings {
+                central_url: config.amplify.central_url.clone(),
+                auth_url: config.amplify.auth_url.clone(),
+                platform_url: config.amplify.platform_url.clone(),
+                client_id: config.amplify.client_id.clone(),
+                client_secret: config
+                    .amplify
+                    .client_secret
+                    .clone()
+                    .unwrap_or_else(|| SecretString::from("")),
+                tenant_id: config.amplify.tenant_id.clone().filter(|t| !t.is_empty()),
+                requests_per_minute: config.amplify.requests_per_minute,
+                api_version: config.amplify.api_version.clone(),
+                timeout: config.amplify.timeout,
+                retry,
+            },
+        );
+        let recurly = RecurlyClient::new(
+            http.clone(),
+            RecurlySettings {
+                base_url: config.recurly.base_url.clone(),
+                api_key: config
+                    .recurly
+                    .api_key
+                    .clone()
+                    .unwrap_or_else(|| SecretString::from("")),
+                site: match config.recurly.site {
+                    RecurlySite::Production => SiteKind::Production,
+                    RecurlySite::Sandbox => SiteKind::Sandbox,
+                },
+                requests_per_minute: config.recurly.requests_per_minute,
+                timeout: config.recurly.timeout,
+                retry,
+            },
+        );
+        let (provider, mailer) = billing_bridge_notify::channels(&config.notify, &http)
+            .map_err(|e| BuildError(e.to_string()))?;
+        let store = Store::memory(config.server.queue_capacity);
+        let bridge = Bridge {
+            config,
+            amplify,
+            recurly,
+            store,
+            metrics: Metrics::default(),
+        };
+        Ok((bridge, Channels { provider, mailer }))
+    }
+}

@@ -1,0 +1,70 @@
+//! billing-bridge's actor pipeline (design.md §2): the Router takes accepted webhook events from
+//! the store and hands them to the PlanProvisioner and SubscriptionProvisioner; the Reconciler
+//! queues whatever webhooks were missed; the Notifier tells the provider and the subscriber.
+//! Actors are thin shells: the work is in `plan`, `subscription` and `reconcile`, plain async
+//! functions over the clients, which call the pure rules of `billing-bridge-domain`.
+
+pub mod actors;
+pub mod bridge;
+pub mod hooks;
+pub mod metrics;
+pub mod notices;
+pub mod plan;
+pub mod provision;
+pub mod reconcile;
+pub mod subscription;
+
+use std::sync::Arc;
+
+use actix::{Actor, Addr};
+
+pub use bridge::{Bridge, BuildError, Channels};
+pub use metrics::Metrics;
+pub use notices::{Notice, NoticeSink, Notifier};
+
+/// The running actors. Must be started inside an actix system (`actix_rt`).
+pub struct Pipeline {
+    pub bridge: Arc<Bridge>,
+    pub reconciler: Addr<actors::Reconciler>,
+    pub notifier: Addr<Notifier>,
+    router: Addr<actors::Router>,
+}
+
+impl Pipeline {
+    pub fn start(bridge: Bridge, channels: Channels) -> Pipeline {
+        let bridge = Arc::new(bridge);
+        let notifier = Notifier::new(channels, bridge.clone()).start();
+        let plans = actors::PlanProvisioner {
+            bridge: bridge.clone(),
+            notifier: notifier.clone(),
+        }
+        .start();
+        let subscriptions = actors::SubscriptionProvisioner {
+            bridge: bridge.clone(),
+            notifier: notifier.clone(),
+        }
+        .start();
+        let router = actors::Router {
+            bridge: bridge.clone(),
+            plans,
+            subscriptions,
+        }
+        .start();
+        let reconciler = actors::Reconciler {
+            bridge: bridge.clone(),
+            every: bridge.config.provisioning.reconcile_every,
+        }
+        .start();
+        Pipeline {
+            bridge,
+            reconciler,
+            notifier,
+            router,
+        }
+    }
+
+    /// Whether the actors are still running (for readiness).
+    pub fn is_running(&self) -> bool {
+        self.router.connected() && self.reconciler.connected()
+    }
+}

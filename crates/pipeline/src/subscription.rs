@@ -1,0 +1,513 @@
+//! Subscription provisioning, level-triggered: a subscription awaiting approval for a linked plan
+//! gets a Recurly subscription on the subscriber's existing billing account (every usage add-on
+//! listed), the link written back, then approval in Amplify and a mail to the subscriber. No
+//! account, or a refusal from Recurly: the subscription is rejected with a reason (or left
+//! pending) and the provider is told. An ended subscription is canceled in Recurly.
+
+use billing_bridge_config::{OnEnd, OnFailure};
+use billing_bridge_domain::amplify::Subscription;
+use billing_bridge_domain::codes::{billing_account_codes, idempotency_key};
+use billing_bridge_domain::events::{ResourceEvent, link_attributes};
+use billing_bridge_notify::{Address, Mail, ProviderCard, Tone};
+use serde_json::{Value, json};
+
+use crate::Bridge;
+use crate::metrics::{ProvisioningOutcome, ResourceLabel};
+use crate::notices::{Notice, NoticeSink};
+use crate::provision::{ProvisionError, first_time, sibling_link};
+
+/// Subscription states (`state.name`) that mean it has ended. Only `active` is verified; the
+/// others are inferred from the UI's states (Amplify reference §3.4, open question 2).
+const ENDED_STATES: [&str; 3] = ["archived", "cancelled", "canceled"];
+/// Recurly states in which a subscription can still be canceled.
+const CANCELABLE: [&str; 3] = ["active", "future", "paused"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubscriptionOutcome {
+    /// Billed in Recurly and approved in Amplify.
+    Approved {
+        account_code: String,
+        subscription_id: String,
+    },
+    /// Rejected in Amplify with this reason (the provider was told).
+    Rejected { reason: String },
+    /// Could not be billed; left pending as configured (the provider was told).
+    LeftPending { reason: String },
+    /// Its plan is not billed by the bridge.
+    NotOurs,
+    /// Canceled (or terminated) in Recurly.
+    Canceled { subscription_id: String },
+    /// Nothing to do (not pending, already handled).
+    Unchanged,
+    /// An upstream was unavailable; the next pass will try again.
+    Retry { reason: String },
+    /// Something the bridge cannot fix by itself.
+    Failed { reason: String },
+}
+
+impl SubscriptionOutcome {
+    pub fn metric(&self) -> ProvisioningOutcome {
+        match self {
+            SubscriptionOutcome::Approved { .. } => ProvisioningOutcome::Approved,
+            SubscriptionOutcome::Rejected { .. } | SubscriptionOutcome::LeftPending { .. } => {
+                ProvisioningOutcome::Rejected
+            }
+            SubscriptionOutcome::NotOurs => ProvisioningOutcome::NotOurs,
+            SubscriptionOutcome::Canceled { .. } => ProvisioningOutcome::Canceled,
+            SubscriptionOutcome::Unchanged => ProvisioningOutcome::Unchanged,
+            SubscriptionOutcome::Retry { .. } => ProvisioningOutcome::Retry,
+            SubscriptionOutcome::Failed { .. } => ProvisioningOutcome::Failed,
+        }
+    }
+}
+
+pub async fn provision_subscription(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    event: &ResourceEvent,
+) -> SubscriptionOutcome {
+    let outcome = match pass(bridge, notices, event).await {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_transient() => SubscriptionOutcome::Retry {
+            reason: e.to_string(),
+        },
+        Err(e) => SubscriptionOutcome::Failed {
+            reason: e.to_string(),
+        },
+    };
+    match &outcome {
+        SubscriptionOutcome::Retry { reason } | SubscriptionOutcome::Failed { reason } => {
+            tracing::warn!(subscription = %event.name, %reason, outcome = ?outcome.metric(), "subscription not provisioned")
+        }
+        other => {
+            tracing::info!(subscription = %event.name, outcome = ?other, "subscription provisioning pass")
+        }
+    }
+    bridge
+        .metrics
+        .provisioned(ResourceLabel::Subscription, outcome.metric());
+    outcome
+}
+
+fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+async fn pass(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    event: &ResourceEvent,
+) -> Result<SubscriptionOutcome, ProvisionError> {
+    if event.deleted {
+        return end(bridge, notices, event.billing_id.as_deref(), &event.name).await;
+    }
+    let Some(raw) = bridge.amplify.get(&event.self_link).await? else {
+        return end(bridge, notices, event.billing_id.as_deref(), &event.name).await;
+    };
+    let subscription: Subscription = serde_json::from_value(raw.clone()).map_err(|e| {
+        ProvisionError::Data(format!("subscription {} is not readable: {e}", event.name))
+    })?;
+    let linked = subscription
+        .attributes
+        .get(link_attributes::SUBSCRIPTION_ID)
+        .cloned();
+    if text(&raw, "/state/name").is_some_and(|s| ENDED_STATES.contains(&s)) {
+        return end(bridge, notices, linked.as_deref(), &event.name).await;
+    }
+    if subscription
+        .approval
+        .as_ref()
+        .and_then(|a| a.state.as_deref())
+        != Some("pending")
+    {
+        return Ok(SubscriptionOutcome::Unchanged);
+    }
+    let Some(plan_name) = subscription.spec.plan.as_ref().map(|p| p.name.clone()) else {
+        return Ok(SubscriptionOutcome::NotOurs);
+    };
+    let plan_link = sibling_link(&event.self_link, "productplans", &plan_name);
+    let Some(plan) = bridge.amplify.get(&plan_link).await? else {
+        return Ok(SubscriptionOutcome::NotOurs);
+    };
+    let Some(plan_code) = text(
+        &plan,
+        &format!("/attributes/{}", link_attributes::PLAN_CODE),
+    )
+    .map(str::to_owned) else {
+        return Ok(SubscriptionOutcome::NotOurs);
+    };
+    let title = subscription.name.clone();
+    let sub_title = text(&raw, "/title").unwrap_or(&title).to_owned();
+    let plan_title = text(&plan, "/title").unwrap_or(&plan_name).to_owned();
+
+    // A billing subscription from an earlier pass whose approval did not happen: finish it.
+    if let Some(existing) = linked.as_deref() {
+        if let Some(found) = bridge.recurly.subscription(existing).await? {
+            if CANCELABLE.contains(&found.state.as_str()) {
+                let account = found.account.code.clone().unwrap_or_default();
+                return approve(
+                    bridge,
+                    notices,
+                    &raw,
+                    &event.self_link,
+                    &account,
+                    &found.id,
+                    &sub_title,
+                    &plan_title,
+                )
+                .await;
+            }
+        }
+    }
+
+    let recurly_plan = bridge.recurly.plan(&plan_code).await?;
+    let Some(recurly_plan) = recurly_plan.filter(|p| p.state == "active") else {
+        let reason = format!("The plan {plan_title} is no longer sold. Choose another plan.");
+        return refuse(
+            bridge,
+            notices,
+            &event.self_link,
+            &subscription,
+            &sub_title,
+            &reason,
+            "the Recurly plan is missing or inactive",
+        )
+        .await;
+    };
+    let add_on_codes: Vec<String> = bridge
+        .recurly
+        .plan_add_ons(&plan_code)
+        .await?
+        .into_iter()
+        .filter(|a| {
+            a.add_on_type.as_deref() == Some("usage")
+                && a.state.as_deref().is_none_or(|s| s == "active")
+        })
+        .map(|a| a.code)
+        .collect();
+    let currency = recurly_plan
+        .currencies
+        .first()
+        .map(|c| c.currency.clone())
+        .unwrap_or_else(|| "USD".into());
+
+    let owner = subscription
+        .marketplace
+        .as_ref()
+        .and_then(|m| m.resource.as_ref())
+        .and_then(|r| r.owner.clone());
+    let candidates = owner
+        .as_ref()
+        .map(|o| billing_account_codes(o, &bridge.config.provisioning.account_order))
+        .unwrap_or_default();
+    let mut account_code = None;
+    for code in &candidates {
+        if bridge
+            .recurly
+            .account(code)
+            .await?
+            .is_some_and(|a| a.state.as_deref().is_none_or(|s| s == "active"))
+        {
+            account_code = Some(code.clone());
+            break;
+        }
+    }
+    let Some(account_code) = account_code else {
+        let reason = if candidates.is_empty() {
+            "No billing account could be determined for this subscription. Contact the API provider.".to_owned()
+        } else {
+            format!(
+                "No billing account exists for you yet. Ask the API provider to create one (account code {}), then subscribe again.",
+                candidates.join(" or ")
+            )
+        };
+        return refuse(
+            bridge,
+            notices,
+            &event.self_link,
+            &subscription,
+            &sub_title,
+            &reason,
+            "no billing account",
+        )
+        .await;
+    };
+
+    let new = billing_bridge_billing::recurly::NewSubscription {
+        plan_code: plan_code.clone(),
+        account_code: account_code.clone(),
+        currency,
+        add_on_codes,
+    };
+    let key = idempotency_key("create-subscription", &[&subscription.metadata.id]);
+    let created = match bridge.recurly.create_subscription(&new, &key).await {
+        Ok(created) => created,
+        Err(e)
+            if e.error_type() == Some("validation")
+                && e.to_string().contains("already have a subscription") =>
+        {
+            // Made by an earlier pass whose answer (and its idempotency record) was lost.
+            let live = bridge
+                .recurly
+                .account_subscriptions(&account_code, "live")
+                .await?;
+            match live
+                .into_iter()
+                .find(|s| s.plan.code.as_deref() == Some(plan_code.as_str()))
+            {
+                Some(found) => found,
+                None => return Err(e.into()),
+            }
+        }
+        Err(e)
+            if e.error_type().is_some()
+                && !billing_bridge_upstream::Transient::is_transient(&e) =>
+        {
+            let message = match &e {
+                billing_bridge_billing::recurly::RecurlyError::Api { message, .. } => {
+                    message.clone()
+                }
+                other => other.to_string(),
+            };
+            let reason =
+                format!("Billing could not be set up: {message} Contact the API provider.");
+            return refuse(
+                bridge,
+                notices,
+                &event.self_link,
+                &subscription,
+                &sub_title,
+                &reason,
+                &e.to_string(),
+            )
+            .await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    bridge
+        .amplify
+        .set_attributes(
+            &event.self_link,
+            &[
+                (link_attributes::SUBSCRIPTION_ID, &created.id),
+                (link_attributes::SUBSCRIPTION_UUID, &created.uuid),
+                (link_attributes::ACCOUNT_CODE, &account_code),
+            ],
+        )
+        .await?;
+    approve(
+        bridge,
+        notices,
+        &raw,
+        &event.self_link,
+        &account_code,
+        &created.id,
+        &sub_title,
+        &plan_title,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn approve(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    raw: &Value,
+    self_link: &str,
+    account_code: &str,
+    subscription_id: &str,
+    sub_title: &str,
+    plan_title: &str,
+) -> Result<SubscriptionOutcome, ProvisionError> {
+    bridge
+        .amplify
+        .put_subresource(
+            self_link,
+            "approval",
+            json!({"state": "approved", "reason": format!("Billing set up in Recurly on account {account_code}")}),
+        )
+        .await?;
+    let resource_id = text(raw, "/metadata/id").unwrap_or(subscription_id);
+    if first_time(
+        bridge,
+        &format!("notice:subscription-approved:{resource_id}"),
+    )
+    .await
+    {
+        match approval_mail(bridge, raw, sub_title, plan_title, account_code).await {
+            Ok(Some(mail)) => notices.notify(Notice::Subscriber(mail)),
+            Ok(None) => {
+                tracing::info!(subscription = %sub_title, "no subscriber address known; no mail sent")
+            }
+            Err(e) => {
+                tracing::warn!(subscription = %sub_title, error = %e, "subscriber address lookup failed; no mail sent")
+            }
+        }
+    }
+    Ok(SubscriptionOutcome::Approved {
+        account_code: account_code.to_owned(),
+        subscription_id: subscription_id.to_owned(),
+    })
+}
+
+/// The subscriber: the user of a private team, else the user who created the subscription.
+async fn approval_mail(
+    bridge: &Bridge,
+    raw: &Value,
+    sub_title: &str,
+    plan_title: &str,
+    account_code: &str,
+) -> Result<Option<Mail>, ProvisionError> {
+    let Some(user_id) = text(raw, "/marketplace/resource/owner/user/id")
+        .or_else(|| text(raw, "/marketplace/resource/metadata/createUserId"))
+    else {
+        return Ok(None);
+    };
+    let Some(user) = bridge.amplify.platform_user(user_id).await? else {
+        return Ok(None);
+    };
+    let mail_config = &bridge.config.notify.mail;
+    let marketplace = &bridge.config.provisioning.marketplace_url;
+    let greeting = user
+        .first_name
+        .clone()
+        .map(|n| format!("Hello {n},"))
+        .unwrap_or_else(|| "Hello,".into());
+    let text_body = format!(
+        "{greeting}\n\nYour subscription {sub_title} to the plan {plan_title} is approved, and billing is set up on account {account_code}.\nUsage is billed according to the plan.\n\nManage your subscription in the marketplace: {marketplace}\n"
+    );
+    let html = format!(
+        "<p>{greeting}</p><p>Your subscription <b>{sub_title}</b> to the plan <b>{plan_title}</b> is approved, and billing is set up on account {account_code}. Usage is billed according to the plan.</p><p><a href=\"{marketplace}\">Manage your subscription in the marketplace</a></p>"
+    );
+    Ok(Some(Mail {
+        from: Address {
+            email: mail_config.from.clone(),
+            name: mail_config.from_name.clone(),
+        },
+        reply_to: mail_config.reply_to.clone().map(Address::new),
+        to: Address {
+            email: user.email,
+            name: match (user.first_name, user.last_name) {
+                (Some(f), Some(l)) => Some(format!("{f} {l}")),
+                (f, l) => f.or(l),
+            },
+        },
+        subject: format!("Your subscription {sub_title} is approved"),
+        text: text_body,
+        html: Some(html),
+        tags: [(
+            "subscription".to_owned(),
+            text(raw, "/metadata/id").unwrap_or_default().to_owned(),
+        )]
+        .into(),
+    }))
+}
+
+/// Rejects (or leaves pending) with a reason the consumer can act on, and tells the provider once.
+async fn refuse(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    self_link: &str,
+    subscription: &Subscription,
+    sub_title: &str,
+    reason: &str,
+    detail: &str,
+) -> Result<SubscriptionOutcome, ProvisionError> {
+    let leave_pending = bridge.config.provisioning.on_failure == OnFailure::LeavePending;
+    if !leave_pending {
+        bridge
+            .amplify
+            .put_subresource(
+                self_link,
+                "approval",
+                json!({"state": "rejected", "reason": reason}),
+            )
+            .await?;
+    }
+    if first_time(
+        bridge,
+        &format!("notice:subscription-refused:{}", subscription.metadata.id),
+    )
+    .await
+    {
+        notices.notify(Notice::Provider(ProviderCard {
+            title: format!("Subscription not billed: {sub_title}"),
+            tone: Tone::Attention,
+            text: format!(
+                "{} {reason}",
+                if leave_pending {
+                    "The subscription was left pending."
+                } else {
+                    "The subscription was rejected."
+                }
+            ),
+            facts: vec![
+                ("Subscription".into(), subscription.name.clone()),
+                ("Cause".into(), detail.to_owned()),
+            ],
+            link: None,
+        }));
+    }
+    let reason = reason.to_owned();
+    Ok(if leave_pending {
+        SubscriptionOutcome::LeftPending { reason }
+    } else {
+        SubscriptionOutcome::Rejected { reason }
+    })
+}
+
+/// Ends the billing subscription of a deleted or archived Amplify subscription.
+async fn end(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    billing_id: Option<&str>,
+    name: &str,
+) -> Result<SubscriptionOutcome, ProvisionError> {
+    let Some(id) = billing_id else {
+        return Ok(SubscriptionOutcome::NotOurs);
+    };
+    let Some(found) = bridge.recurly.subscription(id).await? else {
+        return Ok(SubscriptionOutcome::Unchanged);
+    };
+    if !CANCELABLE.contains(&found.state.as_str()) {
+        return Ok(SubscriptionOutcome::Unchanged);
+    }
+    let result = match bridge.config.provisioning.on_end {
+        OnEnd::Cancel => {
+            bridge
+                .recurly
+                .cancel_subscription(id, false, &idempotency_key("cancel-subscription", &[id]))
+                .await
+        }
+        OnEnd::Terminate => {
+            bridge
+                .recurly
+                .terminate_subscription(id, &idempotency_key("terminate-subscription", &[id]))
+                .await
+        }
+    };
+    match result {
+        Ok(_) => {}
+        // Canceled meanwhile: the goal is reached.
+        Err(e) if e.error_type() == Some("validation") => {
+            return Ok(SubscriptionOutcome::Unchanged);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    notices.notify(Notice::Provider(ProviderCard {
+        title: format!("Subscription ended: {name}"),
+        tone: Tone::Info,
+        text: match bridge.config.provisioning.on_end {
+            OnEnd::Cancel => "The Amplify subscription ended; its Recurly subscription is canceled at the end of its term.".into(),
+            OnEnd::Terminate => "The Amplify subscription ended; its Recurly subscription was terminated.".into(),
+        },
+        facts: vec![("Recurly subscription".into(), id.to_owned())],
+        link: None,
+    }));
+    Ok(SubscriptionOutcome::Canceled {
+        subscription_id: id.to_owned(),
+    })
+}

@@ -1,0 +1,183 @@
+//! Webhook intake: secret, size, shape, interest, dedupe, queue. Each refusal says what was
+//! wrong, and nothing of a refused request is processed.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use billing_bridge_amplify::{EventType, WebhookEnvelope};
+use billing_bridge_domain::events::{ChangeType, ResourceKind, event_of_interest};
+use billing_bridge_pipeline::metrics::WebhookOutcome;
+use billing_bridge_store::{Claim, StoreError};
+use futures_util::StreamExt;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::{AppState, secret_matches};
+
+/// Where Amplify posts events; `install-hooks` registers this path.
+pub const WEBHOOK_PATH: &str = "/webhooks/amplify";
+/// How long an event is held as "processing" while it is being queued.
+const CLAIM_HOLD: Duration = Duration::from_secs(30);
+/// How long an accepted event id is remembered, so replays are recognised.
+const DONE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn refuse(
+    state: &AppState,
+    outcome: WebhookOutcome,
+    status: actix_web::http::StatusCode,
+    message: String,
+) -> HttpResponse {
+    state.bridge.metrics.webhook(outcome);
+    HttpResponse::build(status).json(json!({"error": message}))
+}
+
+fn busy(state: &AppState, retry_after_secs: u32, message: String) -> HttpResponse {
+    state.bridge.metrics.webhook(WebhookOutcome::Busy);
+    HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", retry_after_secs.to_string()))
+        .json(json!({"error": message}))
+}
+
+fn answered(state: &AppState, outcome: WebhookOutcome, status: &str) -> HttpResponse {
+    state.bridge.metrics.webhook(outcome);
+    HttpResponse::Accepted().json(json!({"status": status}))
+}
+
+pub(crate) async fn receive(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let config = &state.bridge.config;
+    let expected = config
+        .webhook
+        .secret
+        .as_ref()
+        .map(|s| s.expose_secret())
+        .unwrap_or("");
+    let given = req
+        .headers()
+        .get(config.webhook.header.as_str())
+        .map(|v| v.as_bytes());
+    if expected.is_empty() || !secret_matches(given, expected) {
+        return refuse(
+            &state,
+            WebhookOutcome::Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "missing or wrong secret in the {} header",
+                config.webhook.header
+            ),
+        );
+    }
+
+    let limit = config.server.max_body_bytes;
+    if req
+        .headers()
+        .get("Content-Length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|length| length > limit)
+    {
+        return refuse(
+            &state,
+            WebhookOutcome::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is over the {limit}-byte limit"),
+        );
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return refuse(
+                &state,
+                WebhookOutcome::Malformed,
+                StatusCode::BAD_REQUEST,
+                "the body could not be read".into(),
+            );
+        };
+        if body.len() + chunk.len() > limit {
+            return refuse(
+                &state,
+                WebhookOutcome::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over the {limit}-byte limit"),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+
+    let envelope: WebhookEnvelope = match serde_json::from_slice(&body) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return refuse(
+                &state,
+                WebhookOutcome::Malformed,
+                StatusCode::BAD_REQUEST,
+                format!("not an Amplify webhook event (expected id, time, type, payload): {e}"),
+            );
+        }
+    };
+    if envelope.id.trim().is_empty() {
+        return refuse(
+            &state,
+            WebhookOutcome::Malformed,
+            StatusCode::BAD_REQUEST,
+            "the event has an empty id".into(),
+        );
+    }
+    let change = match envelope.event_type {
+        EventType::ResourceCreated => ChangeType::Created,
+        EventType::ResourceUpdated => ChangeType::Updated,
+        EventType::ResourceDeleted => ChangeType::Deleted,
+        EventType::SubResourceUpdated => ChangeType::SubResourceUpdated,
+    };
+    let Some(event) = event_of_interest(
+        &envelope.id,
+        change,
+        envelope.subresource(),
+        &envelope.payload,
+        envelope.correlation_id.as_deref(),
+    ) else {
+        return answered(&state, WebhookOutcome::Ignored, "ignored");
+    };
+    let enabled = match event.kind {
+        ResourceKind::ProductPlan => config.provisioning.plans,
+        ResourceKind::Subscription => config.provisioning.subscriptions,
+    };
+    if !enabled {
+        return answered(&state, WebhookOutcome::Ignored, "ignored");
+    }
+
+    let store = &state.bridge.store;
+    match store.claim_event(&envelope.id, CLAIM_HOLD).await {
+        Ok(Claim::Done) => return answered(&state, WebhookOutcome::Duplicate, "duplicate"),
+        Ok(Claim::InFlight) => {
+            return busy(
+                &state,
+                1,
+                "the same event is being accepted right now; send it again shortly".into(),
+            );
+        }
+        Ok(Claim::Claimed) => {}
+        Err(e) => return busy(&state, 5, format!("cannot accept events now: {e}")),
+    }
+    tracing::debug!(event = %envelope.id, kind = ?event.kind, resource = %event.name, correlation = ?event.correlation_id, "webhook accepted");
+    match store.enqueue(event).await {
+        Ok(()) => {}
+        Err(e) => {
+            let _ = store.abandon_event(&envelope.id).await;
+            let retry = if matches!(e, StoreError::QueueFull { .. }) {
+                5
+            } else {
+                10
+            };
+            return busy(&state, retry, format!("cannot accept events now: {e}"));
+        }
+    }
+    // The event is queued: a replay from here on is a duplicate. If marking fails, the worst case
+    // is a replay processed twice, which level-triggered provisioning absorbs.
+    let _ = store.finish_event(&envelope.id, DONE_KEEP).await;
+    answered(&state, WebhookOutcome::Accepted, "accepted")
+}

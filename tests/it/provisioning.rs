@@ -1,0 +1,300 @@
+//! Plan and subscription provisioning end to end: the real bridge (pipeline and server on
+//! 127.0.0.1:0) and the sandbox talking HTTP, with webhooks delivered by the sandbox's Amplify to
+//! the hooks `install-hooks` creates.
+
+use std::time::Duration;
+
+use billing_bridge_pipeline::hooks::{HookSpec, install_hooks};
+use serde_json::{Value, json};
+
+use crate::support::{
+    TEAMS_CHANNEL, TestBridge, TestSandbox, WEBHOOK_SECRET, amplify_token, bridge_sandbox,
+    spawn_bridge, wait_for,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A provider acting on the sandbox's Amplify.
+pub struct Provider<'a> {
+    pub sb: &'a TestSandbox,
+    pub token: String,
+}
+
+impl<'a> Provider<'a> {
+    pub async fn new(sb: &'a TestSandbox) -> Provider<'a> {
+        Provider {
+            sb,
+            token: amplify_token(sb).await,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .sb
+            .http
+            .request(method, self.sb.at(&format!("/amplify/apis{path}")))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("amplify request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn create(&self, collection: &str, body: Value) -> Value {
+        let (status, created) = self
+            .send(reqwest::Method::POST, collection, Some(body))
+            .await;
+        assert_eq!(status, 201, "creating in {collection}: {created}");
+        created
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.send(reqwest::Method::GET, path, None).await.1
+    }
+
+    /// A Recurly-billed product with a paid, manually approved plan and three priced quotas
+    /// (graduated, volume, pay per use). Returns the plan.
+    pub async fn catalog(&self, plan: &str) -> Value {
+        self.create("/catalog/v1/products", json!({"group":"catalog","apiVersion":"v1","kind":"Product","name":"weather","title":"Weather API",
+            "attributes":{"billingSystem":"recurly"},"spec":{"description":"Forecasts"}})).await;
+        let plan = self.create("/catalog/v1/productplans", json!({"group":"catalog","apiVersion":"v1","kind":"ProductPlan","name":plan,"title":"Silver",
+            "spec":{"product":"weather","type":"paid","billing":{"currency":"USD","price":10,"interval":"monthly","setup":{"price":5}},
+                    "subscription":{"approval":"manual","interval":{"type":"months","length":1},"renewal":"automatic"}}})).await;
+        let name = plan["name"].as_str().unwrap().to_owned();
+        for (quota, pricing) in [
+            (
+                "calls",
+                json!({"type":"graduated","limit":{"type":"tiered","tiers":[{"from":1,"to":1000,"cost":0,"flatFee":0},{"from":1001,"to":999999999,"cost":0.002,"flatFee":0}]}}),
+            ),
+            (
+                "bulk",
+                json!({"type":"volume","limit":{"type":"tiered","tiers":[{"from":1,"to":100,"cost":1,"flatFee":0},{"from":101,"to":999999999,"cost":0.5,"flatFee":0}]}}),
+            ),
+            ("alerts", json!({"type":"perunit","cost":0.01})),
+        ] {
+            self.create(&format!("/catalog/v1/productplans/{name}/quotas"), json!({"group":"catalog","apiVersion":"v1","kind":"Quota","name":quota,"title":quota,
+                "metadata":{"scope":{"kind":"ProductPlan","name":name}},
+                "spec":{"unit":"transactions","pricing":pricing,"resources":[{"kind":"AssetResource","name":format!("weather/{quota}")}]}})).await;
+        }
+        plan
+    }
+
+    pub async fn activate(&self, plan: &str) {
+        let (status, body) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/catalog/v1/productplans/{plan}/state"),
+                Some(json!({"state":"active"})),
+            )
+            .await;
+        assert_eq!(status, 200, "activating {plan}: {body}");
+    }
+
+    /// A subscription owned by `user`'s team `team` in org 650130132060094 (the sandbox takes the
+    /// consumer from `marketplace.resource.owner`; the real platform from the caller).
+    pub async fn subscribe(&self, name: &str, plan: &str, team: &str, user: &str) -> Value {
+        self.create("/catalog/v1/subscriptions", json!({"group":"catalog","apiVersion":"v1","kind":"Subscription","name":name,"title":format!("Weather {name}"),
+            "spec":{"product":"weather","plan":{"name":plan}},
+            "marketplace":{"resource":{"owner":{"type":"team","id":team,"organization":{"id":"650130132060094"},"user":{"id":user}}}}})).await
+    }
+}
+
+pub async fn seed(sb: &TestSandbox, body: Value) {
+    let response = sb
+        .http
+        .post(sb.at("/_sandbox/seed"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+}
+
+pub async fn sandbox_json(sb: &TestSandbox, path: &str) -> Value {
+    sb.http
+        .get(sb.at(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// What a Recurly client of the provider sees.
+pub async fn recurly(sb: &TestSandbox, path: &str) -> (u16, Value) {
+    let response = sb
+        .http
+        .get(sb.at(&format!("/recurly{path}")))
+        .basic_auth("any-key", Some(""))
+        .header("Accept", "application/vnd.recurly.v2021-02-25")
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+pub async fn hooks(bridge: &TestBridge) {
+    install_hooks(
+        &bridge.bridge.amplify,
+        &HookSpec {
+            name: "billing-bridge",
+            url: &bridge.webhook_url(),
+            header: "Authorization",
+            secret: WEBHOOK_SECRET,
+        },
+    )
+    .await
+    .expect("hooks installed");
+}
+
+pub fn plan_code(plan: &Value) -> String {
+    format!("amplify-plan-{}", plan["metadata"]["id"].as_str().unwrap())
+}
+
+#[actix_rt::test]
+async fn an_activated_plan_and_a_pending_subscription_are_billed_approved_and_announced() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "").await;
+    hooks(&bridge).await;
+    let provider = Provider::new(&sb).await;
+    let plan = provider.catalog("silver").await;
+    let code = plan_code(&plan);
+    provider.activate("silver").await;
+
+    let recurly_plan = wait_for("the Recurly plan", Duration::from_secs(10), || async {
+        let (status, body) = recurly(&sb, &format!("/plans/code-{code}")).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(recurly_plan["name"], "Silver");
+    assert_eq!(recurly_plan["currencies"][0]["unit_amount"], 10.0);
+    assert_eq!(recurly_plan["currencies"][0]["setup_fee"], 5.0);
+    let (_, add_ons) = recurly(&sb, &format!("/plans/code-{code}/add_ons?limit=200")).await;
+    let add_ons = add_ons["data"].as_array().unwrap();
+    assert_eq!(add_ons.len(), 3);
+    let by_name = |n: &str| {
+        add_ons
+            .iter()
+            .find(|a| a["name"] == n)
+            .unwrap_or_else(|| panic!("add-on {n}"))
+    };
+    assert_eq!(by_name("calls")["tier_type"], "tiered");
+    assert_eq!(by_name("calls")["tiers"][0]["ending_quantity"], 1000);
+    assert_eq!(by_name("bulk")["tier_type"], "volume");
+    assert_eq!(by_name("alerts")["tier_type"], "flat");
+    let linked = wait_for("the link on the Amplify plan", WAIT, || async {
+        let plan = provider.get("/catalog/v1/productplans/silver").await;
+        (plan["attributes"]["recurlyPlanCode"] == code.as_str()).then_some(plan)
+    })
+    .await;
+    assert_eq!(linked["attributes"]["recurlyPlanId"], recurly_plan["id"]);
+
+    // A consumer with a billing account subscribes.
+    seed(&sb, json!({
+        "amplify": {"users": [{"guid": "user-1", "email": "dev@consumer.example", "firstname": "Dana", "lastname": "Dev"}]},
+        "recurly": {"accounts": [{"code": "amplify-team-team-1", "email": "billing@consumer.example"}]}
+    }))
+    .await;
+    provider
+        .subscribe("sub-1", "silver", "team-1", "user-1")
+        .await;
+    let approved = wait_for("the approval", WAIT, || async {
+        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
+        (sub["approval"]["state"] == "approved").then_some(sub)
+    })
+    .await;
+    let billing_id = approved["attributes"]["recurlySubscriptionId"]
+        .as_str()
+        .expect("linked")
+        .to_owned();
+    let (status, billing) = recurly(&sb, &format!("/subscriptions/{billing_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(billing["plan"]["code"], code.as_str());
+    assert_eq!(billing["account"]["code"], "amplify-team-team-1");
+    assert_eq!(billing["add_ons"].as_array().unwrap().len(), 3);
+    let mails = wait_for("the approval mail", WAIT, || async {
+        let mails = sandbox_json(&sb, "/_sandbox/mails").await;
+        (!mails.as_array().unwrap().is_empty()).then_some(mails)
+    })
+    .await;
+    assert_eq!(mails.as_array().unwrap().len(), 1);
+    assert_eq!(mails[0]["recipients"], json!(["dev@consumer.example"]));
+    assert!(
+        mails[0]["request"]["content"][0]["value"]
+            .as_str()
+            .unwrap()
+            .contains("https://marketplace.example")
+    );
+
+    // A consumer without a billing account is rejected with a reason, and the provider told.
+    provider
+        .subscribe("sub-2", "silver", "team-2", "user-1")
+        .await;
+    let rejected = wait_for("the rejection", WAIT, || async {
+        let sub = provider.get("/catalog/v1/subscriptions/sub-2").await;
+        (sub["approval"]["state"] == "rejected").then_some(sub)
+    })
+    .await;
+    assert!(
+        rejected["approval"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("amplify-team-team-2"),
+        "{rejected}"
+    );
+    let channel = TEAMS_CHANNEL.trim_start_matches("/teams/");
+    let titles: Vec<String> = wait_for("the provider's cards", WAIT, || async {
+        let cards = sandbox_json(&sb, "/_sandbox/cards").await;
+        let titles: Vec<String> = cards
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["channel"] == channel)
+            .map(|c| {
+                c["body"]["attachments"][0]["content"]["body"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        titles
+            .iter()
+            .any(|t| t.starts_with("Subscription not billed"))
+            .then_some(titles)
+    })
+    .await;
+    assert_eq!(
+        titles
+            .iter()
+            .filter(|t| t.starts_with("Plan billed in Recurly"))
+            .count(),
+        1,
+        "{titles:?}"
+    );
+    assert_eq!(
+        titles
+            .iter()
+            .filter(|t| t.starts_with("Subscription not billed"))
+            .count(),
+        1,
+        "{titles:?}"
+    );
+    let (_, subs) = recurly(&sb, "/subscriptions?limit=200").await;
+    assert_eq!(
+        subs["data"].as_array().unwrap().len(),
+        1,
+        "one Recurly subscription in all"
+    );
+}
