@@ -1,4 +1,11 @@
-//! The `billing-bridge` command line.
+//! The `billing-bridge` command line: parses arguments, loads configuration and wires the crates
+//! together; the behaviour lives in the crates.
+
+mod check;
+mod demo;
+mod serve;
+
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -16,6 +23,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the bridge: webhook intake, plan and subscription provisioning, reconciliation.
+    Serve {
+        /// Configuration file (TOML) over the built-in defaults; BRIDGE_* variables override both.
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Runs the sandbox and the bridge in one process, seeds a catalog, runs every flow once and
+    /// prints what happened.
+    Demo {
+        /// Keep both serving after the run, so they can be explored.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Validates the configuration and reaches every upstream; prints a table.
+    Check {
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Creates the Amplify Integration, Secret, Webhook and ResourceHook that send plan, quota and
+    /// subscription events to this bridge.
+    InstallHooks {
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The bridge's public base URL, as Amplify will reach it (https, public CA).
+        #[arg(long)]
+        url: String,
+        /// Name of the Integration (its Secret, Webhook and ResourceHook are named after it).
+        #[arg(long, default_value = "billing-bridge")]
+        name: String,
+    },
+    /// Prints the default configuration, every setting commented.
+    Config,
     /// Runs the local emulator of Amplify, Traceability, Recurly, Teams and SendGrid.
     Sandbox {
         /// Address to listen on.
@@ -23,20 +62,41 @@ enum Command {
         listen: String,
         /// A JSON file with the sandbox configuration (credentials, limits, recorder).
         #[arg(long)]
-        config: Option<std::path::PathBuf>,
+        config: Option<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own story; keep the library logs to warnings there unless asked.
+    let default_filter = if matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Check { .. } | Command::InstallHooks { .. }
+    ) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
+    // The actors need an actix system; the sandbox and clients run on its tokio runtime.
+    actix_rt::System::new().block_on(async move {
         match cli.command {
+            Command::Serve { config } => serve::serve(config.as_deref()).await,
+            Command::Demo { keep_running } => demo::run(keep_running).await,
+            Command::Check { config } => check::run(config.as_deref()).await,
+            Command::InstallHooks { config, url, name } => {
+                serve::install_hooks(config.as_deref(), &url, &name).await
+            }
+            Command::Config => {
+                print!("{}", billing_bridge_config::DEFAULT_CONFIG);
+                Ok(())
+            }
             Command::Sandbox { listen, config } => run_sandbox(&listen, config.as_deref()).await,
         }
     })
@@ -58,6 +118,6 @@ async fn run_sandbox(listen: &str, config: Option<&std::path::Path>) -> anyhow::
     println!("sandbox: {}", handle.url());
     tokio::select! {
         result = handle.wait() => result.context("sandbox server failed"),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = serve::shutdown_signal() => Ok(()),
     }
 }

@@ -160,7 +160,7 @@ impl AmplifyClient {
             .await
             .map_err(|e| AmplifyError::Network {
                 operation,
-                detail: e.without_url().to_string(),
+                detail: billing_bridge_upstream::network_error(e),
             })?;
         let status = response.status().as_u16();
         match status {
@@ -171,7 +171,7 @@ impl AmplifyClient {
                         .await
                         .map_err(|e| AmplifyError::Unexpected {
                             operation,
-                            detail: e.without_url().to_string(),
+                            detail: billing_bridge_upstream::network_error(e),
                         })?;
                 let lifetime = Duration::from_secs(answer.expires_in);
                 Ok(CachedToken {
@@ -233,13 +233,13 @@ impl AmplifyClient {
         }
         let response = request.send().await.map_err(|e| AmplifyError::Network {
             operation,
-            detail: e.without_url().to_string(),
+            detail: billing_bridge_upstream::network_error(e),
         })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.map_err(|e| AmplifyError::Network {
             operation,
-            detail: e.without_url().to_string(),
+            detail: billing_bridge_upstream::network_error(e),
         })?;
         let detail = || {
             serde_json::from_str::<Value>(&text)

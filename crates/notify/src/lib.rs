@@ -89,7 +89,7 @@ impl NotifyError {
         };
         NotifyError::Unreachable {
             upstream,
-            detail: format!("{kind}: {}", err.without_url()),
+            detail: format!("{kind}: {}", billing_bridge_upstream::network_error(err)),
         }
     }
 }

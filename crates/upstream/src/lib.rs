@@ -6,6 +6,20 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
+/// A network error as one line: what failed and why (refused, DNS, time-out, TLS), without the
+/// URL, which may carry a secret (a Teams webhook URL does).
+pub fn network_error(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// An error that knows whether trying again may help.
 pub trait Transient {
     /// Throttling, 5xx, time-outs and network failures: another try may succeed.

@@ -150,7 +150,7 @@ impl RecurlyClient {
         }
         let response = request.send().await.map_err(|e| RecurlyError::Network {
             operation,
-            detail: e.without_url().to_string(),
+            detail: billing_bridge_upstream::network_error(e),
         })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -178,7 +178,7 @@ impl RecurlyClient {
         }
         let text = response.text().await.map_err(|e| RecurlyError::Network {
             operation,
-            detail: e.without_url().to_string(),
+            detail: billing_bridge_upstream::network_error(e),
         })?;
         match status {
             200..=299 if text.trim().is_empty() => Ok(None),
