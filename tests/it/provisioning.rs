@@ -298,3 +298,73 @@ async fn an_activated_plan_and_a_pending_subscription_are_billed_approved_and_an
         "one Recurly subscription in all"
     );
 }
+
+#[actix_rt::test]
+async fn an_event_that_meets_an_outage_is_tried_again_without_waiting_for_the_reconciler() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "").await;
+    hooks(&bridge).await;
+    let provider = Provider::new(&sb).await;
+    let plan = provider.catalog("silver").await;
+    let code = plan_code(&plan);
+    // Creating the plan and its three quotas queues a look at the draft plan per quota (the draft plan itself is
+    // not of interest); let those three pass.
+    wait_for("the draft plan's passes", WAIT, || async {
+        let metrics = bridge.bridge.metrics.encode();
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with(
+                    "billing_bridge_provisioning_total{resource=\"Plan\",outcome=\"Waiting\"} 3",
+                )
+            })
+            .then_some(())
+    })
+    .await;
+    // Amplify fails every read of the plan: the first pass over the activation gives up.
+    let outage = json!({"error_rate": 1.0, "error_status": 503, "path_contains": "/productplans/silver", "methods": ["GET"]});
+    let status = sb
+        .http
+        .put(sb.at("/_sandbox/faults/amplify"))
+        .json(&outage)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    provider.activate("silver").await;
+    wait_for("the failed pass", WAIT, || async {
+        let faults = sandbox_json(&sb, "/_sandbox/faults").await;
+        (faults["amplify"]["injected"]["errors"].as_u64() >= Some(6)).then_some(())
+    })
+    .await;
+    assert_eq!(recurly(&sb, &format!("/plans/code-{code}")).await.0, 404);
+    sb.http
+        .delete(sb.at("/_sandbox/faults/amplify"))
+        .send()
+        .await
+        .unwrap();
+    // The Router queues the event again after a few seconds; no reconcile pass is run here.
+    let cleared = std::time::Instant::now();
+    let (status, _) = wait_for(
+        "the Recurly plan after the outage",
+        Duration::from_secs(15),
+        || async {
+            let found = recurly(&sb, &format!("/plans/code-{code}")).await;
+            (found.0 == 200).then_some(found)
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        cleared.elapsed() >= Duration::from_secs(3),
+        "provisioned by the re-queued event, not another one"
+    );
+    let passes = bridge.bridge.metrics.encode();
+    assert!(
+        passes
+            .lines()
+            .any(|l| l.contains("outcome=\"Retry\"") && l.contains("resource=\"Plan\"")),
+        "{passes}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct ResourceEvent {
     /// The billing id the resource was linked to when the event was sent (from its attributes),
     /// so a deleted resource can still be found in the billing platform.
     pub billing_id: Option<String>,
+    /// How many passes over this event ended in "try again later" so far.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// The Amplify attributes that link a resource to its billing twin. The names the replaced
@@ -101,6 +104,7 @@ pub fn event_of_interest(
                 deleted,
                 correlation_id: correlation_id.map(str::to_owned),
                 billing_id: billing_id.map(str::to_owned),
+                attempt: 0,
             }
         };
     match kind {

@@ -19,6 +19,29 @@ use crate::subscription::{SubscriptionOutcome, provision_subscription};
 const PROVISIONER_MAILBOX: usize = 16;
 /// How long the Router waits for an event before looking again.
 const POLL: Duration = Duration::from_secs(1);
+/// An event whose pass ended in "try again later" is queued again after 5 s, 10 s, 20 s, ...
+/// up to this many times; after that the Reconciler's next pass picks the resource up.
+const MAX_ATTEMPTS: u32 = 6;
+
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << attempt.min(6)).min(300))
+}
+
+/// Queues an event again later, without holding up the Router.
+fn requeue_later(bridge: Arc<Bridge>, mut event: ResourceEvent) {
+    if event.attempt + 1 >= MAX_ATTEMPTS {
+        tracing::warn!(resource = %event.name, attempts = event.attempt + 1, "giving up for now; the reconciler will pick it up");
+        return;
+    }
+    let delay = retry_delay(event.attempt);
+    event.attempt += 1;
+    actix_rt::spawn(async move {
+        actix_rt::time::sleep(delay).await;
+        if let Err(e) = bridge.store.enqueue(event).await {
+            tracing::warn!(error = %e, "could not queue a retry; the reconciler will pick it up");
+        }
+    });
+}
 
 #[derive(Message)]
 #[rtype(result = "PlanOutcome")]
@@ -109,20 +132,24 @@ impl Actor for Router {
                         bridge.metrics.queue_depth.set(depth as i64);
                     }
                     let event = delivery.event;
-                    let handled = match event.kind {
-                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => {
-                            plans.send(ProvisionPlan(event)).await.map(|_| ())
-                        }
+                    let again = event.clone();
+                    let retry = match event.kind {
+                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => plans
+                            .send(ProvisionPlan(event))
+                            .await
+                            .map(|outcome| matches!(outcome, PlanOutcome::Retry { .. })),
                         ResourceKind::Subscription if bridge.config.provisioning.subscriptions => {
                             subscriptions
                                 .send(ProvisionSubscription(event))
                                 .await
-                                .map(|_| ())
+                                .map(|outcome| matches!(outcome, SubscriptionOutcome::Retry { .. }))
                         }
-                        _ => Ok(()),
+                        _ => Ok(false),
                     };
-                    if let Err(e) = handled {
-                        tracing::error!(error = %e, "provisioner unavailable");
+                    match retry {
+                        Ok(true) => requeue_later(bridge.clone(), again),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "provisioner unavailable"),
                     }
                     let _ = bridge.store.ack(delivery.tag).await;
                 }
@@ -135,6 +162,20 @@ impl Actor for Router {
 #[derive(Message)]
 #[rtype(result = "Result<ReconcileSummary, String>")]
 pub struct ReconcileNow;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_and_stop() {
+        let delays: Vec<u64> = (0..MAX_ATTEMPTS)
+            .map(|a| retry_delay(a).as_secs())
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160]);
+        assert_eq!(retry_delay(30).as_secs(), 300);
+    }
+}
 
 pub struct Reconciler {
     pub bridge: Arc<Bridge>,

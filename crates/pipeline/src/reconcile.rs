@@ -43,6 +43,7 @@ fn event(pass: &str, kind: ResourceKind, resource: &Value) -> Option<ResourceEve
         deleted: false,
         correlation_id: Some(format!("reconcile:{pass}")),
         billing_id: None,
+        attempt: 0,
     })
 }
 

@@ -144,6 +144,7 @@ mod tests {
             deleted: false,
             correlation_id: None,
             billing_id: None,
+            attempt: 0,
         }
     }
 

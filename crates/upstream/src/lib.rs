@@ -30,7 +30,12 @@ pub trait Transient {
     }
 }
 
-/// Retry settings. The default bounds one call to about half a minute of waiting.
+/// The longest wait a throttling upstream's `Retry-After` (or rate-limit reset) is honoured for
+/// before giving up on that attempt.
+pub const MAX_ASKED_WAIT: Duration = Duration::from_secs(120);
+
+/// Retry settings. The default bounds one call to about half a minute of waiting, plus whatever
+/// a throttling upstream asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Tries in all, the first included.
@@ -74,9 +79,9 @@ impl RetryPolicy {
         op.retry(backoff)
             .when(E::is_transient)
             .adjust(move |err: &E, planned| match (err.retry_after(), planned) {
-                // Wait as long as the upstream asked if that is longer than planned, within the
-                // policy's ceiling; a longer wait is the caller's decision, not a retry's.
-                (Some(asked), Some(planned)) => Some(asked.max(planned).min(max_delay)),
+                // A throttled call waits as long as the upstream asked (up to MAX_ASKED_WAIT):
+                // retrying earlier would only be refused again and count against the limit.
+                (Some(asked), Some(planned)) => Some(asked.min(MAX_ASKED_WAIT).max(planned.min(max_delay))),
                 (_, planned) => planned,
             })
             .notify(|err: &E, delay| tracing::debug!(error = %err, ?delay, "upstream call failed; retrying"))
@@ -120,6 +125,43 @@ mod tests {
             .await;
         assert_eq!(result.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[derive(Debug)]
+    struct Throttled;
+    impl std::fmt::Display for Throttled {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "throttled")
+        }
+    }
+    impl Transient for Throttled {
+        fn is_transient(&self) -> bool {
+            true
+        }
+        fn retry_after(&self) -> Option<Duration> {
+            Some(Duration::from_millis(300))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_throttled_call_waits_as_long_as_the_upstream_asked() {
+        let calls = AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let result = quick(3)
+            .run(|| async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(Throttled)
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "waited {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
