@@ -163,20 +163,6 @@ impl Actor for Router {
 #[rtype(result = "Result<ReconcileSummary, String>")]
 pub struct ReconcileNow;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_and_stop() {
-        let delays: Vec<u64> = (0..MAX_ATTEMPTS)
-            .map(|a| retry_delay(a).as_secs())
-            .collect();
-        assert_eq!(delays, [5, 10, 20, 40, 80, 160]);
-        assert_eq!(retry_delay(30).as_secs(), 300);
-    }
-}
-
 pub struct Reconciler {
     pub bridge: Arc<Bridge>,
     pub every: Duration,
@@ -229,5 +215,19 @@ impl Handler<ReconcileNow> for Reconciler {
             bridge.metrics.reconcile_passes.inc();
             Ok(summary)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_and_stop() {
+        let delays: Vec<u64> = (0..MAX_ATTEMPTS)
+            .map(|a| retry_delay(a).as_secs())
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160]);
+        assert_eq!(retry_delay(30).as_secs(), 300);
     }
 }
