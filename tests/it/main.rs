@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real servers on 127.0.0.1:0, talking HTTP.
 
 mod amplify_conformance;
+mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;
 mod provisioning;
