@@ -244,12 +244,14 @@ async fn pass(
     };
     let key = idempotency_key("create-subscription", &[&subscription.metadata.id]);
     let created = match bridge.recurly.create_subscription(&new, &key).await {
-        Ok(created) => created,
+        Ok(created) => Ok(created),
         Err(e)
             if e.error_type() == Some("validation")
                 && e.to_string().contains("already have a subscription") =>
         {
-            // Made by an earlier pass whose answer (and its idempotency record) was lost.
+            // Made by an earlier pass whose answer (and its idempotency record) was lost, unless
+            // it is the billing of another Amplify subscription on the same account (two teams
+            // sharing an organization's account): then Recurly refuses this one.
             let live = bridge
                 .recurly
                 .account_subscriptions(&account_code, "live")
@@ -258,10 +260,24 @@ async fn pass(
                 .into_iter()
                 .find(|s| s.plan.code.as_deref() == Some(plan_code.as_str()))
             {
-                Some(found) => found,
-                None => return Err(e.into()),
+                Some(found)
+                    if !linked_elsewhere(
+                        bridge,
+                        &event.self_link,
+                        &subscription.name,
+                        &found.id,
+                    )
+                    .await? =>
+                {
+                    Ok(found)
+                }
+                _ => Err(e),
             }
         }
+        Err(e) => Err(e),
+    };
+    let created = match created {
+        Ok(created) => created,
         Err(e)
             if e.error_type().is_some()
                 && !billing_bridge_upstream::Transient::is_transient(&e) =>
@@ -309,6 +325,27 @@ async fn pass(
         &plan_title,
     )
     .await
+}
+
+/// Whether an Amplify subscription other than `name` is linked to billing subscription `id`.
+async fn linked_elsewhere(
+    bridge: &Bridge,
+    self_link: &str,
+    name: &str,
+    id: &str,
+) -> Result<bool, ProvisionError> {
+    let collection = self_link.rsplit_once('/').map_or(self_link, |(c, _)| c);
+    let linked = bridge
+        .amplify
+        .list(
+            collection,
+            Some(&format!(
+                "attributes.{}=={id}",
+                link_attributes::SUBSCRIPTION_ID
+            )),
+        )
+        .await?;
+    Ok(linked.iter().any(|s| text(s, "/name") != Some(name)))
 }
 
 #[allow(clippy::too_many_arguments)]
