@@ -372,3 +372,60 @@ async fn a_deleted_plan_is_taken_off_sale_in_recurly() {
     .await;
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
+
+#[actix_rt::test]
+async fn a_yearly_euro_plan_managed_through_v1alpha1_is_billed_in_its_currency_and_interval() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "").await;
+    hooks(&bridge).await;
+    let provider = Provider::new(&sb).await;
+    provider.create("/catalog/v1alpha1/products", json!({"group":"catalog","apiVersion":"v1alpha1","kind":"Product","name":"maps","title":"Maps",
+        "attributes":{"billingSystem":"recurly"}})).await;
+    let plan = provider.create("/catalog/v1alpha1/productplans", json!({"group":"catalog","apiVersion":"v1alpha1","kind":"ProductPlan","name":"yearly","title":"Yearly",
+        "spec":{"product":"maps","type":"paid","billing":{"currency":"EUR","price":99.5,"interval":"annually"},
+                "subscription":{"approval":"manual"}}})).await;
+    let quota = provider.create("/catalog/v1alpha1/productplans/yearly/quotas", json!({"group":"catalog","apiVersion":"v1alpha1","kind":"Quota","name":"tiles",
+        "metadata":{"scope":{"kind":"ProductPlan","name":"yearly"}},
+        "spec":{"unit":"tiles","pricing":{"type":"perunit","cost":0.000125},"resources":[{"kind":"AssetResource","name":"maps/tiles"}]}})).await;
+    let (status, body) = provider
+        .send(
+            reqwest::Method::PUT,
+            "/catalog/v1alpha1/productplans/yearly/state",
+            Some(json!({"state":"active"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let code = plan_code(&plan);
+    let billed = recurly_plan(&sb, &code).await;
+    assert_eq!(billed["interval_unit"], "months");
+    assert_eq!(billed["interval_length"], 12);
+    assert_eq!(billed["currencies"][0]["currency"], "EUR");
+    assert_eq!(billed["currencies"][0]["unit_amount"].as_f64(), Some(99.5));
+    assert_eq!(
+        billed["currencies"][0]["setup_fee"].as_f64().unwrap_or(0.0),
+        0.0
+    );
+    let add_ons = recurly_list(&sb, &format!("/plans/code-{code}/add_ons")).await;
+    let tiles = add_on_for(&add_ons, quota["metadata"]["id"].as_str().unwrap());
+    assert_eq!(tiles["tier_type"], "flat");
+    assert_eq!(tiles["currencies"][0]["currency"], "EUR");
+    assert_eq!(price(&tiles["currencies"][0]), 0.000125);
+    let (_, unit) = recurly(
+        &sb,
+        &format!(
+            "/measured_units/{}",
+            tiles["measured_unit_id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        unit["name"], "tiles",
+        "the quota's unit, created when missing"
+    );
+    wait_for("the link on the v1alpha1 plan", WAIT, || async {
+        let plan = provider.get("/catalog/v1alpha1/productplans/yearly").await;
+        (plan["attributes"]["recurlyPlanCode"] == code.as_str()).then_some(())
+    })
+    .await;
+    assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
+}

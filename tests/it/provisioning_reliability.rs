@@ -306,6 +306,30 @@ async fn with_recurly_failing_and_throttling_every_plan_and_subscription_is_prov
         .filter(|r| r["injected"].as_bool() == Some(true) || r["injected"].is_string())
         .count();
     assert!(injected > 0, "faults were injected: {faults}");
+    // Every write carries an Idempotency-Key, and a retried write reuses its key.
+    let mut keys = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for request in recorded.as_array().unwrap() {
+        if request["method"] == "GET" {
+            continue;
+        }
+        let headers = request["headers"].as_object().unwrap();
+        let key = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"))
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("a write without Idempotency-Key: {request}"));
+        keys.entry(key).or_default().push(format!(
+            "{} {} {}",
+            request["method"], request["path"], request["body"]
+        ));
+    }
+    for (key, writes) in &keys {
+        let first = &writes[0];
+        assert!(
+            writes.iter().all(|w| w == first),
+            "key {key} used for different writes: {writes:?}"
+        );
+    }
     let plans = recurly_list(&sb, "/plans?limit=200").await;
     assert_eq!(plans.len(), PLANS, "{plans:?}");
     for code in &codes {

@@ -60,7 +60,11 @@ async fn approval_of(provider: &Provider<'_>, name: &str, state: &str) -> Value 
 #[actix_rt::test]
 async fn a_pending_subscription_is_billed_linked_approved_and_mailed_once() {
     let sb = bridge_sandbox().await;
-    let (bridge, provider, code) = billed_catalog(&sb, "").await;
+    let (bridge, provider, code) = billed_catalog(
+        &sb,
+        "[notify.mail]\nreply_to = \"support@market.example\"\n",
+    )
+    .await;
     accounts(&sb, &["amplify-team-team-1"]).await;
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
@@ -106,6 +110,10 @@ async fn a_pending_subscription_is_billed_linked_approved_and_mailed_once() {
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["recipients"], json!(["dev@consumer.example"]));
     assert_eq!(sent[0]["from"], "billing@market.example");
+    assert_eq!(
+        sent[0]["request"]["reply_to"]["email"],
+        "support@market.example"
+    );
     let content = sent[0]["request"]["content"].to_string();
     assert!(content.contains("https://marketplace.example"), "{content}");
     assert_eq!(recurly_list(&sb, "/subscriptions?limit=200").await.len(), 1);
@@ -301,4 +309,44 @@ async fn with_on_end_terminate_a_deleted_subscription_expires_at_once() {
         state_after_deletion("[provisioning]\non_end = \"terminate\"\n").await,
         "expired"
     );
+}
+
+#[actix_rt::test]
+async fn a_subscription_recurly_refuses_is_rejected_with_its_reason_and_not_linked_to_another() {
+    let sb = bridge_sandbox().await;
+    let (_bridge, provider, _) = billed_catalog(&sb, "").await;
+    // Two teams of one organization share the organization's account; Recurly takes one live
+    // subscription of an account to a plan.
+    accounts(&sb, &["amplify-org-650130132060094"]).await;
+    provider
+        .subscribe("sub-1", "silver", "team-1", "user-1")
+        .await;
+    let first = approval_of(&provider, "sub-1", "approved").await;
+    provider
+        .subscribe("sub-2", "silver", "team-2", "user-1")
+        .await;
+    let rejected = approval_of(&provider, "sub-2", "rejected").await;
+    let reason = rejected["approval"]["reason"].as_str().unwrap();
+    assert!(reason.contains("Contact the API provider"), "{reason}");
+    assert!(
+        rejected["attributes"]
+            .get("recurlySubscriptionId")
+            .is_none(),
+        "not linked to sub-1's billing: {rejected}"
+    );
+    provider.settle("weather", "sentinel").await;
+    let refused = cards_titled(&sb, "Subscription not billed").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let subscriptions = recurly_list(&sb, "/subscriptions?limit=200").await;
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!(
+        subscriptions[0]["id"],
+        first["attributes"]["recurlySubscriptionId"]
+    );
+    assert_eq!(
+        mails(&sb).await.len(),
+        1,
+        "only sub-1's subscriber is mailed"
+    );
+    assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
