@@ -2,6 +2,7 @@
 //! non-envelope bodies and a full queue are refused with a status and a message that says what
 //! is wrong, and change nothing; plus health, readiness and the intake metrics.
 
+use billing_bridge_contract::ExchangePolicy;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -9,6 +10,7 @@ use crate::provisioning::{
     Provider, WAIT, cards, delivered_envelope, hooks_elsewhere, metrics, paid_plan_spec, plan_code,
     post_webhook, priced_quotas, recurly, sandbox_json, startup_pass_done,
 };
+use crate::recurly_conformance::client::assert_recurly_traffic_conforms;
 use crate::support::{TestBridge, WEBHOOK_SECRET, bridge_sandbox, spawn_bridge, wait_for};
 
 const LIMIT: usize = 4096;
@@ -22,6 +24,16 @@ fn activation_of(event: &Value, plan: &str) -> bool {
 /// Sends `head` (request line and headers, without the blank line) and `body` over a fresh
 /// connection, exactly as given; answers the status and the JSON body.
 async fn raw_post(bridge: &TestBridge, head: &str, body: &[u8]) -> (u16, Value) {
+    raw_exchange(bridge, head, body, false).await
+}
+
+/// `raw_post`, optionally closing the sending side after the body (the body then ends early).
+async fn raw_exchange(
+    bridge: &TestBridge,
+    head: &str,
+    body: &[u8],
+    close_after_body: bool,
+) -> (u16, Value) {
     let addr = bridge.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
@@ -30,6 +42,9 @@ async fn raw_post(bridge: &TestBridge, head: &str, body: &[u8]) -> (u16, Value) 
     stream.write_all(request.as_bytes()).await.unwrap();
     // The server may answer and close before reading everything; that is its right.
     let _ = stream.write_all(body).await;
+    if close_after_body {
+        stream.shutdown().await.unwrap();
+    }
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer).into_owned();
@@ -156,6 +171,20 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
     assert_eq!(status, 400, "short Content-Length: {body}");
     error_of(&body);
     expect_malformed += 1;
+    // A Content-Length longer than the body, which then ends: the body cannot be read whole.
+    let (status, body) = raw_exchange(
+        &bridge,
+        &format!(
+            "POST /webhooks/amplify HTTP/1.1\r\nContent-Length: {}",
+            text.len() + 100
+        ),
+        text.as_bytes(),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "long Content-Length: {body}");
+    error_of(&body);
+    expect_malformed += 1;
     let mut without_type = event.clone();
     without_type.as_object_mut().unwrap().remove("type");
     let mut unknown_type = event.clone();
@@ -230,6 +259,7 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
     ] {
         assert_eq!(received(&text, outcome), count, "{outcome}:\n{text}");
     }
+    assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
 
 #[actix_rt::test]
@@ -306,4 +336,5 @@ async fn a_full_queue_answers_503_with_retry_after_and_the_event_is_accepted_lat
     .await;
     let text = metrics(&sb, &bridge).await;
     assert!(received(&text, "Busy") >= 1, "{text}");
+    assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }

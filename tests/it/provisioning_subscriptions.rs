@@ -260,8 +260,13 @@ async fn a_subscription_of_an_unlinked_plan_is_left_alone() {
     assert!(mails(&sb).await.is_empty());
 }
 
-/// Deletes an approved subscription and answers the Recurly state it ends in.
+/// Ends an approved subscription by deleting it (or, with `archive`, by archiving it) and
+/// answers the Recurly state its billing ends in.
 async fn state_after_deletion(overrides: &str) -> String {
+    state_after_end(overrides, false).await
+}
+
+async fn state_after_end(overrides: &str, archive: bool) -> String {
     let sb = bridge_sandbox().await;
     let (_bridge, provider, _) = billed_catalog(&sb, overrides).await;
     accounts(&sb, &["amplify-team-team-1"]).await;
@@ -273,14 +278,25 @@ async fn state_after_deletion(overrides: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, body) = provider
-        .send(
-            reqwest::Method::DELETE,
-            "/catalog/v1/subscriptions/sub-1",
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
+    if archive {
+        let (status, body) = provider
+            .send(
+                reqwest::Method::PUT,
+                "/catalog/v1/subscriptions/sub-1/state",
+                Some(json!({"state": {"name": "archived", "reason": "ended by the consumer"}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    } else {
+        let (status, body) = provider
+            .send(
+                reqwest::Method::DELETE,
+                "/catalog/v1/subscriptions/sub-1",
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
     let state = wait_for("the Recurly subscription ended", WAIT, || async {
         let (_, billing) = recurly(&sb, &format!("/subscriptions/{id}")).await;
         (billing["state"] != "active").then(|| billing["state"].as_str().unwrap().to_owned())
@@ -349,4 +365,31 @@ async fn a_subscription_recurly_refuses_is_rejected_with_its_reason_and_not_link
         "only sub-1's subscriber is mailed"
     );
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
+}
+
+#[actix_rt::test]
+async fn archiving_an_approved_subscription_cancels_its_recurly_subscription() {
+    assert_eq!(state_after_end("", true).await, "canceled");
+}
+
+#[actix_rt::test]
+async fn with_the_subscription_pipeline_off_a_pending_subscription_is_left_alone() {
+    let sb = bridge_sandbox().await;
+    let (bridge, provider, _) =
+        billed_catalog(&sb, "[provisioning]\nsubscriptions = false\n").await;
+    accounts(&sb, &["amplify-team-team-1"]).await;
+    provider
+        .subscribe("sub-1", "silver", "team-1", "user-1")
+        .await;
+    let summary = reconcile_now(&sb, &bridge).await;
+    assert_eq!(summary["queued"], 0, "{summary}");
+    provider.settle("weather", "sentinel").await;
+    let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
+    assert_eq!(sub["approval"]["state"], "pending", "{sub}");
+    assert!(
+        recurly_list(&sb, "/subscriptions?limit=200")
+            .await
+            .is_empty()
+    );
+    assert!(mails(&sb).await.is_empty());
 }
