@@ -238,6 +238,23 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
     })
     .await;
 
+    // An event about a resource the bridge does not provision is acknowledged and ignored.
+    let mut product_event = event.clone();
+    product_event["id"] = json!("a-product-event");
+    product_event["payload"] = provider.get("/catalog/v1/products/weather").await;
+    let (status, _, body) = post_webhook(
+        &sb,
+        &bridge,
+        Some(WEBHOOK_SECRET),
+        product_event.to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (202, &json!("ignored")),
+        "{body}"
+    );
+
     for path in ["/healthz", "/readyz"] {
         let response = sb
             .http
@@ -255,7 +272,7 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
         ("Accepted", 1),
         ("Duplicate", 1),
         ("Busy", 0),
-        ("Ignored", 0),
+        ("Ignored", 1),
     ] {
         assert_eq!(received(&text, outcome), count, "{outcome}:\n{text}");
     }

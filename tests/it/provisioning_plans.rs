@@ -370,6 +370,21 @@ async fn a_deleted_plan_is_taken_off_sale_in_recurly() {
         (plan["state"] == "inactive").then_some(())
     })
     .await;
+    provider.settle("weather", "sentinel").await;
+    let kinds: Vec<String> = cards(&sb)
+        .await
+        .into_iter()
+        .map(|c| c.title.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "Plan billed in Recurly",
+            "Plan off sale in Recurly",
+            "Plan not billed",
+        ],
+        "the deletion (and its quotas' deletions) only take the plan off sale"
+    );
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
 
