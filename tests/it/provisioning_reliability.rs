@@ -369,3 +369,96 @@ async fn with_recurly_failing_and_throttling_every_plan_and_subscription_is_prov
     );
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
+
+#[actix_rt::test]
+async fn with_amplify_writes_failing_each_subscription_is_billed_approved_and_mailed_once() {
+    const SUBSCRIPTIONS: usize = 3;
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "").await;
+    startup_pass_done(&sb, &bridge).await;
+    hooks(&bridge).await;
+    let provider = Provider::new(&sb).await;
+    provider.catalog("silver").await;
+    provider.activate("silver").await;
+    wait_for("the plan link", WAIT, || async {
+        let plan = provider.get("/catalog/v1/productplans/silver").await;
+        plan["attributes"]["recurlyPlanCode"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    let users: Vec<Value> = (1..=SUBSCRIPTIONS)
+        .map(|n| json!({"guid": format!("user-{n}"), "email": format!("dev{n}@consumer.example")}))
+        .collect();
+    let accounts: Vec<Value> = (1..=SUBSCRIPTIONS)
+        .map(|n| json!({"code": format!("amplify-team-team-{n}")}))
+        .collect();
+    seed(
+        &sb,
+        json!({"amplify": {"users": users}, "recurly": {"accounts": accounts}}),
+    )
+    .await;
+    // The bridge's attribute and approval writes fail or are throttled now and then.
+    let response = sb
+        .http
+        .put(sb.at("/_sandbox/faults/amplify"))
+        .json(&json!({"error_rate": 0.3, "rate_limited_rate": 0.1, "methods": ["PUT"], "seed": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    for n in 1..=SUBSCRIPTIONS {
+        provider
+            .subscribe(
+                &format!("sub-{n}"),
+                "silver",
+                &format!("team-{n}"),
+                &format!("user-{n}"),
+            )
+            .await;
+    }
+    for n in 1..=SUBSCRIPTIONS {
+        wait_for(&format!("sub-{n} approved"), WAIT, || async {
+            let sub = provider
+                .get(&format!("/catalog/v1/subscriptions/sub-{n}"))
+                .await;
+            (sub["approval"]["state"] == "approved").then_some(())
+        })
+        .await;
+    }
+    let faults = sandbox_json(&sb, "/_sandbox/faults").await;
+    sb.http
+        .delete(sb.at("/_sandbox/faults/amplify"))
+        .send()
+        .await
+        .unwrap();
+    provider.settle("weather", "sentinel").await;
+    let injected = &faults["amplify"]["injected"];
+    assert!(
+        injected["errors"].as_u64().unwrap() + injected["rate_limited"].as_u64().unwrap() > 0,
+        "{faults}"
+    );
+    assert_eq!(
+        recurly_list(&sb, "/subscriptions?limit=200").await.len(),
+        SUBSCRIPTIONS
+    );
+    assert_eq!(mails(&sb).await.len(), SUBSCRIPTIONS);
+    assert!(cards_titled(&sb, "Subscription").await.is_empty());
+    assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
+}
+
+#[actix_rt::test]
+async fn the_pass_on_start_provisions_what_changed_while_the_bridge_was_down() {
+    let sb = bridge_sandbox().await;
+    let provider = Provider::new(&sb).await;
+    let plan = provider.catalog("silver").await;
+    provider.activate("silver").await;
+    let bridge = spawn_bridge(&sb, "").await;
+    let code = plan_code(&plan);
+    wait_for("the Recurly plan", WAIT, || async {
+        (recurly(&sb, &format!("/plans/code-{code}")).await.0 == 200).then_some(())
+    })
+    .await;
+    startup_pass_done(&sb, &bridge).await;
+    assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
+}
