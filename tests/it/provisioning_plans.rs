@@ -383,7 +383,8 @@ async fn a_deleted_plan_is_taken_off_sale_in_recurly() {
             "Plan off sale in Recurly",
             "Plan not billed",
         ],
-        "the deletion (and its quotas' deletions) only take the plan off sale"
+        "the deletion (and its quotas' deletions) only take the plan off sale: {:?}",
+        cards(&sb).await
     );
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
