@@ -390,6 +390,22 @@ async fn approve(
     })
 }
 
+/// `text` as HTML text: titles come from Amplify users and must not become markup in the mail.
+fn html_text(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// The subscriber: the user of a private team, else the user who created the subscription.
 async fn approval_mail(
     bridge: &Bridge,
@@ -417,7 +433,12 @@ async fn approval_mail(
         "{greeting}\n\nYour subscription {sub_title} to the plan {plan_title} is approved, and billing is set up on account {account_code}.\nUsage is billed according to the plan.\n\nManage your subscription in the marketplace: {marketplace}\n"
     );
     let html = format!(
-        "<p>{greeting}</p><p>Your subscription <b>{sub_title}</b> to the plan <b>{plan_title}</b> is approved, and billing is set up on account {account_code}. Usage is billed according to the plan.</p><p><a href=\"{marketplace}\">Manage your subscription in the marketplace</a></p>"
+        "<p>{}</p><p>Your subscription <b>{}</b> to the plan <b>{}</b> is approved, and billing is set up on account {}. Usage is billed according to the plan.</p><p><a href=\"{}\">Manage your subscription in the marketplace</a></p>",
+        html_text(&greeting),
+        html_text(sub_title),
+        html_text(plan_title),
+        html_text(account_code),
+        html_text(marketplace),
     );
     Ok(Some(Mail {
         from: Address {
@@ -547,4 +568,18 @@ async fn end(
     Ok(SubscriptionOutcome::Canceled {
         subscription_id: id.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_text;
+
+    #[test]
+    fn html_text_escapes_markup_and_keeps_the_rest() {
+        assert_eq!(
+            html_text(r#"<a href="x">O'Neil</a> & co"#),
+            "&lt;a href=&quot;x&quot;&gt;O&#39;Neil&lt;/a&gt; &amp; co"
+        );
+        assert_eq!(html_text("Gold plan"), "Gold plan");
+    }
 }
