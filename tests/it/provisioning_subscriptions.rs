@@ -393,3 +393,37 @@ async fn with_the_subscription_pipeline_off_a_pending_subscription_is_left_alone
     );
     assert!(mails(&sb).await.is_empty());
 }
+
+#[actix_rt::test]
+async fn the_approval_mail_shows_titles_as_text_not_markup() {
+    let sb = bridge_sandbox().await;
+    let (_bridge, provider, _) = billed_catalog(&sb, "").await;
+    accounts(&sb, &["amplify-team-team-1"]).await;
+    // The consumer names the subscription; the mail must not turn that name into markup.
+    provider
+        .create("/catalog/v1/subscriptions", json!({"group":"catalog","apiVersion":"v1","kind":"Subscription","name":"sub-1",
+            "title":"Mine <a href=\"https://evil.example\">click</a> & co",
+            "spec":{"product":"weather","plan":{"name":"silver"}},
+            "marketplace":{"resource":{"owner":{"type":"team","id":"team-1","organization":{"id":"650130132060094"},"user":{"id":"user-1"}}}}}))
+        .await;
+    approval_of(&provider, "sub-1", "approved").await;
+    let sent = wait_for("the approval mail", WAIT, || async {
+        let sent = mails(&sb).await;
+        (!sent.is_empty()).then_some(sent)
+    })
+    .await;
+    let html = sent[0]["request"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "text/html")
+        .map(|c| c["value"].as_str().unwrap().to_owned())
+        .expect("an HTML part");
+    assert!(!html.contains("evil.example\">"), "{html}");
+    assert!(
+        html.contains(
+            "Mine &lt;a href=&quot;https://evil.example&quot;&gt;click&lt;/a&gt; &amp; co"
+        ),
+        "{html}"
+    );
+}
