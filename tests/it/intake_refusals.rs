@@ -105,6 +105,7 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
         let (status, _, body) = post_webhook(&sb, &bridge, secret, text.clone()).await;
         assert_eq!(status, 401, "secret {secret:?}: {body}");
         assert!(error_of(&body).contains("Authorization"), "{body}");
+        assert!(!body.to_string().contains("test-webhook-secret"), "{body}");
         expect_unauthorized += 1;
     }
     // The right secret in another header is still missing from the configured one.
@@ -275,6 +276,14 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
         ("Ignored", 1),
     ] {
         assert_eq!(received(&text, outcome), count, "{outcome}:\n{text}");
+    }
+    for secret in [
+        "test-webhook-secret",
+        "bridge-secret",
+        "recurly-test-key",
+        "SG.test",
+    ] {
+        assert!(!text.contains(secret), "metrics show a secret:\n{text}");
     }
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
