@@ -209,6 +209,30 @@ async fn the_reconciler_repairs_webhooks_that_never_arrived() {
     // Everything matches now: a third pass queues nothing.
     let third = reconcile_now(&sb, &bridge).await;
     assert_eq!(third["queued"], 0, "{third}");
+
+    // A quota added later and a deprecation, both unannounced, are repaired the same way.
+    let [(_, graduated), ..] = priced_quotas();
+    provider.quota("silver", "extra", graduated).await;
+    let fourth = reconcile_now(&sb, &bridge).await;
+    assert_eq!(fourth["queued"], 1, "the plan missing an add-on: {fourth}");
+    wait_for("the new add-on", WAIT, || async {
+        let add_ons = recurly_list(&sb, &format!("/plans/code-{code}/add_ons?limit=200")).await;
+        (add_ons.len() == 4).then_some(())
+    })
+    .await;
+    provider.set_plan_state("silver", "deprecated").await;
+    let fifth = reconcile_now(&sb, &bridge).await;
+    assert_eq!(
+        fifth["queued"], 1,
+        "the deprecated plan still on sale: {fifth}"
+    );
+    wait_for("the Recurly plan off sale", WAIT, || async {
+        let (_, plan) = recurly(&sb, &format!("/plans/code-{code}")).await;
+        (plan["state"] == "inactive").then_some(())
+    })
+    .await;
+    let sixth = reconcile_now(&sb, &bridge).await;
+    assert_eq!(sixth["queued"], 0, "{sixth}");
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
 
