@@ -2,9 +2,13 @@
 
 mod amplify_conformance;
 mod cli;
+mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;
 mod provisioning;
+mod provisioning_plans;
+mod provisioning_reliability;
+mod provisioning_subscriptions;
 mod recurly_client;
 mod recurly_conformance;
 mod sandbox_control;

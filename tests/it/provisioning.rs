@@ -8,11 +8,11 @@ use billing_bridge_pipeline::hooks::{HookSpec, install_hooks};
 use serde_json::{Value, json};
 
 use crate::support::{
-    TEAMS_CHANNEL, TestBridge, TestSandbox, WEBHOOK_SECRET, amplify_token, bridge_sandbox,
-    spawn_bridge, wait_for,
+    ADMIN_TOKEN, TEAMS_CHANNEL, TestBridge, TestSandbox, WEBHOOK_SECRET, amplify_token,
+    bridge_sandbox, spawn_bridge, wait_for,
 };
 
-const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A provider acting on the sandbox's Amplify.
 pub struct Provider<'a> {
@@ -63,28 +63,75 @@ impl<'a> Provider<'a> {
     /// A Recurly-billed product with a paid, manually approved plan and three priced quotas
     /// (graduated, volume, pay per use). Returns the plan.
     pub async fn catalog(&self, plan: &str) -> Value {
-        self.create("/catalog/v1/products", json!({"group":"catalog","apiVersion":"v1","kind":"Product","name":"weather","title":"Weather API",
-            "attributes":{"billingSystem":"recurly"},"spec":{"description":"Forecasts"}})).await;
-        let plan = self.create("/catalog/v1/productplans", json!({"group":"catalog","apiVersion":"v1","kind":"ProductPlan","name":plan,"title":"Silver",
-            "spec":{"product":"weather","type":"paid","billing":{"currency":"USD","price":10,"interval":"monthly","setup":{"price":5}},
-                    "subscription":{"approval":"manual","interval":{"type":"months","length":1},"renewal":"automatic"}}})).await;
+        self.product("weather", true).await;
+        let plan = self
+            .plan(plan, "Silver", "weather", paid_plan_spec("weather"))
+            .await;
         let name = plan["name"].as_str().unwrap().to_owned();
-        for (quota, pricing) in [
-            (
-                "calls",
-                json!({"type":"graduated","limit":{"type":"tiered","tiers":[{"from":1,"to":1000,"cost":0,"flatFee":0},{"from":1001,"to":999999999,"cost":0.002,"flatFee":0}]}}),
-            ),
-            (
-                "bulk",
-                json!({"type":"volume","limit":{"type":"tiered","tiers":[{"from":1,"to":100,"cost":1,"flatFee":0},{"from":101,"to":999999999,"cost":0.5,"flatFee":0}]}}),
-            ),
-            ("alerts", json!({"type":"perunit","cost":0.01})),
-        ] {
-            self.create(&format!("/catalog/v1/productplans/{name}/quotas"), json!({"group":"catalog","apiVersion":"v1","kind":"Quota","name":quota,"title":quota,
-                "metadata":{"scope":{"kind":"ProductPlan","name":name}},
-                "spec":{"unit":"transactions","pricing":pricing,"resources":[{"kind":"AssetResource","name":format!("weather/{quota}")}]}})).await;
+        for (quota, pricing) in priced_quotas() {
+            self.quota(&name, quota, pricing).await;
         }
         plan
+    }
+
+    /// A product, billed by Recurly when `billed` (attribute `billingSystem=recurly`).
+    pub async fn product(&self, name: &str, billed: bool) -> Value {
+        let attributes = if billed {
+            json!({"billingSystem":"recurly"})
+        } else {
+            json!({})
+        };
+        self.create("/catalog/v1/products", json!({"group":"catalog","apiVersion":"v1","kind":"Product","name":name,"title":format!("{name} API"),
+            "attributes":attributes,"spec":{"description":"Forecasts"}})).await
+    }
+
+    /// A draft plan of `product` with `spec` (see `paid_plan_spec`).
+    pub async fn plan(&self, name: &str, title: &str, product: &str, mut spec: Value) -> Value {
+        spec["product"] = json!(product);
+        self.create(
+            "/catalog/v1/productplans",
+            json!({"group":"catalog","apiVersion":"v1","kind":"ProductPlan","name":name,"title":title,"spec":spec}),
+        )
+        .await
+    }
+
+    /// A quota of `plan` priced by `pricing` (Amplify reference §3.3), counting `transactions`.
+    pub async fn quota(&self, plan: &str, quota: &str, pricing: Value) -> Value {
+        self.create(&format!("/catalog/v1/productplans/{plan}/quotas"), json!({"group":"catalog","apiVersion":"v1","kind":"Quota","name":quota,"title":quota,
+            "metadata":{"scope":{"kind":"ProductPlan","name":plan}},
+            "spec":{"unit":"transactions","pricing":pricing,"resources":[{"kind":"AssetResource","name":format!("{plan}/{quota}")}]}})).await
+    }
+
+    pub async fn set_plan_state(&self, plan: &str, state: &str) {
+        let (status, body) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/catalog/v1/productplans/{plan}/state"),
+                Some(json!({"state":state})),
+            )
+            .await;
+        assert_eq!(status, 200, "setting {plan} to {state}: {body}");
+    }
+
+    /// Waits until every event Amplify sent before this call has been through the bridge and
+    /// every notice it caused has been delivered: activates a plan of `product` whose quota has a
+    /// tier flat fee and waits for its failure card. Events are queued, provisioned and notified
+    /// in order, so the sentinel's card comes after every earlier card and mail. Recurly is not
+    /// called for the sentinel.
+    pub async fn settle(&self, product: &str, sentinel: &str) {
+        self.plan(sentinel, sentinel, product, paid_plan_spec(product))
+            .await;
+        self.quota(sentinel, "fee", flat_fee_pricing()).await;
+        self.activate(sentinel).await;
+        let title = format!("Plan not billed: {sentinel}");
+        wait_for(&title, WAIT, || async {
+            cards(self.sb)
+                .await
+                .iter()
+                .any(|c| c.title == title)
+                .then_some(())
+        })
+        .await;
     }
 
     pub async fn activate(&self, plan: &str) {
@@ -105,6 +152,191 @@ impl<'a> Provider<'a> {
             "spec":{"product":"weather","plan":{"name":plan}},
             "marketplace":{"resource":{"owner":{"type":"team","id":team,"organization":{"id":"650130132060094"},"user":{"id":user}}}}})).await
     }
+}
+
+/// A paid plan with manual approval, billed 10 USD monthly with a 5 USD setup fee.
+pub fn paid_plan_spec(product: &str) -> Value {
+    json!({"product":product,"type":"paid","billing":{"currency":"USD","price":10,"interval":"monthly","setup":{"price":5}},
+           "subscription":{"approval":"manual","interval":{"type":"months","length":1},"renewal":"automatic"}})
+}
+
+/// The three priced quotas of `Provider::catalog`: graduated, volume and pay per use.
+pub fn priced_quotas() -> [(&'static str, Value); 3] {
+    [
+        (
+            "calls",
+            json!({"type":"graduated","limit":{"type":"tiered","tiers":[{"from":1,"to":1000,"cost":0,"flatFee":0},{"from":1001,"to":999999999,"cost":0.002,"flatFee":0}]}}),
+        ),
+        (
+            "bulk",
+            json!({"type":"volume","limit":{"type":"tiered","tiers":[{"from":1,"to":100,"cost":1,"flatFee":0},{"from":101,"to":999999999,"cost":0.5,"flatFee":0}]}}),
+        ),
+        ("alerts", json!({"type":"perunit","cost":0.01})),
+    ]
+}
+
+/// Graduated tiers whose second tier charges a flat fee, which Recurly tiers cannot express.
+pub fn flat_fee_pricing() -> Value {
+    json!({"type":"graduated","limit":{"type":"tiered","tiers":[{"from":1,"to":500,"cost":2,"flatFee":0},{"from":501,"to":999999999,"cost":1,"flatFee":10}]}})
+}
+
+/// A card the provider's channel received: its title and text.
+#[derive(Debug, Clone)]
+pub struct Card {
+    pub title: String,
+    pub text: String,
+}
+
+/// Every card the provider's Teams channel received, in order.
+pub async fn cards(sb: &TestSandbox) -> Vec<Card> {
+    let channel = TEAMS_CHANNEL.trim_start_matches("/teams/");
+    sandbox_json(sb, "/_sandbox/cards")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channel"] == channel)
+        .map(|c| {
+            let body = &c["body"]["attachments"][0]["content"]["body"];
+            Card {
+                title: body[0]["text"].as_str().unwrap_or_default().to_owned(),
+                text: body.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Cards whose title starts with `prefix`.
+pub async fn cards_titled(sb: &TestSandbox, prefix: &str) -> Vec<Card> {
+    cards(sb)
+        .await
+        .into_iter()
+        .filter(|c| c.title.starts_with(prefix))
+        .collect()
+}
+
+/// Every mail SendGrid accepted.
+pub async fn mails(sb: &TestSandbox) -> Vec<Value> {
+    sandbox_json(sb, "/_sandbox/mails")
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The `data` of a Recurly list (GET as a provider would), at most 200 items.
+pub async fn recurly_list(sb: &TestSandbox, path: &str) -> Vec<Value> {
+    let (status, body) = recurly(sb, path).await;
+    assert_eq!(status, 200, "GET /recurly{path}: {body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+/// The requests the bridge sent to Recurly with `method` whose path ends with `suffix`.
+pub async fn recurly_writes(sb: &TestSandbox, method: &str, suffix: &str) -> Vec<Value> {
+    sandbox_json(sb, "/_sandbox/requests?upstream=recurly")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["method"] == method && r["path"].as_str().unwrap_or_default().ends_with(suffix)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The bridge's `/metrics` text.
+pub async fn metrics(sb: &TestSandbox, bridge: &TestBridge) -> String {
+    sb.http
+        .get(format!("{}/metrics", bridge.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits for the reconciliation pass the bridge runs on start, so state a test creates later is
+/// seen only through webhooks (or a pass the test asks for).
+pub async fn startup_pass_done(sb: &TestSandbox, bridge: &TestBridge) {
+    wait_for("the start-up reconciliation pass", WAIT, || async {
+        metrics(sb, bridge)
+            .await
+            .lines()
+            .any(|l| l.starts_with("billing_bridge_reconcile_passes_total ") && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+}
+
+/// `POST {bridge}/admin/reconcile` with the admin token; the pass's summary.
+pub async fn reconcile_now(sb: &TestSandbox, bridge: &TestBridge) -> Value {
+    let response = sb
+        .http
+        .post(format!("{}/admin/reconcile", bridge.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "reconcile");
+    response.json().await.unwrap()
+}
+
+/// Posts `body` to the bridge's webhook route with `secret` in `Authorization` (none if `None`).
+pub async fn post_webhook(
+    sb: &TestSandbox,
+    bridge: &TestBridge,
+    secret: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Option<String>, Value) {
+    let mut request = sb
+        .http
+        .post(bridge.webhook_url())
+        .header("Content-Type", "application/json")
+        .body(body);
+    if let Some(secret) = secret {
+        request = request.header("Authorization", secret);
+    }
+    let response = request.send().await.expect("webhook post");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, body)
+}
+
+/// Installs hooks whose Webhook points nowhere the bridge listens, so Amplify's envelopes are
+/// recorded in `/_sandbox/deliveries` for the test to send itself.
+pub async fn hooks_elsewhere(bridge: &TestBridge, sb: &TestSandbox) {
+    let url = sb.at("/_sandbox/nowhere");
+    install_hooks(
+        &bridge.bridge.amplify,
+        &HookSpec {
+            name: "billing-bridge",
+            url: &url,
+            header: "Authorization",
+            secret: WEBHOOK_SECRET,
+        },
+    )
+    .await
+    .expect("hooks installed");
+}
+
+/// The first envelope Amplify delivered that matches `pick`.
+pub async fn delivered_envelope(sb: &TestSandbox, pick: impl Fn(&Value) -> bool) -> Value {
+    wait_for("the webhook envelope", WAIT, || async {
+        sandbox_json(sb, "/_sandbox/deliveries")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| pick(&d["event"]))
+            .map(|d| d["event"].clone())
+    })
+    .await
 }
 
 pub async fn seed(sb: &TestSandbox, body: Value) {

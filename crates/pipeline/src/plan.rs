@@ -3,6 +3,7 @@
 //! whole, in one call; quotas added later become add-ons); a deprecated, archived or deleted plan
 //! is taken off sale. The link is written back onto the Amplify plan.
 
+use billing_bridge_amplify::AmplifyError;
 use billing_bridge_domain::amplify::{Product, ProductPlan, Quota};
 use billing_bridge_domain::codes::{billing_plan_code, idempotency_key};
 use billing_bridge_domain::events::{ResourceEvent, link_attributes};
@@ -133,7 +134,16 @@ async fn pass(
         PlanAction::Deactivate => {
             deactivate(bridge, notices, &plan.metadata.id, &plan_title(&plan)).await
         }
-        PlanAction::Provision => provision(bridge, notices, &plan, &event.self_link).await,
+        PlanAction::Provision => match provision(bridge, notices, &plan, &event.self_link).await {
+            // Deleted while this pass read it (its quotas go first, each with an event): a
+            // deleted plan is taken off sale, not reported as failed.
+            Err(ProvisionError::Amplify(AmplifyError::NotFound { .. }))
+                if bridge.amplify.get(&event.self_link).await?.is_none() =>
+            {
+                deactivate(bridge, notices, &plan.metadata.id, &plan_title(&plan)).await
+            }
+            other => other,
+        },
     }
 }
 

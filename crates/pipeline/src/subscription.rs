@@ -244,12 +244,14 @@ async fn pass(
     };
     let key = idempotency_key("create-subscription", &[&subscription.metadata.id]);
     let created = match bridge.recurly.create_subscription(&new, &key).await {
-        Ok(created) => created,
+        Ok(created) => Ok(created),
         Err(e)
             if e.error_type() == Some("validation")
                 && e.to_string().contains("already have a subscription") =>
         {
-            // Made by an earlier pass whose answer (and its idempotency record) was lost.
+            // Made by an earlier pass whose answer (and its idempotency record) was lost, unless
+            // it is the billing of another Amplify subscription on the same account (two teams
+            // sharing an organization's account): then Recurly refuses this one.
             let live = bridge
                 .recurly
                 .account_subscriptions(&account_code, "live")
@@ -258,10 +260,24 @@ async fn pass(
                 .into_iter()
                 .find(|s| s.plan.code.as_deref() == Some(plan_code.as_str()))
             {
-                Some(found) => found,
-                None => return Err(e.into()),
+                Some(found)
+                    if !linked_elsewhere(
+                        bridge,
+                        &event.self_link,
+                        &subscription.name,
+                        &found.id,
+                    )
+                    .await? =>
+                {
+                    Ok(found)
+                }
+                _ => Err(e),
             }
         }
+        Err(e) => Err(e),
+    };
+    let created = match created {
+        Ok(created) => created,
         Err(e)
             if e.error_type().is_some()
                 && !billing_bridge_upstream::Transient::is_transient(&e) =>
@@ -311,6 +327,27 @@ async fn pass(
     .await
 }
 
+/// Whether an Amplify subscription other than `name` is linked to billing subscription `id`.
+async fn linked_elsewhere(
+    bridge: &Bridge,
+    self_link: &str,
+    name: &str,
+    id: &str,
+) -> Result<bool, ProvisionError> {
+    let collection = self_link.rsplit_once('/').map_or(self_link, |(c, _)| c);
+    let linked = bridge
+        .amplify
+        .list(
+            collection,
+            Some(&format!(
+                "attributes.{}=={id}",
+                link_attributes::SUBSCRIPTION_ID
+            )),
+        )
+        .await?;
+    Ok(linked.iter().any(|s| text(s, "/name") != Some(name)))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn approve(
     bridge: &Bridge,
@@ -353,6 +390,22 @@ async fn approve(
     })
 }
 
+/// `text` as HTML text: titles come from Amplify users and must not become markup in the mail.
+fn html_text(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// The subscriber: the user of a private team, else the user who created the subscription.
 async fn approval_mail(
     bridge: &Bridge,
@@ -380,7 +433,12 @@ async fn approval_mail(
         "{greeting}\n\nYour subscription {sub_title} to the plan {plan_title} is approved, and billing is set up on account {account_code}.\nUsage is billed according to the plan.\n\nManage your subscription in the marketplace: {marketplace}\n"
     );
     let html = format!(
-        "<p>{greeting}</p><p>Your subscription <b>{sub_title}</b> to the plan <b>{plan_title}</b> is approved, and billing is set up on account {account_code}. Usage is billed according to the plan.</p><p><a href=\"{marketplace}\">Manage your subscription in the marketplace</a></p>"
+        "<p>{}</p><p>Your subscription <b>{}</b> to the plan <b>{}</b> is approved, and billing is set up on account {}. Usage is billed according to the plan.</p><p><a href=\"{}\">Manage your subscription in the marketplace</a></p>",
+        html_text(&greeting),
+        html_text(sub_title),
+        html_text(plan_title),
+        html_text(account_code),
+        html_text(marketplace),
     );
     Ok(Some(Mail {
         from: Address {
@@ -510,4 +568,18 @@ async fn end(
     Ok(SubscriptionOutcome::Canceled {
         subscription_id: id.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_text;
+
+    #[test]
+    fn html_text_escapes_markup_and_keeps_the_rest() {
+        assert_eq!(
+            html_text(r#"<a href="x">O'Neil</a> & co"#),
+            "&lt;a href=&quot;x&quot;&gt;O&#39;Neil&lt;/a&gt; &amp; co"
+        );
+        assert_eq!(html_text("Gold plan"), "Gold plan");
+    }
 }

@@ -73,13 +73,12 @@ pub(crate) async fn receive(
     }
 
     let limit = config.server.max_body_bytes;
-    if req
+    let announced = req
         .headers()
         .get("Content-Length")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|length| length > limit)
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|length| length > limit) {
         return refuse(
             &state,
             WebhookOutcome::TooLarge,
@@ -106,6 +105,20 @@ pub(crate) async fn receive(
             );
         }
         body.extend_from_slice(&chunk);
+    }
+    // A connection closed before the announced length leaves an incomplete message (RFC 9112
+    // §6.3), even when what arrived happens to parse.
+    if announced.is_some_and(|length| length != body.len()) {
+        return refuse(
+            &state,
+            WebhookOutcome::Malformed,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body ended after {} of the {} bytes its Content-Length announced",
+                body.len(),
+                announced.unwrap_or_default()
+            ),
+        );
     }
 
     let envelope: WebhookEnvelope = match serde_json::from_slice(&body) {
