@@ -194,6 +194,8 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
     empty_id["id"] = json!("");
     let mut without_payload = event.clone();
     without_payload.as_object_mut().unwrap().remove("payload");
+    let mut text_payload = event.clone();
+    text_payload["payload"] = json!("silver");
     for (what, body, mentions) in [
         ("truncated JSON", text[..text.len() / 2].to_owned(), "EOF"),
         ("not JSON", "type=ResourceUpdated".to_owned(), "expected"),
@@ -206,6 +208,11 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
         ),
         ("an empty id", empty_id.to_string(), "id"),
         ("no payload", without_payload.to_string(), "payload"),
+        (
+            "a payload that is not a resource",
+            text_payload.to_string(),
+            "payload",
+        ),
     ] {
         let (status, _, answer) = post_webhook(&sb, &bridge, Some(WEBHOOK_SECRET), body).await;
         assert_eq!(status, 400, "{what}: {answer}");

@@ -95,7 +95,10 @@ pub fn billing_tiers(tiers: &[AmplifyTier]) -> Result<Vec<PriceTier>, TierError>
             });
         }
         let last = index + 1 == tiers.len();
-        let ending_quantity = if last && tier.to >= UNBOUNDED_QUANTITY as i64 {
+        // The last tier is open-ended in Recurly whatever Amplify's `to` says (Recurly reference
+        // §3: leave it empty): units past it are not blocked by billing, and are priced as the
+        // last tier, as Amplify's own rules price them.
+        let ending_quantity = if last {
             None
         } else if tier.to >= UNBOUNDED_QUANTITY as i64 {
             return Err(TierError::EndTooLarge { index, to: tier.to });
@@ -249,6 +252,14 @@ mod tests {
             billing_tiers(&[tier(1, 10, -1.0, 0.0)]),
             Err(TierError::Cost { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn the_last_tier_is_open_ended_even_when_amplify_gives_it_an_end() {
+        let converted =
+            billing_tiers(&[tier(1, 100, 1.0, 0.0), tier(101, 5_000, 0.5, 0.0)]).unwrap();
+        assert_eq!(converted[0].ending_quantity, Some(100));
+        assert_eq!(converted[1].ending_quantity, None);
     }
 
     #[test]

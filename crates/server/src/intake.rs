@@ -140,6 +140,14 @@ pub(crate) async fn receive(
             "the event has an empty id".into(),
         );
     }
+    if !envelope.payload.is_object() {
+        return refuse(
+            &state,
+            WebhookOutcome::Malformed,
+            StatusCode::BAD_REQUEST,
+            "the event's payload must be the resource (a JSON object)".into(),
+        );
+    }
     let change = match envelope.event_type {
         EventType::ResourceCreated => ChangeType::Created,
         EventType::ResourceUpdated => ChangeType::Updated,
