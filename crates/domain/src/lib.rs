@@ -10,3 +10,4 @@ pub mod events;
 pub mod money;
 pub mod plan;
 pub mod tiers;
+pub mod usage;
