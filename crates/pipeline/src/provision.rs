@@ -34,6 +34,14 @@ impl ProvisionError {
     }
 }
 
+/// A non-empty string at a JSON pointer of an Amplify resource.
+pub fn text<'a>(value: &'a serde_json::Value, pointer: &str) -> Option<&'a str> {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 /// `/catalog/v1/products/x` beside `/catalog/v1/productplans/y`: same group and API version.
 pub fn sibling_link(self_link: &str, plural: &str, name: &str) -> String {
     let mut parts = self_link.trim_start_matches('/').split('/');

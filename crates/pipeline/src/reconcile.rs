@@ -13,7 +13,7 @@ use billing_bridge_domain::plan::{
 use serde_json::Value;
 
 use crate::Bridge;
-use crate::provision::ProvisionError;
+use crate::provision::{ProvisionError, text};
 
 /// What one pass found and queued.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -23,13 +23,6 @@ pub struct ReconcileSummary {
     pub queued: usize,
     /// Resources that needed work but found the queue full; the next pass picks them up.
     pub deferred: usize,
-}
-
-fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
 }
 
 fn event(pass: &str, kind: ResourceKind, resource: &Value) -> Option<ResourceEvent> {

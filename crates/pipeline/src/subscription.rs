@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
 use crate::notices::{Notice, NoticeSink};
-use crate::provision::{ProvisionError, first_time, sibling_link};
+use crate::provision::{ProvisionError, first_time, sibling_link, text};
 
 /// Subscription states (`state.name`) that mean it has ended. Only `active` is verified; the
 /// others are inferred from the UI's states (Amplify reference §3.4, open question 2).
@@ -87,13 +87,6 @@ pub async fn provision_subscription(
         .metrics
         .provisioned(ResourceLabel::Subscription, outcome.metric());
     outcome
-}
-
-fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
 }
 
 async fn pass(
