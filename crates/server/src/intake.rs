@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use billing_bridge_amplify::{EventType, WebhookEnvelope};
-use billing_bridge_domain::events::{ChangeType, ResourceKind, event_of_interest};
+use billing_bridge_domain::events::{ChangeType, EventPayload, ResourceKind, event_of_interest};
 use billing_bridge_pipeline::metrics::WebhookOutcome;
 use billing_bridge_store::{Claim, StoreError};
 use futures_util::StreamExt;
@@ -108,7 +108,8 @@ pub(crate) async fn receive(
         body.extend_from_slice(&chunk);
     }
 
-    let envelope: WebhookEnvelope = match serde_json::from_slice(&body) {
+    // Only the payload fields the rules read are parsed; the rest of the resource is skipped.
+    let envelope: WebhookEnvelope<EventPayload> = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
             return refuse(
