@@ -4,7 +4,8 @@
 //! a pending subscription approval, so each one goes the whole intake path: secret, body, envelope,
 //! interest, dedupe claim, enqueue, done mark, 202.
 //!
-//! `cargo bench --bench intake` (env `LOAD_SECONDS`, `LOAD_CONNECTIONS` adjust the run).
+//! `cargo bench --bench intake` (env `LOAD_SECONDS`, `LOAD_ROUNDS`, `LOAD_CONNECTIONS` adjust the run:
+//! each scenario gets `LOAD_SECONDS` in all, in `LOAD_ROUNDS` slices taken in turn).
 
 mod support;
 
@@ -233,7 +234,7 @@ const ROUND_STRIDE: u64 = 100_000_000;
 
 fn main() {
     let seconds = env_or("LOAD_SECONDS", if support::benching() { 6 } else { 1 });
-    let rounds = env_or("LOAD_ROUNDS", if support::benching() { 3 } else { 1 }).max(1);
+    let rounds = env_or("LOAD_ROUNDS", if support::benching() { 6 } else { 1 }).max(1);
     let connections = env_or("LOAD_CONNECTIONS", 32);
     // Room for every accepted event of the run: the router drains it at Amplify's 25/minute.
     let queue_capacity = env_or("LOAD_QUEUE", 1_000_000);
@@ -249,8 +250,13 @@ fn main() {
     let (bare_requests, body_len) = webhook_requests(&servers.bare.to_string(), 0, distinct);
     let (bridge_requests, _) = webhook_requests(&servers.bridge.to_string(), 1, distinct);
     let (resent_requests, _) = webhook_requests(&servers.bridge.to_string(), 2, resent_ten_times);
+    let rounds_text = if rounds == 1 {
+        "1 round".to_owned()
+    } else {
+        format!("{rounds} alternating rounds")
+    };
     println!(
-        "webhook intake: {connections} keep-alive connections, {seconds} s per scenario in {rounds} alternating rounds, {body_len}-byte envelope, one server worker"
+        "webhook intake: {connections} keep-alive connections, {seconds} s per scenario in {rounds_text}, {body_len}-byte envelope, one server worker"
     );
     let state = &servers.state;
     let slice = seconds as f64 / rounds as f64;
