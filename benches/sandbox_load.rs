@@ -5,12 +5,11 @@
 //! `cargo bench --bench sandbox_load` (env `LOAD_SECONDS`, `LOAD_CONNECTIONS` adjust the run;
 //! `LOAD_RECORDER=10000` measures with the request recorder on, as in the default configuration).
 
-use std::time::{Duration, Instant};
+mod support;
 
 use base64::Engine;
 use billing_bridge_sandbox::{AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{env_or, fixed};
 
 struct Scenario {
     name: &'static str,
@@ -20,133 +19,33 @@ struct Scenario {
     expect_status: &'static [u16],
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Reads one response (head plus Content-Length body) and returns its status.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
-    loop {
-        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..head_end])
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| std::io::Error::other("bad status line"))?;
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            let total = head_end + 4 + length;
-            while buf.len() < total {
-                read_more(stream, buf).await?;
-            }
-            buf.drain(..total);
-            return Ok(status);
-        }
-        read_more(stream, buf).await?;
-    }
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut chunk = [0u8; 8192];
-    let n = stream.read(&mut chunk).await?;
-    if n == 0 {
-        return Err(std::io::Error::other("connection closed"));
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
-}
-
-/// One connection sending requests back to back until `deadline`; returns latencies in µs.
-async fn drive(
-    addr: std::net::SocketAddr,
-    request: String,
-    expect: &'static [u16],
-    deadline: Instant,
-) -> std::io::Result<(Vec<u32>, u64)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut latencies = Vec::new();
-    let mut unusual = 0u64;
-    while Instant::now() < deadline {
-        let started = Instant::now();
-        stream.write_all(request.as_bytes()).await?;
-        let status = read_response(&mut stream, &mut buf).await?;
-        if !expect.contains(&status) {
-            return Err(std::io::Error::other(format!(
-                "expected one of {expect:?}, got {status}"
-            )));
-        }
-        if status != expect[0] {
-            unusual += 1;
-        }
-        latencies.push(started.elapsed().as_micros() as u32);
-    }
-    Ok((latencies, unusual))
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx] as f64 / 1000.0
-}
-
 async fn run(addr: std::net::SocketAddr, scenario: &Scenario, seconds: u64, connections: u64) {
-    // Warm up so connection set-up and first-touch allocations are not measured.
-    let warm = Instant::now() + Duration::from_millis(300);
-    drive(addr, scenario.request.clone(), scenario.expect_status, warm)
-        .await
-        .unwrap_or_else(|e| panic!("{}: warm-up failed: {e}", scenario.name));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            tokio::spawn(drive(
-                addr,
-                scenario.request.clone(),
-                scenario.expect_status,
-                deadline,
-            ))
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut unusual = 0;
-    for task in tasks {
-        let (mut part, part_unusual) = task
-            .await
-            .expect("load task")
-            .unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
-        latencies.append(&mut part);
-        unusual += part_unusual;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let refused = if unusual > 0 {
-        format!("   ({unusual} answered {:?})", &scenario.expect_status[1..])
+    let measured = support::run(
+        addr,
+        scenario.name,
+        fixed(scenario.request.clone()),
+        scenario.expect_status,
+        seconds as f64,
+        connections,
+    )
+    .await;
+    let refused = if measured.unusual > 0 {
+        format!(
+            "   ({} answered {:?})",
+            measured.unusual,
+            &scenario.expect_status[1..]
+        )
     } else {
         String::new()
     };
     println!(
         "{:<34} {:>9} requests in {:>5.2} s = {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms{refused}",
         scenario.name,
-        latencies.len(),
-        elapsed,
-        latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
+        measured.requests,
+        measured.seconds,
+        measured.per_second(),
+        measured.p50_ms,
+        measured.p99_ms,
     );
 }
 
@@ -214,9 +113,7 @@ async fn setup(base: &str) -> (String, String) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with no flag: keep that short.
-    let benching = std::env::args().any(|a| a == "--bench");
-    let seconds = env_or("LOAD_SECONDS", if benching { 5 } else { 1 });
+    let seconds = env_or("LOAD_SECONDS", if support::benching() { 5 } else { 1 });
     let connections = env_or("LOAD_CONNECTIONS", 32);
 
     // The server gets its own runtime thread and one actix worker; the load generator gets one

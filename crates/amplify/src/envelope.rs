@@ -22,8 +22,10 @@ pub struct Organization {
     pub id: String,
 }
 
+/// `P` is what the payload is read as: the whole resource as a `Value` by default, or a typed view
+/// of the few fields a receiver needs (intake), so the rest of the resource is skipped unparsed.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct WebhookEnvelope {
+pub struct WebhookEnvelope<P = Value> {
     /// The event's unique id: the dedupe key.
     pub id: String,
     pub time: String,
@@ -38,7 +40,7 @@ pub struct WebhookEnvelope {
     #[serde(rename = "type")]
     pub event_type: EventType,
     /// The resource after the change, as a GET would return it.
-    pub payload: Value,
+    pub payload: P,
     #[serde(default)]
     pub metadata: Option<EventMetadata>,
 }
@@ -51,7 +53,9 @@ impl WebhookEnvelope {
     pub fn resource_name(&self) -> Option<&str> {
         self.payload.get("name").and_then(Value::as_str)
     }
+}
 
+impl<P> WebhookEnvelope<P> {
     pub fn subresource(&self) -> Option<&str> {
         self.metadata
             .as_ref()

@@ -70,8 +70,131 @@ pub enum ChangeType {
     SubResourceUpdated,
 }
 
-fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
-    value.pointer(pointer).and_then(Value::as_str)
+/// The parts of a webhook payload (the resource after the change) that [`event_of_interest`]
+/// reads. Intake deserializes only these and skips the rest of the resource, instead of building
+/// the whole resource as a `Value` tree for every webhook.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct EventPayload {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub metadata: Option<PayloadMetadata>,
+    /// A plan's lifecycle state (`"active"`). A subscription's `state` is an object
+    /// (`{"name": "active"}`), which the rules do not read: anything but text counts as absent.
+    #[serde(deserialize_with = "text_or_absent")]
+    pub state: Option<String>,
+    pub approval: Option<PayloadApproval>,
+    pub attributes: Option<PayloadAttributes>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PayloadMetadata {
+    pub id: Option<String>,
+    #[serde(rename = "selfLink")]
+    pub self_link: Option<String>,
+    /// The owning resource, for scoped kinds (a Quota's plan).
+    pub scope: Option<PayloadScope>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PayloadScope {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    #[serde(rename = "selfLink")]
+    pub self_link: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PayloadApproval {
+    pub state: Option<String>,
+}
+
+/// The link attributes a payload may already carry (see [`link_attributes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PayloadAttributes {
+    #[serde(rename = "recurlyPlanCode")]
+    pub plan_code: Option<String>,
+    #[serde(rename = "recurlySubscriptionId")]
+    pub subscription_id: Option<String>,
+}
+
+/// Text as itself; anything else (an object, a number, null) as absent, skipped without being
+/// built.
+fn text_or_absent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct TextOrAbsent;
+
+    impl<'de> Visitor<'de> for TextOrAbsent {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    d.deserialize_any(TextOrAbsent)
+}
+
+impl EventPayload {
+    /// The payload parts of a resource already parsed as JSON.
+    pub fn from_value(value: &Value) -> Result<Self, serde_json::Error> {
+        Self::deserialize(value)
+    }
+
+    fn metadata(&self) -> Option<&PayloadMetadata> {
+        self.metadata.as_ref()
+    }
+
+    fn attributes(&self) -> Option<&PayloadAttributes> {
+        self.attributes.as_ref()
+    }
 }
 
 /// Which webhook events need a provisioner, and for which resource. Only the resource is named;
@@ -83,15 +206,16 @@ pub fn event_of_interest(
     event_id: &str,
     change: ChangeType,
     subresource: Option<&str>,
-    payload: &Value,
+    payload: &EventPayload,
     correlation_id: Option<&str>,
 ) -> Option<ResourceEvent> {
-    let kind = text(payload, "/kind")?;
-    let name = text(payload, "/name")?.to_owned();
-    let resource_id = text(payload, "/metadata/id").unwrap_or_default().to_owned();
-    let self_link = text(payload, "/metadata/selfLink")
-        .unwrap_or_default()
-        .to_owned();
+    let kind = payload.kind.as_deref()?;
+    let name = payload.name.clone()?;
+    let metadata = payload.metadata();
+    let resource_id = metadata.and_then(|m| m.id.clone()).unwrap_or_default();
+    let self_link = metadata
+        .and_then(|m| m.self_link.clone())
+        .unwrap_or_default();
     let deleted = change == ChangeType::Deleted;
     let event =
         |kind, name: String, resource_id: String, self_link: String, billing_id: Option<&str>| {
@@ -114,12 +238,9 @@ pub fn event_of_interest(
                 // A plan created or updated while already active (imports, `apply` of a whole
                 // resource) carries its state in the payload.
                 || (matches!(change, ChangeType::Created | ChangeType::Updated)
-                    && text(payload, "/state").is_some_and(|s| s != "draft"));
+                    && payload.state.as_deref().is_some_and(|s| s != "draft"));
             relevant.then(|| {
-                let code = text(
-                    payload,
-                    &format!("/attributes/{}", link_attributes::PLAN_CODE),
-                );
+                let code = payload.attributes().and_then(|a| a.plan_code.as_deref());
                 event(
                     ResourceKind::ProductPlan,
                     name,
@@ -134,32 +255,31 @@ pub fn event_of_interest(
             if change == ChangeType::SubResourceUpdated {
                 return None;
             }
-            let plan = text(payload, "/metadata/scope/name")?.to_owned();
-            let plan_id = text(payload, "/metadata/scope/id")
-                .unwrap_or_default()
-                .to_owned();
-            let plan_link = text(payload, "/metadata/scope/selfLink")
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    self_link
-                        .split("/quotas/")
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned()
-                });
+            let scope = metadata.and_then(|m| m.scope.as_ref());
+            let plan = scope.and_then(|s| s.name.clone())?;
+            let plan_id = scope.and_then(|s| s.id.clone()).unwrap_or_default();
+            let plan_link = scope.and_then(|s| s.self_link.clone()).unwrap_or_else(|| {
+                self_link
+                    .split("/quotas/")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            });
             let mut e = event(ResourceKind::ProductPlan, plan, plan_id, plan_link, None);
             e.deleted = false;
             Some(e)
         }
         "Subscription" => {
-            let billing_id = text(
-                payload,
-                &format!("/attributes/{}", link_attributes::SUBSCRIPTION_ID),
-            );
+            let billing_id = payload
+                .attributes()
+                .and_then(|a| a.subscription_id.as_deref());
             let relevant = deleted
                 || (change == ChangeType::SubResourceUpdated
                     && match subresource {
-                        Some("approval") => text(payload, "/approval/state") == Some("pending"),
+                        Some("approval") => {
+                            payload.approval.as_ref().and_then(|a| a.state.as_deref())
+                                == Some("pending")
+                        }
                         Some("state") => true,
                         _ => false,
                     });
@@ -182,9 +302,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn subscription(approval: &str) -> Value {
-        json!({"kind":"Subscription","name":"s1","metadata":{"id":"id-s1","selfLink":"/catalog/v1alpha1/subscriptions/s1"},
-               "approval":{"state":approval},"attributes":{"recurlySubscriptionId":"rs1"}})
+    fn payload(value: Value) -> EventPayload {
+        EventPayload::from_value(&value).expect("a payload")
+    }
+
+    fn subscription(approval: &str) -> EventPayload {
+        payload(
+            json!({"kind":"Subscription","name":"s1","metadata":{"id":"id-s1","selfLink":"/catalog/v1alpha1/subscriptions/s1"},
+               "approval":{"state":approval},"attributes":{"recurlySubscriptionId":"rs1"},
+               "state":{"name":"active"}}),
+        )
     }
 
     #[test]
@@ -234,7 +361,9 @@ mod tests {
 
     #[test]
     fn plan_state_changes_and_quota_changes_name_the_plan() {
-        let plan = json!({"kind":"ProductPlan","name":"silver","metadata":{"id":"p1","selfLink":"/catalog/v1/productplans/silver"},"state":"active"});
+        let plan = payload(
+            json!({"kind":"ProductPlan","name":"silver","metadata":{"id":"p1","selfLink":"/catalog/v1/productplans/silver"},"state":"active"}),
+        );
         let activated = event_of_interest(
             "e",
             ChangeType::SubResourceUpdated,
@@ -247,10 +376,14 @@ mod tests {
             (activated.kind, activated.name.as_str()),
             (ResourceKind::ProductPlan, "silver")
         );
-        let draft = json!({"kind":"ProductPlan","name":"d","metadata":{"id":"p2"},"state":"draft"});
+        let draft = payload(
+            json!({"kind":"ProductPlan","name":"d","metadata":{"id":"p2"},"state":"draft"}),
+        );
         assert!(event_of_interest("e", ChangeType::Created, None, &draft, None).is_none());
-        let quota = json!({"kind":"Quota","name":"q","metadata":{"id":"q1","selfLink":"/catalog/v1/productplans/silver/quotas/q",
-                           "scope":{"id":"p1","kind":"ProductPlan","name":"silver"}}});
+        let quota = payload(
+            json!({"kind":"Quota","name":"q","metadata":{"id":"q1","selfLink":"/catalog/v1/productplans/silver/quotas/q",
+                           "scope":{"id":"p1","kind":"ProductPlan","name":"silver"}}}),
+        );
         let added = event_of_interest("e", ChangeType::Created, None, &quota, None).unwrap();
         assert_eq!(
             (
@@ -265,10 +398,39 @@ mod tests {
                 "e",
                 ChangeType::Created,
                 None,
-                &json!({"kind":"Product","name":"x"}),
+                &payload(json!({"kind":"Product","name":"x"})),
                 None
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_payload_keeps_what_the_rules_read_and_tolerates_the_rest() {
+        let captured = payload(
+            json!({"group":"catalog","apiVersion":"v1alpha1","kind":"Subscription","name":"finance-starter-free",
+            "metadata":{"id":"8a2e8e59","references":[{"kind":"ProductPlan","name":"free"}],"selfLink":"/catalog/v1alpha1/subscriptions/finance-starter-free"},
+            "attributes":{"tenantId":"100000142","recurlySubscriptionId":"rs9"},
+            "spec":{"plan":{"name":"free"}},"approval":{"state":"pending"},"state":{"name":"active"},
+            "status":{"level":"Success"},"finalizers":[],"tags":[]}),
+        );
+        assert_eq!(
+            captured.state, None,
+            "a subscription's state object is not a plan state"
+        );
+        let event = event_of_interest(
+            "e",
+            ChangeType::SubResourceUpdated,
+            Some("approval"),
+            &captured,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (event.resource_id.as_str(), event.billing_id.as_deref()),
+            ("8a2e8e59", Some("rs9"))
+        );
+        let bare = payload(json!({"kind":"ProductPlan","name":"p","metadata":null,"state":null}));
+        assert!(event_of_interest("e", ChangeType::Deleted, None, &bare, None).is_some());
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use billing_bridge_amplify::{EventType, WebhookEnvelope};
-use billing_bridge_domain::events::{ChangeType, ResourceKind, event_of_interest};
+use billing_bridge_domain::events::{ChangeType, EventPayload, ResourceKind, event_of_interest};
 use billing_bridge_pipeline::metrics::WebhookOutcome;
 use billing_bridge_store::{Claim, StoreError};
 use futures_util::StreamExt;
@@ -121,7 +121,8 @@ pub(crate) async fn receive(
         );
     }
 
-    let envelope: WebhookEnvelope = match serde_json::from_slice(&body) {
+    // Only the payload fields the rules read are parsed; the rest of the resource is skipped.
+    let envelope: WebhookEnvelope<EventPayload> = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
             return refuse(
@@ -138,14 +139,6 @@ pub(crate) async fn receive(
             WebhookOutcome::Malformed,
             StatusCode::BAD_REQUEST,
             "the event has an empty id".into(),
-        );
-    }
-    if !envelope.payload.is_object() {
-        return refuse(
-            &state,
-            WebhookOutcome::Malformed,
-            StatusCode::BAD_REQUEST,
-            "the event's payload must be the resource (a JSON object)".into(),
         );
     }
     let change = match envelope.event_type {

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::{Claim, Delivery, StoreError};
 
-/// Marks are swept when this many accumulate since the last sweep.
+/// The fewest claims between two sweeps of expired marks.
 const SWEEP_EVERY: usize = 4_096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,10 @@ enum Mark {
 struct Marks {
     by_event: HashMap<String, (Mark, Instant)>,
     since_sweep: usize,
+    /// Claims before the next sweep: as many as the marks the last sweep kept (at least
+    /// `SWEEP_EVERY`). A sweep visits every mark, so spacing sweeps by the map's size keeps the
+    /// cost per claim constant while the map holds at most about twice the live marks.
+    sweep_after: usize,
 }
 
 struct Queue {
@@ -43,6 +47,7 @@ impl MemoryStore {
             marks: Mutex::new(Marks {
                 by_event: HashMap::new(),
                 since_sweep: 0,
+                sweep_after: SWEEP_EVERY,
             }),
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
@@ -57,9 +62,10 @@ impl MemoryStore {
         let now = Instant::now();
         let mut marks = self.marks.lock();
         marks.since_sweep += 1;
-        if marks.since_sweep >= SWEEP_EVERY {
+        if marks.since_sweep >= marks.sweep_after {
             marks.by_event.retain(|_, (_, until)| *until > now);
             marks.since_sweep = 0;
+            marks.sweep_after = marks.by_event.len().max(SWEEP_EVERY);
         }
         match marks.by_event.get(event_id) {
             Some((Mark::Done, until)) if *until > now => Claim::Done,
@@ -74,10 +80,15 @@ impl MemoryStore {
     }
 
     pub(crate) fn finish_event(&self, event_id: &str, keep: Duration) {
-        self.marks
-            .lock()
-            .by_event
-            .insert(event_id.to_owned(), (Mark::Done, Instant::now() + keep));
+        let done = (Mark::Done, Instant::now() + keep);
+        let mut marks = self.marks.lock();
+        // The claim left a mark under this id: overwrite it rather than allocate the key again.
+        match marks.by_event.get_mut(event_id) {
+            Some(mark) => *mark = done,
+            None => {
+                marks.by_event.insert(event_id.to_owned(), done);
+            }
+        }
     }
 
     pub(crate) fn abandon_event(&self, event_id: &str) {
@@ -173,6 +184,21 @@ mod tests {
         assert_eq!(
             store.claim_event("e1", Duration::from_secs(30)),
             Claim::Claimed
+        );
+    }
+
+    #[test]
+    fn expired_marks_are_swept_and_live_ones_kept() {
+        let store = MemoryStore::new(10);
+        store.claim_event("kept", Duration::from_secs(3600));
+        for i in 0..3 * SWEEP_EVERY {
+            store.claim_event(&format!("e{i}"), Duration::ZERO);
+        }
+        let marks = store.marks.lock().by_event.len();
+        assert!(marks <= SWEEP_EVERY + 1, "{marks} marks left");
+        assert_eq!(
+            store.claim_event("kept", Duration::from_secs(30)),
+            Claim::InFlight
         );
     }
 

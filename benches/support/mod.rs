@@ -1,0 +1,220 @@
+//! What the load harnesses share: raw keep-alive HTTP/1.1 connections driven back to back for a
+//! bounded time from one client thread, and the percentiles of what they measured.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Writes request number `seq` of connection `connection` into the buffer (cleared beforehand).
+/// Requests that never change copy the same bytes; the intake bench writes a fresh event id.
+pub type MakeRequest = Arc<dyn Fn(u64, u64, &mut Vec<u8>) + Send + Sync>;
+
+/// The same complete HTTP/1.1 request, again and again.
+pub fn fixed(request: String) -> MakeRequest {
+    Arc::new(move |_, _, buf: &mut Vec<u8>| buf.extend_from_slice(request.as_bytes()))
+}
+
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `cargo bench` passes `--bench`; `cargo test --benches` runs a bench with no flag: keep that
+/// run a short smoke pass.
+pub fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// Reads one response (head plus Content-Length body) and returns its status.
+pub async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    loop {
+        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..head_end])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| std::io::Error::other("bad status line"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = head_end + 4 + length;
+            while buf.len() < total {
+                read_more(stream, buf).await?;
+            }
+            buf.drain(..total);
+            return Ok(status);
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = stream.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(std::io::Error::other("connection closed"));
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// What one connection measured.
+struct Part {
+    latencies: Vec<u32>,
+    unusual: u64,
+    next_seq: u64,
+}
+
+/// One connection sending requests back to back until `deadline`, numbering them from `first`.
+async fn drive(
+    addr: SocketAddr,
+    connection: u64,
+    first: u64,
+    make: MakeRequest,
+    expect: &'static [u16],
+    deadline: Instant,
+) -> std::io::Result<Part> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut request = Vec::with_capacity(4 * 1024);
+    let mut latencies = Vec::new();
+    let mut unusual = 0u64;
+    let mut seq = first;
+    while Instant::now() < deadline {
+        request.clear();
+        make(connection, seq, &mut request);
+        seq += 1;
+        let started = Instant::now();
+        stream.write_all(&request).await?;
+        let status = read_response(&mut stream, &mut buf).await?;
+        if !expect.contains(&status) {
+            return Err(std::io::Error::other(format!(
+                "expected one of {expect:?}, got {status}"
+            )));
+        }
+        if status != expect[0] {
+            unusual += 1;
+        }
+        latencies.push(started.elapsed().as_micros() as u32);
+    }
+    Ok(Part {
+        latencies,
+        unusual,
+        next_seq: seq,
+    })
+}
+
+/// The value at fraction `p` of sorted microseconds, in milliseconds.
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// One scenario's figures.
+#[derive(Default)]
+pub struct Measured {
+    pub requests: usize,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Answers with one of the accepted statuses other than the first.
+    pub unusual: u64,
+    /// Every latency, in µs, sorted.
+    pub latencies: Vec<u32>,
+}
+
+impl Measured {
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    /// Adds another slice of the same scenario: requests and seconds add up, percentiles are
+    /// taken over all latencies together.
+    pub fn merge(&mut self, mut other: Measured) {
+        self.requests += other.requests;
+        self.seconds += other.seconds;
+        self.unusual += other.unusual;
+        self.latencies.append(&mut other.latencies);
+        self.latencies.sort_unstable();
+        self.p50_ms = percentile(&self.latencies, 0.50);
+        self.p99_ms = percentile(&self.latencies, 0.99);
+    }
+}
+
+/// A load scenario: `connections` keep-alive connections to `addr` for `seconds`, after a 0.3 s
+/// warm-up on one connection. Request numbers of every connection start at
+/// `first` and never repeat within the call (the warm-up takes the first ones of connection 0), so
+/// `make` can turn them into distinct ids; a later call with a larger `first` continues them.
+pub async fn run(
+    addr: SocketAddr,
+    name: &str,
+    make: MakeRequest,
+    expect: &'static [u16],
+    seconds: f64,
+    connections: u64,
+) -> Measured {
+    run_from(addr, name, make, expect, seconds, connections, 0).await
+}
+
+/// [`run`], numbering requests from `first` on every connection.
+pub async fn run_from(
+    addr: SocketAddr,
+    name: &str,
+    make: MakeRequest,
+    expect: &'static [u16],
+    seconds: f64,
+    connections: u64,
+    first: u64,
+) -> Measured {
+    // Warm up so connection set-up and first-touch allocations are not measured.
+    let warm = Instant::now() + Duration::from_millis(300);
+    let warmed = drive(addr, 0, first, make.clone(), expect, warm)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: warm-up failed: {e}"));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let first = if c == 0 { warmed.next_seq } else { first };
+            tokio::spawn(drive(addr, c, first, make.clone(), expect, deadline))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut unusual = 0;
+    for task in tasks {
+        let mut part = task
+            .await
+            .expect("load task")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        latencies.append(&mut part.latencies);
+        unusual += part.unusual;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Measured {
+        requests: latencies.len(),
+        seconds: elapsed,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        unusual,
+        latencies,
+    }
+}
