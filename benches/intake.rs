@@ -16,7 +16,6 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use billing_bridge_pipeline::metrics::{WebhookLabels, WebhookOutcome};
 use billing_bridge_pipeline::{Bridge, Pipeline};
-use billing_bridge_sandbox::{AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig};
 use billing_bridge_server::{AppState, WEBHOOK_PATH};
 use serde_json::json;
 use support::{MakeRequest, Measured, env_or};
@@ -140,24 +139,9 @@ fn bridge_config(sandbox: &str, queue_capacity: u64) -> billing_bridge_config::B
 /// each HTTP server with one worker.
 fn serve(queue_capacity: u64, ready: mpsc::Sender<Servers>) {
     actix_rt::System::new().block_on(async move {
-        let sandbox = billing_bridge_sandbox::start(
-            SandboxConfig {
-                recorder: RecorderSettings { limit: 0 },
-                amplify: AmplifySettings {
-                    requests_per_minute: 0,
-                    ..AmplifySettings::default()
-                },
-                recurly: RecurlySettings {
-                    requests_per_minute: Some(0),
-                    ..RecurlySettings::default()
-                },
-                workers: Some(1),
-                ..SandboxConfig::default()
-            },
-            "127.0.0.1:0",
-        )
-        .await
-        .expect("sandbox starts");
+        let sandbox = billing_bridge_sandbox::start(support::unlimited_sandbox(), "127.0.0.1:0")
+            .await
+            .expect("sandbox starts");
         let retry = billing_bridge_upstream::RetryPolicy::new(
             3,
             Duration::from_millis(5),

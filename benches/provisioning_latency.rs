@@ -21,7 +21,6 @@ use billing_bridge_pipeline::metrics::{
     ProvisioningLabels, ProvisioningOutcome, ResourceLabel, WebhookLabels, WebhookOutcome,
 };
 use billing_bridge_pipeline::{Bridge, Pipeline};
-use billing_bridge_sandbox::{AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig};
 use billing_bridge_server::{AppState, WEBHOOK_PATH};
 use serde_json::{Value, json};
 use support::{env_or, percentile};
@@ -75,24 +74,9 @@ fn bridge_config(sandbox: &str) -> billing_bridge_config::BridgeConfig {
 /// with the bridge's hooks installed in the sandbox's Amplify.
 fn serve(ready: mpsc::Sender<Servers>) {
     actix_rt::System::new().block_on(async move {
-        let sandbox = billing_bridge_sandbox::start(
-            SandboxConfig {
-                recorder: RecorderSettings { limit: 0 },
-                amplify: AmplifySettings {
-                    requests_per_minute: 0,
-                    ..AmplifySettings::default()
-                },
-                recurly: RecurlySettings {
-                    requests_per_minute: Some(0),
-                    ..RecurlySettings::default()
-                },
-                workers: Some(1),
-                ..SandboxConfig::default()
-            },
-            "127.0.0.1:0",
-        )
-        .await
-        .expect("sandbox starts");
+        let sandbox = billing_bridge_sandbox::start(support::unlimited_sandbox(), "127.0.0.1:0")
+            .await
+            .expect("sandbox starts");
         let retry = billing_bridge_upstream::RetryPolicy::new(
             6,
             Duration::from_millis(5),

@@ -19,6 +19,28 @@ pub fn fixed(request: String) -> MakeRequest {
     Arc::new(move |_, _, buf: &mut Vec<u8>| buf.extend_from_slice(request.as_bytes()))
 }
 
+/// A sandbox that measures nothing but the bridge: its own rate limits and recorder off, one
+/// worker. (What the sandbox enforces is tested elsewhere; here it must not be the bottleneck.)
+#[allow(dead_code)]
+pub fn unlimited_sandbox() -> billing_bridge_sandbox::SandboxConfig {
+    use billing_bridge_sandbox::{
+        AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig,
+    };
+    SandboxConfig {
+        recorder: RecorderSettings { limit: 0 },
+        amplify: AmplifySettings {
+            requests_per_minute: 0,
+            ..AmplifySettings::default()
+        },
+        recurly: RecurlySettings {
+            requests_per_minute: Some(0),
+            ..RecurlySettings::default()
+        },
+        workers: Some(1),
+        ..SandboxConfig::default()
+    }
+}
+
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
