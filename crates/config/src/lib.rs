@@ -222,7 +222,10 @@ impl BridgeConfig {
         if self.notify.mail.backend != MailBackend::Off && !self.notify.mail.from.contains('@') {
             problems.push("notify.mail.from must be the sender's address when mail is on".into());
         }
-        if self.provisioning.subscriptions && self.provisioning.marketplace_url.trim().is_empty() {
+        if self.provisioning.subscriptions
+            && self.notify.mail.backend != MailBackend::Off
+            && self.provisioning.marketplace_url.trim().is_empty()
+        {
             problems.push(
                 "provisioning.marketplace_url is empty: approval mails would link nowhere".into(),
             );
@@ -261,14 +264,13 @@ mod tests {
         );
         assert!(config.webhook.secret.is_none());
         let problems = config.problems().join("\n");
-        for needed in [
-            "webhook.secret",
-            "amplify.client_secret",
-            "recurly.api_key",
-            "marketplace_url",
-        ] {
+        for needed in ["webhook.secret", "amplify.client_secret", "recurly.api_key"] {
             assert!(problems.contains(needed), "{problems}");
         }
+        // The marketplace link is needed only when approval mails are sent.
+        assert!(!problems.contains("marketplace_url"), "{problems}");
+        let mailing = BridgeConfig::from_toml("[notify.mail]\nbackend = \"smtp\"\nfrom = \"a@b.example\"\n[notify.mail.smtp]\nhost = \"relay\"").unwrap();
+        assert!(mailing.problems().join("\n").contains("marketplace_url"));
     }
 
     #[test]
