@@ -135,22 +135,7 @@ impl Client {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("http client");
-        let answer: Value = http
-            .post(format!(
-                "{sandbox}/auth/realms/Broker/protocol/openid-connect/token"
-            ))
-            .basic_auth("provider", Some("provider-secret"))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .expect("token request")
-            .json()
-            .await
-            .expect("token answer");
-        let token = answer["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned();
+        let token = support::amplify_token(&http, &sandbox, "provider").await;
         Client {
             http,
             sandbox,

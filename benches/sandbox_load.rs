@@ -8,7 +8,6 @@
 mod support;
 
 use base64::Engine;
-use billing_bridge_sandbox::{AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig};
 use support::{env_or, fixed};
 
 struct Scenario {
@@ -55,23 +54,7 @@ const USAGE: &str = r#"{"amount":3,"merchant_tag":"bench"}"#;
 /// the emulators' own APIs. Returns (Amplify token, Recurly subscription id).
 async fn setup(base: &str) -> (String, String) {
     let http = reqwest::Client::new();
-    let token: serde_json::Value = http
-        .post(format!(
-            "{base}/auth/realms/Broker/protocol/openid-connect/token"
-        ))
-        .basic_auth("bench", Some("bench-secret"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token answer");
-    let token = token["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_owned();
+    let token = support::amplify_token(&http, base, "bench").await;
     let created = |path: &'static str, body: serde_json::Value| {
         let (http, token) = (http.clone(), token.clone());
         async move {
@@ -123,22 +106,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("server runtime");
-    let config = SandboxConfig {
-        // Recording every request costs a copy of each body; off unless LOAD_RECORDER asks.
-        recorder: RecorderSettings {
-            limit: env_or("LOAD_RECORDER", 0) as usize,
-        },
-        amplify: AmplifySettings {
-            requests_per_minute: 0,
-            ..AmplifySettings::default()
-        },
-        recurly: RecurlySettings {
-            requests_per_minute: Some(0),
-            ..RecurlySettings::default()
-        },
-        workers: Some(1),
-        ..SandboxConfig::default()
-    };
+    let mut config = support::unlimited_sandbox();
+    // Recording every request costs a copy of each body; off unless LOAD_RECORDER asks.
+    config.recorder.limit = env_or("LOAD_RECORDER", 0) as usize;
     let handle = server_rt
         .block_on(billing_bridge_sandbox::start(config, "127.0.0.1:0"))
         .expect("sandbox starts");

@@ -21,7 +21,6 @@ pub fn fixed(request: String) -> MakeRequest {
 
 /// A sandbox that measures nothing but the bridge: its own rate limits and recorder off, one
 /// worker. (What the sandbox enforces is tested elsewhere; here it must not be the bottleneck.)
-#[allow(dead_code)]
 pub fn unlimited_sandbox() -> billing_bridge_sandbox::SandboxConfig {
     use billing_bridge_sandbox::{
         AmplifySettings, RecorderSettings, RecurlySettings, SandboxConfig,
@@ -39,6 +38,26 @@ pub fn unlimited_sandbox() -> billing_bridge_sandbox::SandboxConfig {
         workers: Some(1),
         ..SandboxConfig::default()
     }
+}
+
+/// An Amplify access token from the sandbox's token endpoint, for a client acting as `client_id`.
+pub async fn amplify_token(http: &reqwest::Client, sandbox: &str, client_id: &str) -> String {
+    let answer: serde_json::Value = http
+        .post(format!(
+            "{sandbox}/auth/realms/Broker/protocol/openid-connect/token"
+        ))
+        .basic_auth(client_id, Some("bench-secret"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token answer");
+    answer["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
 }
 
 pub fn env_or(name: &str, default: u64) -> u64 {

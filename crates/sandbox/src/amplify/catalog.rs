@@ -128,17 +128,7 @@ fn update(
     let mut catalog = state.amplify.catalog.lock();
     let scope = target.scope.as_deref();
     let changes = store::update(&mut catalog, target.spec, scope, name, &body, &ctx)?;
-    super::webhooks::publish(
-        state,
-        &catalog,
-        &changes,
-        &target.version,
-        &correlation_id(),
-    );
-    let stored = catalog
-        .get(target.spec, scope, name)
-        .ok_or_else(|| ApiError::new(500, "updated resource vanished"))?;
-    Ok(HttpResponse::Ok().json(render(stored, &target.version)))
+    answer_changed(state, &catalog, target, &changes, scope, name)
 }
 
 fn put_subresource(
@@ -154,13 +144,19 @@ fn put_subresource(
     let mut catalog = state.amplify.catalog.lock();
     let scope = target.scope.as_deref();
     let changes = store::put_subresource(&mut catalog, target.spec, scope, name, sub, &body, &ctx)?;
-    super::webhooks::publish(
-        state,
-        &catalog,
-        &changes,
-        &target.version,
-        &correlation_id(),
-    );
+    answer_changed(state, &catalog, target, &changes, scope, name)
+}
+
+/// Delivers the events of a change and answers with the resource as it now is.
+fn answer_changed(
+    state: &SandboxState,
+    catalog: &store::Catalog,
+    target: &Target,
+    changes: &[store::Change],
+    scope: Option<&str>,
+    name: &str,
+) -> Result<HttpResponse, ApiError> {
+    super::webhooks::publish(state, catalog, changes, &target.version, &correlation_id());
     let stored = catalog
         .get(target.spec, scope, name)
         .ok_or_else(|| ApiError::new(500, "updated resource vanished"))?;
