@@ -79,9 +79,9 @@ fn run_report(config: &std::path::Path, window: (i64, i64)) -> (Value, Duration,
                 .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
+        {
+            peak_kb = peak_kb.max(kb);
+        }
         if child.try_wait().expect("child status").is_some() {
             break;
         }
