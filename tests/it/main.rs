@@ -12,4 +12,5 @@ mod provisioning_subscriptions;
 mod recurly_client;
 mod recurly_conformance;
 mod sandbox_control;
+mod scale_out;
 mod support;

@@ -152,6 +152,10 @@ pub struct ReportingConfig {
     /// longer is looked up in Recurly before it is sent again.
     #[serde(with = "humantime_serde")]
     pub trust_idempotency_for: Duration,
+    /// How long a run holds the reporting lease without renewing it; renewed every third of it.
+    /// A run whose instance died is taken over by another after this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -162,6 +166,20 @@ pub struct StoreConfig {
     /// The memory store's journal file; empty: nothing kept on disk.
     #[serde(default)]
     pub state_file: String,
+    /// How many instances share one Redis: per-client upstream limits are divided by it.
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// An event another instance took and has not acknowledged after this long is taken over.
+    #[serde(with = "humantime_serde", default = "five_minutes")]
+    pub reclaim_after: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn is_blank(secret: &Option<SecretString>) -> bool {
@@ -257,6 +275,15 @@ impl BridgeConfig {
         if reporting.page_size == 0 || reporting.concurrency == 0 {
             problems
                 .push("reporting.page_size and reporting.concurrency must be at least 1".into());
+        }
+        if self.store.instances == 0 {
+            problems.push("store.instances must be at least 1".into());
+        }
+        if self.store.instances > 1 && self.store.redis_url.is_none() {
+            problems.push(
+                "store.instances is above 1 but store.redis_url is not set: instances must share one Redis"
+                    .into(),
+            );
         }
         if self.server.queue_capacity == 0 {
             problems.push("server.queue_capacity must be at least 1".into());

@@ -151,7 +151,7 @@ impl Actor for Router {
                         Ok(false) => {}
                         Err(e) => tracing::error!(error = %e, "provisioner unavailable"),
                     }
-                    let _ = bridge.store.ack(delivery.tag).await;
+                    let _ = bridge.store.ack(&delivery.tag).await;
                 }
             }
             .into_actor(self),

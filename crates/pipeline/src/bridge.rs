@@ -9,9 +9,19 @@ use billing_bridge_config::{BridgeConfig, RecurlySite};
 use billing_bridge_notify::{Mailer, ProviderChannel};
 use billing_bridge_store::Store;
 use billing_bridge_upstream::RetryPolicy;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::metrics::Metrics;
+
+/// An upstream limit per client (Amplify) or per site (Recurly) shared by `instances` instances:
+/// each keeps to its share, rounded down, at least 1.
+pub fn per_instance(per_minute: u32, instances: u32) -> u32 {
+    if per_minute == 0 {
+        return 0;
+    }
+    (per_minute / instances.max(1)).max(1)
+}
 
 pub struct Bridge {
     pub config: BridgeConfig,
@@ -55,7 +65,10 @@ impl Bridge {
                     .clone()
                     .unwrap_or_else(|| SecretString::from("")),
                 tenant_id: config.amplify.tenant_id.clone().filter(|t| !t.is_empty()),
-                requests_per_minute: config.amplify.requests_per_minute,
+                requests_per_minute: per_instance(
+                    config.amplify.requests_per_minute,
+                    config.store.instances,
+                ),
                 api_version: config.amplify.api_version.clone(),
                 timeout: config.amplify.timeout,
                 retry,
@@ -74,7 +87,10 @@ impl Bridge {
                     RecurlySite::Production => SiteKind::Production,
                     RecurlySite::Sandbox => SiteKind::Sandbox,
                 },
-                requests_per_minute: config.recurly.requests_per_minute,
+                requests_per_minute: per_instance(
+                    config.recurly.requests_per_minute,
+                    config.store.instances,
+                ),
                 timeout: config.recurly.timeout,
                 retry,
             },
@@ -87,7 +103,23 @@ impl Bridge {
         }
         crate::usage::actors::parse_schedule(&config.reporting.schedule).map_err(BuildError)?;
         let state_file = config.store.state_file.trim();
-        let store = if state_file.is_empty() {
+        let store = if let Some(url) = &config.store.redis_url {
+            let consumer = format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "bridge".into()),
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
+                    .unwrap_or_default()
+            );
+            Store::redis(
+                url.expose_secret(),
+                config.server.queue_capacity,
+                consumer,
+                config.store.reclaim_after,
+            )
+            .map_err(|e| BuildError(e.to_string()))?
+        } else if state_file.is_empty() {
             Store::memory(config.server.queue_capacity)
         } else {
             Store::memory_with_journal(

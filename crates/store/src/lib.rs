@@ -7,6 +7,7 @@
 mod journal;
 pub mod ledger;
 mod memory;
+mod redis;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use thiserror::Error;
 use ledger::{Intent, Settled, WindowLedger};
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -53,17 +55,37 @@ pub enum Claim {
 /// A queued event handed to a consumer; acknowledge it once processed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    pub tag: u64,
+    /// Names the delivery for [`Store::ack`] (a queue position, or a stream entry id).
+    pub tag: String,
     pub event: ResourceEvent,
 }
 
 pub enum Store {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl Store {
     pub fn memory(queue_capacity: usize) -> Self {
         Store::Memory(MemoryStore::new(queue_capacity))
+    }
+
+    /// The shared store on Redis; connects lazily (see [`RedisStore::new`]).
+    pub fn redis(
+        url: &str,
+        queue_capacity: usize,
+        consumer: String,
+        reclaim_after: Duration,
+    ) -> Result<Self, StoreError> {
+        RedisStore::new(url, queue_capacity, consumer, reclaim_after).map(Store::Redis)
+    }
+
+    /// Whether the store answers (always, in memory).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.ping().await,
+        }
     }
 
     /// The memory store with its ledger journaled to `state_file`.
@@ -79,6 +101,7 @@ impl Store {
     pub async fn claim_event(&self, event_id: &str, hold: Duration) -> Result<Claim, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.claim_event(event_id, hold)),
+            Store::Redis(r) => r.claim_event(event_id, hold).await,
         }
     }
 
@@ -89,6 +112,7 @@ impl Store {
                 m.finish_event(event_id, keep);
                 Ok(())
             }
+            Store::Redis(r) => r.finish_event(event_id, keep).await,
         }
     }
 
@@ -99,12 +123,14 @@ impl Store {
                 m.abandon_event(event_id);
                 Ok(())
             }
+            Store::Redis(r) => r.abandon_event(event_id).await,
         }
     }
 
     pub async fn enqueue(&self, event: ResourceEvent) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => m.enqueue(event),
+            Store::Redis(r) => r.enqueue(event).await,
         }
     }
 
@@ -112,15 +138,17 @@ impl Store {
     pub async fn next_event(&self, wait: Duration) -> Result<Option<Delivery>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.next_event(wait).await),
+            Store::Redis(r) => r.next_event(wait).await,
         }
     }
 
-    pub async fn ack(&self, tag: u64) -> Result<(), StoreError> {
+    pub async fn ack(&self, tag: &str) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
                 m.ack(tag);
                 Ok(())
             }
+            Store::Redis(r) => r.ack(tag).await,
         }
     }
 
@@ -132,6 +160,7 @@ impl Store {
     ) -> Result<Option<Lease>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.acquire_lease(name, ttl)),
+            Store::Redis(r) => r.acquire_lease(name, ttl).await,
         }
     }
 
@@ -139,6 +168,7 @@ impl Store {
     pub async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => m.extend_lease(lease, ttl),
+            Store::Redis(r) => r.extend_lease(lease, ttl).await,
         }
     }
 
@@ -148,6 +178,7 @@ impl Store {
                 m.release_lease(lease);
                 Ok(())
             }
+            Store::Redis(r) => r.release_lease(lease).await,
         }
     }
 
@@ -155,6 +186,7 @@ impl Store {
     pub async fn window_ledger(&self, window: Window) -> Result<WindowLedger, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.window_ledger(window)),
+            Store::Redis(r) => r.window_ledger(window).await,
         }
     }
 
@@ -162,6 +194,7 @@ impl Store {
     pub async fn windows_done(&self, windows: &[Window]) -> Result<Vec<bool>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.windows_done(windows)),
+            Store::Redis(r) => r.windows_done(windows).await,
         }
     }
 
@@ -174,6 +207,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => m.record_intents(lease, window, intents),
+            Store::Redis(r) => r.record_intents(lease, window, intents).await,
         }
     }
 
@@ -186,6 +220,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => m.settle(lease, window, settled),
+            Store::Redis(r) => r.settle(lease, window, settled).await,
         }
     }
 
@@ -198,6 +233,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => m.mark_done(lease, window, watermark),
+            Store::Redis(r) => r.mark_done(lease, window, watermark).await,
         }
     }
 
@@ -205,6 +241,7 @@ impl Store {
     pub async fn watermark(&self) -> Result<Option<i64>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.watermark()),
+            Store::Redis(r) => r.watermark().await,
         }
     }
 
@@ -212,6 +249,7 @@ impl Store {
     pub async fn prune_ledger(&self, before_ms: i64) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => m.prune(before_ms),
+            Store::Redis(r) => r.prune(before_ms).await,
         }
     }
 
@@ -219,6 +257,7 @@ impl Store {
     pub async fn first_time(&self, key: &str) -> Result<bool, StoreError> {
         match self {
             Store::Memory(m) => m.first_time(key),
+            Store::Redis(r) => r.first_time(key).await,
         }
     }
 
@@ -226,6 +265,7 @@ impl Store {
     pub async fn queue_depth(&self) -> Result<usize, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.queue_depth()),
+            Store::Redis(r) => r.queue_depth().await,
         }
     }
 }

@@ -288,7 +288,10 @@ impl MemoryStore {
                 let mut queue = self.queue.lock();
                 if let Some((tag, event)) = queue.waiting.pop_front() {
                     queue.in_flight.insert(tag, event.clone());
-                    return Some(Delivery { tag, event });
+                    return Some(Delivery {
+                        tag: tag.to_string(),
+                        event,
+                    });
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -297,8 +300,10 @@ impl MemoryStore {
         }
     }
 
-    pub(crate) fn ack(&self, tag: u64) {
-        self.queue.lock().in_flight.remove(&tag);
+    pub(crate) fn ack(&self, tag: &str) {
+        if let Ok(tag) = tag.parse::<u64>() {
+            self.queue.lock().in_flight.remove(&tag);
+        }
     }
 
     pub(crate) fn queue_depth(&self) -> usize {
@@ -381,7 +386,7 @@ mod tests {
         assert_eq!(first.event.event_id, "a");
         // Handed out but not acknowledged still counts against the capacity.
         assert!(store.enqueue(event("c")).is_err());
-        store.ack(first.tag);
+        store.ack(&first.tag);
         store.enqueue(event("c")).unwrap();
         assert_eq!(
             store

@@ -9,7 +9,7 @@ pub mod directory;
 pub mod reporter;
 pub mod traffic;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use billing_bridge_domain::usage::{Window, aggregate, closed_windows};
 use billing_bridge_store::{Lease, StoreError};
@@ -23,8 +23,6 @@ use directory::Directory;
 
 /// The lease that makes one run at a time (across instances, with a shared store).
 pub const LEASE: &str = "reporting";
-/// A run holds its lease this long, renewed after every window.
-pub(crate) const LEASE_TTL: Duration = Duration::from_secs(600);
 /// A backfill covers at most this many windows, so a typo cannot start a year-long run.
 const MAX_BACKFILL_WINDOWS: usize = 10_000;
 
@@ -218,7 +216,11 @@ pub async fn run(
     let lease = if request.dry_run {
         None
     } else {
-        match bridge.store.acquire_lease(LEASE, LEASE_TTL).await? {
+        match bridge
+            .store
+            .acquire_lease(LEASE, bridge.config.reporting.lease_ttl)
+            .await?
+        {
             Some(lease) => Some(lease),
             None => {
                 bridge.metrics.run_ended(RunOutcome::Busy, 0.0);
@@ -375,7 +377,10 @@ async fn run_windows(
             } else {
                 WindowKind::First
             });
-            bridge.store.extend_lease(lease, LEASE_TTL).await?;
+            bridge
+                .store
+                .extend_lease(lease, bridge.config.reporting.lease_ttl)
+                .await?;
         }
     }
     if let Some(end) = watermark {

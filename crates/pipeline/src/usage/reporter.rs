@@ -262,7 +262,13 @@ pub async fn report_window(
     let mut settled = Vec::new();
     let mut failed = 0usize;
     let mut first_error = None;
+    let ttl = bridge.config.reporting.lease_ttl;
+    let mut extended = std::time::Instant::now();
     while let Some((s, outcome)) = results.next().await {
+        if extended.elapsed() > ttl / 3 {
+            bridge.store.extend_lease(lease, ttl).await?;
+            extended = std::time::Instant::now();
+        }
         let state = match outcome {
             Sent::Acked => {
                 summary.records += 1;
@@ -325,7 +331,6 @@ pub async fn report_window(
                 .store
                 .settle(lease, window, std::mem::take(&mut settled))
                 .await?;
-            bridge.store.extend_lease(lease, super::LEASE_TTL).await?;
         }
     }
     if !settled.is_empty() {
