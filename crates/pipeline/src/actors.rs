@@ -9,7 +9,8 @@ use actix::prelude::*;
 use billing_bridge_domain::events::{ResourceEvent, ResourceKind};
 
 use crate::Bridge;
-use crate::notices::Notifier;
+use crate::metrics::ActorLabel;
+use crate::notices::NotifierMailbox;
 use crate::plan::{PlanOutcome, provision_plan};
 use crate::reconcile::{ReconcileSummary, reconcile};
 use crate::subscription::{SubscriptionOutcome, provision_subscription};
@@ -53,7 +54,7 @@ pub struct ProvisionSubscription(pub ResourceEvent);
 
 pub struct PlanProvisioner {
     pub bridge: Arc<Bridge>,
-    pub notifier: Addr<Notifier>,
+    pub notifier: NotifierMailbox,
 }
 
 impl Actor for PlanProvisioner {
@@ -77,7 +78,7 @@ impl Handler<ProvisionPlan> for PlanProvisioner {
 
 pub struct SubscriptionProvisioner {
     pub bridge: Arc<Bridge>,
-    pub notifier: Addr<Notifier>,
+    pub notifier: NotifierMailbox,
 }
 
 impl Actor for SubscriptionProvisioner {
@@ -134,14 +135,19 @@ impl Actor for Router {
                     let event = delivery.event;
                     let again = event.clone();
                     let retry = match event.kind {
-                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => plans
-                            .send(ProvisionPlan(event))
-                            .await
-                            .map(|outcome| matches!(outcome, PlanOutcome::Retry { .. })),
+                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => {
+                            let depth = bridge.metrics.mailbox(ActorLabel::PlanProvisioner);
+                            depth.inc();
+                            let answer = plans.send(ProvisionPlan(event)).await;
+                            depth.dec();
+                            answer.map(|outcome| matches!(outcome, PlanOutcome::Retry { .. }))
+                        }
                         ResourceKind::Subscription if bridge.config.provisioning.subscriptions => {
-                            subscriptions
-                                .send(ProvisionSubscription(event))
-                                .await
+                            let depth = bridge.metrics.mailbox(ActorLabel::SubscriptionProvisioner);
+                            depth.inc();
+                            let answer = subscriptions.send(ProvisionSubscription(event)).await;
+                            depth.dec();
+                            answer
                                 .map(|outcome| matches!(outcome, SubscriptionOutcome::Retry { .. }))
                         }
                         _ => Ok(false),

@@ -8,7 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::bridge::{Bridge, Channels};
-use crate::metrics::{Channel, NotificationOutcome};
+use crate::metrics::{ActorLabel, Channel, NotificationOutcome};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Something to tell someone.
 #[derive(Clone, Debug, Message)]
@@ -26,6 +27,33 @@ pub trait NoticeSink {
 impl NoticeSink for Addr<Notifier> {
     fn notify(&self, notice: Notice) {
         if let Err(e) = self.try_send(notice) {
+            tracing::warn!(error = %e, "notifier mailbox is full; a notification was dropped");
+        }
+    }
+}
+
+/// The Notifier's address with its mailbox gauge: what the provisioners hold, so the depth of
+/// the Notifier's mailbox is visible (`billing_bridge_mailbox_depth_messages{actor="notifier"}`).
+#[derive(Clone)]
+pub struct NotifierMailbox {
+    pub addr: Addr<Notifier>,
+    depth: Gauge,
+}
+
+impl NotifierMailbox {
+    pub fn new(addr: Addr<Notifier>, bridge: &Bridge) -> Self {
+        Self {
+            addr,
+            depth: bridge.metrics.mailbox(ActorLabel::Notifier),
+        }
+    }
+}
+
+impl NoticeSink for NotifierMailbox {
+    fn notify(&self, notice: Notice) {
+        self.depth.inc();
+        if let Err(e) = self.addr.try_send(notice) {
+            self.depth.dec();
             tracing::warn!(error = %e, "notifier mailbox is full; a notification was dropped");
         }
     }
@@ -62,7 +90,14 @@ impl Handler<Notice> for Notifier {
     fn handle(&mut self, notice: Notice, _ctx: &mut Self::Context) -> Self::Result {
         let channels = self.channels.clone();
         let bridge = self.bridge.clone();
-        let record = move |channel, outcome| bridge.metrics.notified(channel, outcome);
+        let depth = bridge.metrics.mailbox(ActorLabel::Notifier);
+        let record = move |channel, outcome| {
+            bridge.metrics.notified(channel, outcome);
+            // Notices sent through the bare address were never counted in.
+            if depth.get() > 0 {
+                depth.dec();
+            }
+        };
         AtomicResponse::new(Box::pin(
             async move {
                 match notice {

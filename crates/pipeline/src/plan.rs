@@ -76,6 +76,7 @@ pub async fn provision_plan(
     notices: &dyn NoticeSink,
     event: &ResourceEvent,
 ) -> PlanOutcome {
+    let started = std::time::Instant::now();
     let outcome = match pass(bridge, notices, event).await {
         Ok(outcome) => outcome,
         Err(e) if e.is_transient() => PlanOutcome::Retry {
@@ -113,6 +114,9 @@ pub async fn provision_plan(
     bridge
         .metrics
         .provisioned(ResourceLabel::Plan, outcome.metric());
+    bridge
+        .metrics
+        .provisioning_took(ResourceLabel::Plan, started.elapsed());
     outcome
 }
 

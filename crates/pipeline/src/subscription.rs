@@ -66,6 +66,7 @@ pub async fn provision_subscription(
     notices: &dyn NoticeSink,
     event: &ResourceEvent,
 ) -> SubscriptionOutcome {
+    let started = std::time::Instant::now();
     let outcome = match pass(bridge, notices, event).await {
         Ok(outcome) => outcome,
         Err(e) if e.is_transient() => SubscriptionOutcome::Retry {
@@ -86,6 +87,9 @@ pub async fn provision_subscription(
     bridge
         .metrics
         .provisioned(ResourceLabel::Subscription, outcome.metric());
+    bridge
+        .metrics
+        .provisioning_took(ResourceLabel::Subscription, started.elapsed());
     outcome
 }
 

@@ -1,5 +1,13 @@
 //! What every upstream client shares: which failures are worth another try, and the retry
-//! policy (exponential back-off with jitter, never shorter than the upstream asked).
+//! policy (exponential back-off with jitter, never shorter than the upstream asked), and the
+//! observer hook through which the clients report every exchange to the metrics.
+
+mod observe;
+
+pub use observe::{
+    CallStatus, NoObserver, Observer, Upstream, UpstreamObserver, call_span, record_exchange,
+    timed_wait,
+};
 
 use std::future::Future;
 use std::time::Duration;
