@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use billing_bridge_domain::events::{ResourceEvent, ResourceKind};
+use tracing::Instrument;
 
 use crate::Bridge;
 use crate::metrics::ActorLabel;
@@ -187,7 +188,9 @@ impl Reconciler {
         let bridge = self.bridge.clone();
         ctx.spawn(
             async move {
-                match reconcile(&bridge, &pass_id()).await {
+                let pass = pass_id();
+                let span = tracing::info_span!("reconcile_pass", pass = %pass, trigger = "timer");
+                match reconcile(&bridge, &pass).instrument(span).await {
                     Ok(summary) => {
                         bridge.metrics.reconcile_passes.inc();
                         tracing::info!(?summary, "reconciliation pass");
@@ -215,7 +218,10 @@ impl Handler<ReconcileNow> for Reconciler {
     fn handle(&mut self, _msg: ReconcileNow, _ctx: &mut Self::Context) -> Self::Result {
         let bridge = self.bridge.clone();
         Box::pin(async move {
-            let summary = reconcile(&bridge, &pass_id())
+            let pass = pass_id();
+            let span = tracing::info_span!("reconcile_pass", pass = %pass, trigger = "admin");
+            let summary = reconcile(&bridge, &pass)
+                .instrument(span)
                 .await
                 .map_err(|e| e.to_string())?;
             bridge.metrics.reconcile_passes.inc();

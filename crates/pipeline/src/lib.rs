@@ -13,6 +13,7 @@ pub mod plan;
 pub mod provision;
 pub mod reconcile;
 pub mod subscription;
+pub mod trace;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
 use crate::notices::{Notice, NoticeSink};
 use crate::provision::{ProvisionError, first_time, sibling_link};
+use tracing::Instrument;
 
 /// What a pass over a plan did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,19 @@ fn failure_card(title: &str, plan_name: &str, reason: &str) -> ProviderCard {
 
 /// Runs one pass and records its outcome; never fails: failures become outcomes.
 pub async fn provision_plan(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    event: &ResourceEvent,
+) -> PlanOutcome {
+    let span = crate::trace::provisioning_span(event);
+    let outcome = provision_plan_traced(bridge, notices, event)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", outcome.metric().as_str());
+    outcome
+}
+
+async fn provision_plan_traced(
     bridge: &Bridge,
     notices: &dyn NoticeSink,
     event: &ResourceEvent,

@@ -15,6 +15,7 @@ use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
 use crate::notices::{Notice, NoticeSink};
 use crate::provision::{ProvisionError, first_time, sibling_link, text};
+use tracing::Instrument;
 
 /// Subscription states (`state.name`) that mean it has ended. Only `active` is verified; the
 /// others are inferred from the UI's states (Amplify reference §3.4, open question 2).
@@ -62,6 +63,19 @@ impl SubscriptionOutcome {
 }
 
 pub async fn provision_subscription(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    event: &ResourceEvent,
+) -> SubscriptionOutcome {
+    let span = crate::trace::provisioning_span(event);
+    let outcome = provision_subscription_traced(bridge, notices, event)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", outcome.metric().as_str());
+    outcome
+}
+
+async fn provision_subscription_traced(
     bridge: &Bridge,
     notices: &dyn NoticeSink,
     event: &ResourceEvent,

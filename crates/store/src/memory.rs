@@ -156,6 +156,7 @@ mod tests {
             correlation_id: None,
             billing_id: None,
             attempt: 0,
+            trace_parent: None,
         }
     }
 
