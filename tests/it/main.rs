@@ -13,3 +13,4 @@ mod recurly_client;
 mod recurly_conformance;
 mod sandbox_control;
 mod support;
+mod tracing_export;

@@ -34,7 +34,7 @@ fn refuse(
     status: actix_web::http::StatusCode,
     message: String,
 ) -> HttpResponse {
-    record_outcome(&state, outcome);
+    record_outcome(state, outcome);
     HttpResponse::build(status).json(json!({"error": message}))
 }
 

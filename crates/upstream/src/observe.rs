@@ -133,7 +133,7 @@ pub fn record_exchange(
     };
     let span = tracing::Span::current();
     if let Some(code) = status {
-        span.record("http.response.status_code", code);
+        span.record("http.response.status_code", i64::from(code));
     }
     span.record("outcome", class.as_str());
     observer.exchanged(upstream, operation, class, started.elapsed());
