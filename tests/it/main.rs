@@ -2,6 +2,7 @@
 
 mod amplify_conformance;
 mod cli;
+mod dashboards;
 mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;

@@ -18,6 +18,9 @@ use prometheus_client::registry::{Registry, Unit};
 macro_rules! snake_case_labels {
     ($($ty:ty { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
         impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $(<$ty>::$variant => $text),+ }
             }
@@ -424,6 +427,33 @@ impl Default for Metrics {
             "Leases this instance holds (1) or not (0)",
             leases_held.clone(),
         );
+        // Every series of a fixed label set starts at 0: a counter that first appears at 1 shows
+        // no increase() in Prometheus, and an alert on the first failure would never fire.
+        for &outcome in WebhookOutcome::ALL {
+            let _ = webhooks.get_or_create(&WebhookLabels { outcome });
+        }
+        for resource in [ResourceLabel::Plan, ResourceLabel::Subscription] {
+            for &outcome in ProvisioningOutcome::ALL {
+                let _ = provisioning.get_or_create(&ProvisioningLabels { resource, outcome });
+            }
+        }
+        for channel in [Channel::Teams, Channel::Mail] {
+            for &outcome in NotificationOutcome::ALL {
+                let _ = notifications.get_or_create(&NotificationLabels { channel, outcome });
+            }
+        }
+        for &outcome in UsageRecordOutcome::ALL {
+            let _ = usage_records.get_or_create(&UsageRecordLabels { outcome });
+        }
+        for &reason in UnmatchedReason::ALL {
+            let _ = usage_unmatched_units.get_or_create(&UnmatchedLabels { reason });
+        }
+        for &kind in WindowKind::ALL {
+            let _ = usage_windows_reported.get_or_create(&WindowLabels { kind });
+        }
+        for &outcome in RunOutcome::ALL {
+            let _ = usage_runs.get_or_create(&RunLabels { outcome });
+        }
         Self {
             registry,
             webhooks,
