@@ -278,3 +278,56 @@ async fn one_webhook_is_one_trace_through_provisioning_and_no_secret_leaks() {
     // The check above looks at real output: the bridge did log, export and count.
     assert!(logs.len() > 1_000 && spans_text.len() > 1_000 && metrics.len() > 1_000);
 }
+
+#[actix_rt::test]
+async fn the_sandbox_trace_receiver_takes_otlp_json_and_refuses_what_does_not_decode() {
+    let sb = crate::support::default_sandbox().await;
+    let request = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "4BF92F3577B34DA6A3CE929D0E0E4736", "spanId": "00f067aa0ba902b7",
+            "parentSpanId": "", "name": "root",
+            "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000100000000",
+            "attributes": [
+                {"key": "count", "value": {"intValue": "3"}},
+                {"key": "ok", "value": {"boolValue": true}}
+            ]
+        }]}]
+    }]});
+    let answer = sb
+        .http
+        .post(sb.at("/otlp/v1/traces"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let received = spans(&sb).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    let span = &received[0];
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["span_id"], "00f067aa0ba902b7");
+    assert_eq!(span["parent_span_id"], "");
+    assert_eq!(span["service_name"], "svc");
+    assert_eq!(attr(span, "count"), 3);
+    assert_eq!(attr(span, "ok"), true);
+    assert_eq!(span["end_time_unix_nano"], 1_700_000_000_100_000_000u64);
+
+    let garbage = sb
+        .http
+        .post(sb.at("/otlp/v1/traces"))
+        .header("Content-Type", "application/x-protobuf")
+        .body(vec![0xff_u8; 16])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+    let cleared = sb
+        .http
+        .delete(sb.at("/_sandbox/otlp/spans"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 204);
+    assert!(spans(&sb).await.is_empty());
+}

@@ -121,7 +121,10 @@ impl Actor for Router {
         ctx.spawn(
             async move {
                 loop {
-                    let delivery = match bridge.store.next_event(POLL).await {
+                    let next = bridge.store.next_event(POLL).await;
+                    // The Router asks the store every second: its answer is the store's health.
+                    bridge.metrics.store_up.set(i64::from(next.is_ok()));
+                    let delivery = match next {
                         Ok(Some(delivery)) => delivery,
                         Ok(None) => continue,
                         Err(e) => {
