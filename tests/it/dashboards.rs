@@ -227,11 +227,12 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_over_a_provisionin
     )
     .await;
 
-    // The scenario: a plan (the first Recurly write answered 429 twice, a scrape apart), a subscription, a duplicate
-    // webhook and a plan that cannot be billed.
+    // The scenario: a plan (the first Recurly write answered 429 three times, each waited out, so
+    // scrapes see the count rise), a subscription, a duplicate webhook and a plan that cannot be
+    // billed.
     let fault = http
         .put(sb.at("/_sandbox/faults/recurly"))
-        .json(&json!({"rate_limited_next": 2, "retry_after_secs": 2, "methods": ["POST"]}))
+        .json(&json!({"rate_limited_next": 3, "retry_after_secs": 2, "methods": ["POST"]}))
         .send()
         .await
         .unwrap();

@@ -152,7 +152,7 @@ async fn accept(
     };
     let span = Span::current();
     span.record("event_id", envelope.id.as_str());
-    span.record("event_type", format!("{:?}", envelope.event_type));
+    span.record("event_type", tracing::field::debug(&envelope.event_type));
     if let Some(correlation) = envelope.correlation_id.as_deref() {
         span.record("correlation_id", correlation);
     }
@@ -179,7 +179,7 @@ async fn accept(
     ) else {
         return answered(&state, WebhookOutcome::Ignored, "ignored");
     };
-    span.record("kind", format!("{:?}", event.kind));
+    span.record("kind", tracing::field::debug(&event.kind));
     span.record("resource", event.name.as_str());
     event.trace_parent = billing_bridge_pipeline::trace::traceparent(&span);
     let enabled = match event.kind {
