@@ -202,10 +202,10 @@ async fn one_webhook_is_one_trace_through_provisioning_and_no_secret_leaks() {
     assert_eq!(attr(&provisioning, "event_id"), attr(&webhook, "event_id"));
 
     // Every upstream call of the pass is a child of it, in the same trace, named by upstream and
-    // operation, with its answer's status.
+    // operation, with its answer's status. (Its other children are the notices it sent.)
     let calls: Vec<&Value> = all
         .iter()
-        .filter(|s| s["parent_span_id"] == provisioning["span_id"])
+        .filter(|s| s["parent_span_id"] == provisioning["span_id"] && s["name"] != "notify")
         .collect();
     assert!(
         calls.iter().all(|c| c["trace_id"] == webhook["trace_id"]
@@ -235,6 +235,26 @@ async fn one_webhook_is_one_trace_through_provisioning_and_no_secret_leaks() {
             "a child lies within its parent: {call}"
         );
     }
+
+    // The provider's card about the plan is delivered later by the Notifier, still in the trace.
+    let (notify, post) = wait_for("the card's delivery spans", WAIT, || async {
+        let all = spans(&sb).await;
+        let notify = all
+            .iter()
+            .find(|s| s["name"] == "notify" && s["parent_span_id"] == provisioning["span_id"])?
+            .clone();
+        let post = all
+            .iter()
+            .find(|s| s["parent_span_id"] == notify["span_id"])?
+            .clone();
+        Some((notify, post))
+    })
+    .await;
+    assert_eq!(notify["trace_id"], webhook["trace_id"]);
+    assert_eq!(attr(&notify, "channel"), "teams");
+    assert_eq!(attr(&notify, "outcome"), "sent");
+    assert_eq!(post["name"], "teams post card", "{post}");
+    assert_eq!(attr(&post, "http.response.status_code"), 200);
 
     // No secret anywhere an operator's tools look: spans, log lines, metrics.
     let metrics = sb

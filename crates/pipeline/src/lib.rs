@@ -21,7 +21,7 @@ use actix::{Actor, Addr};
 
 pub use bridge::{Bridge, BuildError, Channels};
 pub use metrics::Metrics;
-pub use notices::{Notice, NoticeSink, Notifier, NotifierMailbox};
+pub use notices::{Notice, NoticeSink, Notifier, NotifierMailbox, TracedNotice};
 
 /// The running actors. Must be started inside an actix system (`actix_rt`).
 pub struct Pipeline {
