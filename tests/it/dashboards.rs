@@ -299,6 +299,23 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_over_a_provisionin
         assert!(!expr.contains('$'), "an unreplaced variable in {expr}");
     }
 
+    // Wait until Prometheus has scraped what the scenario did: three 429s from Recurly, each
+    // waited out; a duplicate webhook; a plan provisioned, one failed, a subscription approved.
+    for condition in [
+        r#"sum(billing_bridge_upstream_requests_total{upstream="recurly",status="429"}) == 3"#,
+        r#"sum(billing_bridge_rate_limit_waits_total{upstream="recurly"}) == 3"#,
+        r#"sum(billing_bridge_webhooks_received_total{outcome="duplicate"}) == 1"#,
+        r#"sum(billing_bridge_provisioning_total{resource="plan",outcome="failed"}) >= 1"#,
+        r#"sum(billing_bridge_provisioning_total{resource="subscription",outcome="approved"}) == 1"#,
+        r#"sum(billing_bridge_notifications_total{channel="mail",outcome="sent"}) == 1"#,
+    ] {
+        wait_for(condition, Duration::from_secs(10), || async {
+            let result = query(&http, &prometheus.url, condition).await.ok()?;
+            (!result.is_empty()).then_some(())
+        })
+        .await;
+    }
+
     // Poll until every flow-watching query has data (rates need two scrapes after a change).
     let expects_data = |expr: &str| {
         expr.contains("or vector(0)") || !REPORTING_ONLY.iter().any(|m| expr.contains(m))

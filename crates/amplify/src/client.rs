@@ -346,7 +346,9 @@ impl AmplifyClient {
         let attempt = || {
             self.settings
                 .retry
-                .run(|| self.exchange(operation, &method, url, body))
+                .run_observed(Some((&self.observer, Upstream::Amplify)), || {
+                    self.exchange(operation, &method, url, body)
+                })
         };
         match attempt().await {
             // One more round with a fresh token: a 401 with a cached token is not final.

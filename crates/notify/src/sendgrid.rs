@@ -109,7 +109,7 @@ impl SendGridMailer {
     pub async fn send(&self, mail: &Mail) -> Result<Option<String>, NotifyError> {
         let body = request_body(mail);
         self.retry
-            .run(|| {
+            .run_observed(Some((&self.observer, Upstream::Sendgrid)), || {
                 self.send_once(&body)
                     .instrument(call_span(Upstream::Sendgrid, OPERATION, "POST"))
             })

@@ -112,7 +112,7 @@ impl TeamsClient {
     pub async fn post(&self, card: &ProviderCard) -> Result<(), NotifyError> {
         let envelope = card.to_envelope();
         self.retry
-            .run(|| {
+            .run_observed(Some((&self.observer, Upstream::Teams)), || {
                 async {
                     timed_wait(&self.observer, Upstream::Teams, self.limiter.until_ready()).await;
                     let started = Instant::now();

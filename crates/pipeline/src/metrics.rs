@@ -273,7 +273,7 @@ impl Default for Metrics {
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks_received",
-            "Amplify webhooks received, by what intake did with them (outcome=\"duplicate\": a replay of an accepted event)",
+            "Amplify webhooks received, by what intake did with them (duplicate: a replay of an accepted event)",
             webhooks.clone(),
         );
         let provisioning = Family::<ProvisioningLabels, Counter>::default();
@@ -342,7 +342,7 @@ impl Default for Metrics {
         let rate_limit_waits = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "rate_limit_waits",
-            "Calls that waited for the client's own limiter or an upstream's reset time",
+            "Waits for a rate limit: the client's own limiter, an upstream's reset time, a 429's Retry-After",
             rate_limit_waits.clone(),
         );
         let rate_limit_wait_seconds = Family::<UpstreamLabels, Counter<f64>>::default();

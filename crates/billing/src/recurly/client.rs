@@ -288,7 +288,9 @@ impl RecurlyClient {
         let value = self
             .settings
             .retry
-            .run(|| self.exchange(operation, &method, path_and_query, body, idempotency_key))
+            .run_observed(Some((&self.observer, Upstream::Recurly)), || {
+                self.exchange(operation, &method, path_and_query, body, idempotency_key)
+            })
             .await?
             .unwrap_or(Value::Null);
         serde_json::from_value(value).map_err(|e| RecurlyError::Unexpected {
