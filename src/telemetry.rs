@@ -77,5 +77,9 @@ pub fn init(config: Option<&TelemetryConfig>, default_filter: &str) -> anyhow::R
         .with(traces)
         .try_init()
         .context("installing the log subscriber")?;
+    if let (Some(config), Some(_)) = (config, &provider) {
+        // The endpoint is not logged: a collector URL may carry credentials.
+        tracing::info!(service = %config.service_name, "exporting traces over OTLP/HTTP");
+    }
     Ok(Telemetry { provider })
 }
