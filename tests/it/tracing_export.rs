@@ -12,7 +12,7 @@ use std::time::Duration;
 use billing_bridge_pipeline::hooks::{HookSpec, install_hooks};
 use serde_json::Value;
 
-use crate::provisioning::{Provider, WAIT, plan_code, recurly};
+use crate::provisioning::{Provider, WAIT, plan_code, recurly, seed};
 use crate::support::{TestSandbox, bridge_config, bridge_sandbox, wait_for};
 
 const CLIENT_SECRET: &str = "otlp-amplify-client-secret";
@@ -255,6 +255,42 @@ async fn one_webhook_is_one_trace_through_provisioning_and_no_secret_leaks() {
     assert_eq!(attr(&notify, "outcome"), "sent");
     assert_eq!(post["name"], "teams post card", "{post}");
     assert_eq!(attr(&post, "http.response.status_code"), 200);
+
+    // A subscription too, so the secret check below covers SendGrid and the account lookups: its
+    // own trace, with the approval mail's delivery in it.
+    seed(&sb, serde_json::json!({
+        "amplify": {"users": [{"guid": "user-1", "email": "dev@consumer.example"}]},
+        "recurly": {"accounts": [{"code": "amplify-team-team-1", "email": "billing@consumer.example"}]}
+    }))
+    .await;
+    provider
+        .subscribe("sub-1", &plan_name, "team-1", "user-1")
+        .await;
+    let (subscription, mail) = wait_for("the subscription's spans", WAIT, || async {
+        let all = spans(&sb).await;
+        let subscription = all
+            .iter()
+            .find(|s| s["name"] == "provision_subscription" && attr(s, "outcome") == "approved")?
+            .clone();
+        let notify = all.iter().find(|s| {
+            s["name"] == "notify"
+                && attr(s, "channel") == "mail"
+                && s["parent_span_id"] == subscription["span_id"]
+        })?;
+        let mail = all
+            .iter()
+            .find(|s| s["parent_span_id"] == notify["span_id"])?
+            .clone();
+        Some((subscription, mail))
+    })
+    .await;
+    assert_ne!(
+        subscription["trace_id"], webhook["trace_id"],
+        "one trace per webhook"
+    );
+    assert_eq!(mail["name"], "sendgrid send mail");
+    assert_eq!(mail["trace_id"], subscription["trace_id"]);
+    assert_eq!(attr(&mail, "http.response.status_code"), 202);
 
     // No secret anywhere an operator's tools look: spans, log lines, metrics.
     let metrics = sb
