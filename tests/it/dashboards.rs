@@ -5,6 +5,7 @@
 //! return data, the rules are healthy and the failure alert fires. `promtool` checks the rule
 //! file and runs its unit tests.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +46,9 @@ fn tool(name: &str) -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "{name} is not installed; .ci/run installs it with `apt-get install prometheus`"
         );
-        eprintln!(
+        // Written to the process's stderr, past the test harness's capture, so it is seen.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n!!! SKIPPED: {name} is not installed (apt-get install prometheus); the dashboards and alert rules were NOT checked !!!\n"
         );
     }
