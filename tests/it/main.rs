@@ -2,6 +2,7 @@
 
 mod amplify_conformance;
 mod cli;
+mod dashboards;
 mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;
@@ -13,3 +14,4 @@ mod recurly_client;
 mod recurly_conformance;
 mod sandbox_control;
 mod support;
+mod tracing_export;
