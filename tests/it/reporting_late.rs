@@ -1,0 +1,173 @@
+//! Late traffic: calls that reach Traceability after their window was reported. With
+//! `repoll_windows > 0` a normal run reports them once, as a delta record; with 0 only a backfill
+//! does.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::reporting::{
+    Expected, billed, calls, closed_windows, inject, report, reporting_overrides, rfc3339, span,
+    usage_posts, usage_totals, whole,
+};
+use crate::support::bridge_sandbox;
+
+/// The usage record created last with a merchant tag ending in `suffix`.
+async fn record_tagged(sb: &crate::support::TestSandbox, suffix: &str) -> Vec<Value> {
+    usage_posts(sb)
+        .await
+        .into_iter()
+        .filter(|p| {
+            p["body"]["merchant_tag"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(suffix))
+        })
+        .map(|p| p["body"].clone())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn late_traffic_into_a_reported_window_is_billed_once_as_a_delta_when_repolled() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(3);
+    let overrides = reporting_overrides(
+        &format!(
+            "repoll_windows = 3\nstart_at = \"{}\"",
+            rfc3339(windows[0].0)
+        ),
+        "",
+    );
+    let b = billed(&sb, &overrides, 1).await;
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    let mut expected = Expected::default();
+    let mut events = calls(sub, quota, windows[1], 4);
+    events.extend(calls(sub, quota, windows[2], 2));
+    expected.add(sub, quota, windows[1].0, 4);
+    expected.add(sub, quota, windows[2].0, 2);
+    inject(&sb, &events).await;
+
+    let first = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(first["complete"], true, "{first}");
+    assert_eq!(first["records"], 2, "{first}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+
+    // Three calls of the last reported window arrive late.
+    inject(&sb, &calls(sub, quota, windows[2], 3)).await;
+    let second = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&second["records"], &second["units"]),
+        (&json!(1), &json!(3)),
+        "{second}"
+    );
+    let repolled = second["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["start_ms"] == windows[2].0)
+        .unwrap_or_else(|| panic!("the late window is polled again: {second}"));
+    assert_eq!(repolled["repoll"], true, "{repolled}");
+    let tag = format!(
+        "amplify:{} window:{}-{}",
+        sub.amplify_id, windows[2].0, windows[2].1
+    );
+    let delta = record_tagged(&sb, " late#1").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(delta[0]["merchant_tag"], format!("{tag} late#1"));
+    assert_eq!(whole(&delta[0]["amount"]), 3);
+    let at: DateTime<Utc> = delta[0]["usage_timestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        windows[2].0 <= at.timestamp_millis() && at.timestamp_millis() < windows[2].1,
+        "the delta is dated inside its window: {at}"
+    );
+    // The delta is its own record: one more record for the pair.
+    let mut totals = expected.totals();
+    let pair = (sub.recurly_id.clone(), quota.add_on());
+    totals.get_mut(&pair).unwrap().0 += 1;
+    totals.get_mut(&pair).unwrap().1 += 3;
+    assert_eq!(usage_totals(&sb).await, totals);
+
+    // Polled again with nothing new: nothing added.
+    let third = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&third["records"], &third["units"]),
+        (&json!(0), &json!(0)),
+        "{third}"
+    );
+    // A second late arrival is a second delta.
+    inject(&sb, &calls(sub, quota, windows[2], 2)).await;
+    let fourth = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&fourth["records"], &fourth["units"]),
+        (&json!(1), &json!(2)),
+        "{fourth}"
+    );
+    let delta = record_tagged(&sb, " late#2").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(delta[0]["merchant_tag"], format!("{tag} late#2"));
+    totals.get_mut(&pair).unwrap().0 += 1;
+    totals.get_mut(&pair).unwrap().1 += 2;
+    assert_eq!(usage_totals(&sb).await, totals);
+    // Nor does a backfill over the same windows add anything.
+    let backfill = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(
+        (&backfill["records"], &backfill["units"]),
+        (&json!(0), &json!(0)),
+        "{backfill}"
+    );
+    assert_eq!(usage_totals(&sb).await, totals);
+}
+
+#[actix_rt::test]
+async fn without_repoll_late_traffic_waits_for_a_backfill_which_bills_it_once() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(2);
+    let overrides = reporting_overrides(
+        &format!(
+            "repoll_windows = 0\nstart_at = \"{}\"",
+            rfc3339(windows[0].0)
+        ),
+        "",
+    );
+    let b = billed(&sb, &overrides, 1).await;
+    let (sub, quota) = (&b.subs[0], &b.quotas[1]);
+    let mut expected = Expected::default();
+    inject(&sb, &calls(sub, quota, windows[1], 5)).await;
+    expected.add(sub, quota, windows[1].0, 5);
+    let first = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(first["records"], 1, "{first}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+
+    inject(&sb, &calls(sub, quota, windows[1], 3)).await;
+    let second = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&second["records"], &second["units"]),
+        (&json!(0), &json!(0)),
+        "a normal run does not look back: {second}"
+    );
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+
+    let backfill = span(&windows[1..]);
+    let third = report(&sb, &b.bridge.url, Some(&backfill)).await;
+    assert_eq!(
+        (&third["records"], &third["units"]),
+        (&json!(1), &json!(3)),
+        "{third}"
+    );
+    let delta = record_tagged(&sb, " late#1").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    let pair = (sub.recurly_id.clone(), quota.add_on());
+    let mut totals = expected.totals();
+    totals.get_mut(&pair).unwrap().0 += 1;
+    totals.get_mut(&pair).unwrap().1 += 3;
+    assert_eq!(usage_totals(&sb).await, totals);
+    let again = report(&sb, &b.bridge.url, Some(&backfill)).await;
+    assert_eq!(
+        (&again["records"], &again["units"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    assert_eq!(usage_totals(&sb).await, totals);
+}
