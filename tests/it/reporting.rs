@@ -975,6 +975,21 @@ async fn the_report_endpoint_takes_only_the_admin_token_and_only_closed_windows(
         (&json!(true), &json!(0))
     );
 
+    // A window is closed only once `delay` has passed after its end.
+    let delayed = spawn_bridge(
+        &sb,
+        "[reporting]\nschedule = \"\"\nwindow = \"1m\"\ndelay = \"10m\"\n[store]\nstate_file = \"\"\n",
+    )
+    .await;
+    let recent = span(&windows[2..]);
+    let (status, _, answer) =
+        report_with(&sb, &delayed.url, Some(ADMIN_TOKEN), Some(&recent)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
+    let old = span(&closed_windows(12)[..1]);
+    let (status, _, answer) = report_with(&sb, &delayed.url, Some(ADMIN_TOKEN), Some(&old)).await;
+    assert_eq!(status, 200, "a window closed 11 minutes ago: {answer}");
+
     // With reporting off, a report is refused.
     let off = spawn_bridge(&sb, &reporting_overrides("enabled = false", "")).await;
     let (status, _, answer) = report_with(&sb, &off.url, Some(ADMIN_TOKEN), Some(&body)).await;

@@ -1,15 +1,19 @@
-//! Late traffic: calls that reach Traceability after their window was reported. With
-//! `repoll_windows > 0` a normal run reports them once, as a delta record; with 0 only a backfill
-//! does.
+//! Normal runs (no bounds): the cron schedule, catch-up from the watermark bounded by
+//! `max_windows_per_run`, and late traffic, i.e. calls that reach Traceability after their window
+//! was reported: with `repoll_windows > 0` a normal run reports them once, as a delta record;
+//! with 0 only a backfill does.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use std::time::Duration;
+
+use crate::provisioning::sandbox_json;
 use crate::reporting::{
-    Expected, billed, calls, closed_windows, inject, report, reporting_overrides, rfc3339, span,
-    usage_posts, usage_totals, whole,
+    Expected, billed, calls, closed_windows, grid, inject, report, reporting_overrides, rfc3339,
+    span, usage_posts, usage_totals, whole,
 };
-use crate::support::bridge_sandbox;
+use crate::support::{TestSandbox, bridge_sandbox, wait_for};
 
 /// The usage record created last with a merchant tag ending in `suffix`.
 async fn record_tagged(sb: &crate::support::TestSandbox, suffix: &str) -> Vec<Value> {
@@ -170,4 +174,102 @@ async fn without_repoll_late_traffic_waits_for_a_backfill_which_bills_it_once() 
         "{again}"
     );
     assert_eq!(usage_totals(&sb).await, totals);
+}
+
+/// How many traffic summary pages the bridge has read from Traceability so far.
+async fn summary_reads(sb: &TestSandbox) -> usize {
+    sandbox_json(sb, "/_sandbox/requests?upstream=amplify")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/traceability/summary"))
+        })
+        .count()
+}
+
+#[actix_rt::test]
+async fn the_schedule_bills_closed_windows_unasked_and_later_runs_add_nothing() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(2);
+    // Every two seconds (six fields, seconds first); the last window is polled again each run,
+    // so every run reads Traceability.
+    let overrides = format!(
+        "[reporting]\nschedule = \"*/2 * * * * *\"\nwindow = \"1m\"\ndelay = \"0s\"\n\
+         repoll_windows = 1\nstart_at = \"{}\"\n[store]\nstate_file = \"\"\n",
+        rfc3339(windows[0].0)
+    );
+    let b = billed(&sb, &overrides, 1).await;
+    let (events, expected) = grid(&b.subs, &b.quotas[..2], &windows);
+    inject(&sb, &events).await;
+    wait_for(
+        "the scheduled runs to bill the traffic",
+        Duration::from_secs(12),
+        || async { (usage_totals(&sb).await == expected.totals()).then_some(()) },
+    )
+    .await;
+    let reads = summary_reads(&sb).await;
+    wait_for(
+        "two more scheduled runs",
+        Duration::from_secs(8),
+        || async { (summary_reads(&sb).await >= reads + 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    assert_eq!(usage_posts(&sb).await.len() as u64, expected.records());
+}
+
+#[actix_rt::test]
+async fn catch_up_takes_at_most_max_windows_per_run_oldest_first() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(5);
+    let overrides = reporting_overrides(
+        &format!(
+            "max_windows_per_run = 2\nstart_at = \"{}\"",
+            rfc3339(windows[0].0)
+        ),
+        "",
+    );
+    let b = billed(&sb, &overrides, 1).await;
+    let (events, expected) = grid(&b.subs, &b.quotas[..1], &windows);
+    inject(&sb, &events).await;
+    let reported_by = |summary: &serde_json::Value| -> Vec<i64> {
+        summary["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["repoll"] != true)
+            .map(|w| w["start_ms"].as_i64().unwrap())
+            .collect()
+    };
+    let first = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(reported_by(&first), [windows[0].0, windows[1].0], "{first}");
+    assert_eq!(first["records"], 2, "{first}");
+    let second = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        reported_by(&second),
+        [windows[2].0, windows[3].0],
+        "{second}"
+    );
+    let third = report(&sb, &b.bridge.url, None).await;
+    let third_windows = reported_by(&third);
+    assert_eq!(third_windows.first(), Some(&windows[4].0), "{third}");
+    assert!(third_windows.len() <= 2, "{third}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    assert_eq!(
+        third["watermark"]
+            .as_str()
+            .and_then(|w| w.parse::<DateTime<Utc>>().ok())
+            .map(|w| w.timestamp_millis()),
+        third["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w["end_ms"].as_i64())
+            .max(),
+        "the watermark is the end of the last window reported: {third}"
+    );
 }
