@@ -130,6 +130,10 @@ fn bridge_config(sandbox: &str, queue_capacity: u64) -> billing_bridge_config::B
         timeout = "5s"
         [provisioning]
         marketplace_url = "https://marketplace.example"
+        [store]
+        state_file = ""
+        [reporting]
+        schedule = ""
         "#
     );
     billing_bridge_config::BridgeConfig::from_toml_layers(&[&toml]).expect("bench bridge config")

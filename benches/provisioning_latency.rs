@@ -65,6 +65,10 @@ fn bridge_config(sandbox: &str) -> billing_bridge_config::BridgeConfig {
         marketplace_url = "https://marketplace.example"
         [notify.teams]
         webhook_url = "{sandbox}/teams/webhookb2/provider-channel"
+        [store]
+        state_file = ""
+        [reporting]
+        schedule = ""
         "#
     );
     billing_bridge_config::BridgeConfig::from_toml_layers(&[&toml]).expect("bench bridge config")
@@ -192,7 +196,7 @@ async fn eligible_plan(client: &Client, index: usize) -> (String, String) {
             json!({"type":"volume","limit":{"type":"tiered","tiers":[{"from":1,"to":100,"cost":1,"flatFee":0},{"from":101,"to":999999999,"cost":0.5,"flatFee":0}]}}),
         ),
     ];
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         quotas.push(("alerts", json!({"type":"perunit","cost":0.01})));
     }
     for (quota, pricing) in quotas {

@@ -61,6 +61,9 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     });
     let teams = config.notify.teams.webhook_url.is_some();
     let mail = config.notify.mail.backend;
+    // `check` only talks to the upstreams: it leaves the state file to a running `serve`.
+    let mut config = config;
+    config.store.state_file.clear();
     let (bridge, _channels) = Bridge::build(
         config,
         RetryPolicy::new(

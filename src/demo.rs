@@ -110,6 +110,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         .context("starting the sandbox")?;
     let sb = sandbox.url();
     let webhook_secret = format!("Bearer {}", uuid::Uuid::new_v4().simple());
+    let admin_token = uuid::Uuid::new_v4().simple().to_string();
     let config = BridgeConfig::from_toml(&format!(
         r#"
         [server]
@@ -140,8 +141,14 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         [notify.mail.sendgrid]
         api_key = "SG.demo"
         base_url = "{sb}/sendgrid"
+        [reporting]
+        schedule = ""
+        window = "1m"
+        delay = "0s"
+        [store]
+        state_file = ""
         "#,
-        admin = uuid::Uuid::new_v4().simple()
+        admin = admin_token
     ))?;
     config.validate()?;
     let (bridge, channels) = Bridge::build(config, RetryPolicy::default())?;
@@ -459,6 +466,67 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         println!("      Teams card to the provider: {title}");
     }
 
+    step.next("Acme calls the API; the bridge reports the traffic of the last minute to Recurly");
+    let window_ms = 60_000i64;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let (from, to) = (
+        (now_ms / window_ms - 1) * window_ms,
+        (now_ms / window_ms) * window_ms,
+    );
+    let generated: Value = http
+        .post(format!("{sb}/_sandbox/traffic/generate"))
+        .json(&json!({"seed": 42, "count": 2_500, "from": from, "to": to}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let traffic: u64 = generated["totals"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|r| r["totalCount"].as_u64()).sum())
+        .unwrap_or(0);
+    println!("      Traceability holds {traffic} calls of Acme's in the window");
+    let report = |dry_run: bool| {
+        let (http, bridge_url, admin_token) = (&http, server.url(), &admin_token);
+        async move {
+            let summary: Value = http
+                .post(format!("{bridge_url}/admin/report"))
+                .bearer_auth(admin_token)
+                .json(&json!({"from": from, "to": to, "dry_run": dry_run}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(summary)
+        }
+    };
+    let first = report(false).await?;
+    let totals: Value = http
+        .get(format!("{sb}/_sandbox/recurly/usage_totals"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut in_recurly = 0u64;
+    for total in totals.as_array().into_iter().flatten() {
+        let amount = total["amount"].as_f64().unwrap_or(0.0) as u64;
+        in_recurly += amount;
+        println!(
+            "      Recurly usage on {}: {amount} in {} record(s)",
+            text(total, "/add_on_code"),
+            total["records"]
+        );
+    }
+    if in_recurly != traffic {
+        bail!("Recurly holds {in_recurly} units for {traffic} calls");
+    }
+    let again = report(false).await?;
+    println!(
+        "      {} record(s) sent; every call billed once ({in_recurly} of {traffic}). Reporting the window again sent {} more.",
+        first["records"], again["records"]
+    );
+
     step.next("Result");
     let metrics = bridge.metrics.encode();
     let accepted = metrics
@@ -467,7 +535,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         .and_then(|l| l.rsplit(' ').next())
         .unwrap_or("0");
     println!(
-        "      {accepted} webhook event(s) acted on; 1 Recurly plan with 3 usage add-ons; 1 Recurly subscription; 1 approval and 1 rejection in Amplify; {} mail(s); {} Teams card(s)",
+        "      {accepted} webhook event(s) acted on; 1 Recurly plan with 3 usage add-ons; 1 Recurly subscription; 1 approval and 1 rejection in Amplify; {} mail(s); {} Teams card(s); {traffic} API calls billed as usage",
         mails.len(),
         cards.len()
     );

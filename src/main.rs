@@ -3,6 +3,7 @@
 
 mod check;
 mod demo;
+mod report;
 mod serve;
 
 use std::path::PathBuf;
@@ -53,6 +54,24 @@ enum Command {
         #[arg(long, default_value = "billing-bridge")]
         name: String,
     },
+    /// Reports traffic to Recurly now: the windows due (as a scheduled run would), or every
+    /// window of a range (a backfill; already reported windows only get late traffic).
+    Report {
+        #[arg(long, env = "BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Start of the range: RFC 3339 (2026-11-01T00:00:00Z) or epoch milliseconds.
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// End of the range (exclusive).
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Print what would be reported, unmatched traffic included; send and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the default configuration, every setting commented.
     Config,
     /// Runs the local emulator of Amplify, Traceability, Recurly, Teams and SendGrid.
@@ -92,6 +111,26 @@ fn main() -> anyhow::Result<()> {
             Command::Check { config } => check::run(config.as_deref()).await,
             Command::InstallHooks { config, url, name } => {
                 serve::install_hooks(config.as_deref(), &url, &name).await
+            }
+            Command::Report {
+                config,
+                from,
+                to,
+                dry_run,
+                json,
+            } => {
+                let code = report::run_report(report::Options {
+                    config: config.as_deref(),
+                    from: from.as_deref(),
+                    to: to.as_deref(),
+                    dry_run,
+                    json,
+                })
+                .await?;
+                if code != 0 {
+                    std::process::exit(code);
+                }
+                Ok(())
             }
             Command::Config => {
                 print!("{}", billing_bridge_config::DEFAULT_CONFIG);

@@ -63,6 +63,9 @@ pub async fn install_hooks(config: Option<&Path>, url: &str, name: &str) -> anyh
         .to_owned();
     let header = config.webhook.header.clone();
     let webhook_url = format!("{}{WEBHOOK_PATH}", url.trim_end_matches('/'));
+    // Only Amplify is needed: the state file stays with a running `serve`.
+    let mut config = config;
+    config.store.state_file.clear();
     let (bridge, _channels) = Bridge::build(config, RetryPolicy::default())?;
     let done = install(
         &bridge.amplify,

@@ -119,6 +119,10 @@ pub fn bridge_config(sb: &TestSandbox, overrides: &str) -> billing_bridge_config
         [notify.mail.sendgrid]
         api_key = "SG.test"
         base_url = "{sb}/sendgrid"
+        [store]
+        state_file = ""
+        [reporting]
+        schedule = ""
         "#,
         sb = sb.url
     );

@@ -21,8 +21,9 @@ use crate::AmplifyError;
 const TOKEN_PATH: &str = "/realms/Broker/protocol/openid-connect/token";
 /// Renew a token this long before Amplify says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
-/// Page size for lists (Amplify's default is 20).
-const PAGE_SIZE: u32 = 100;
+/// Page size asked for lists (Amplify's default is 20). Its cap is unknown [I]; a smaller page
+/// is harmless, because the next one comes from the `Link` header.
+const PAGE_SIZE: u32 = 1000;
 /// How often an attribute write is retried when the resource changed meanwhile (428).
 const CONFLICT_RETRIES: usize = 3;
 
@@ -501,13 +502,14 @@ impl AmplifyClient {
         }
     }
 
-    /// Every row of a Traceability summary, paging with `count`/`offset` until a short page.
+    /// Every row of a Traceability summary, paging with `count`/`offset` until a short page,
+    /// each row read as `T` page by page (so a large summary is never held as raw JSON).
     /// The parameters are those of §5.1; which `groupBy` fields the real API accepts is unknown.
-    pub async fn traceability_summary(
+    pub async fn traceability_summary<T: serde::de::DeserializeOwned>(
         &self,
         query: &SummaryQuery,
         page_size: u32,
-    ) -> Result<Vec<Value>, AmplifyError> {
+    ) -> Result<Vec<T>, AmplifyError> {
         let base = format!(
             "{}/api/traceability/v1/traceability/summary",
             self.settings.central_url.trim_end_matches('/')
@@ -535,9 +537,14 @@ impl AmplifyClient {
                     None,
                 )
                 .await?;
-            let page = match body {
-                Some(Value::Array(page)) => page,
+            let page: Vec<T> = match body {
                 None => Vec::new(),
+                Some(value @ Value::Array(_)) => {
+                    serde_json::from_value(value).map_err(|e| AmplifyError::Unexpected {
+                        operation: "traceability summary",
+                        detail: format!("a row could not be read: {e}"),
+                    })?
+                }
                 Some(_) => {
                     return Err(AmplifyError::Unexpected {
                         operation: "traceability summary",

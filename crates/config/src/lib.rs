@@ -34,6 +34,7 @@ pub struct BridgeConfig {
     pub recurly: RecurlyConfig,
     pub provisioning: ProvisioningConfig,
     pub notify: NotifyConfig,
+    pub reporting: ReportingConfig,
     pub store: StoreConfig,
 }
 
@@ -118,11 +119,49 @@ pub struct ProvisioningConfig {
     pub marketplace_url: String,
 }
 
+/// Which Traceability count is billed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BilledCount {
+    Total,
+    Success,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportingConfig {
+    pub enabled: bool,
+    /// Cron expression (UTC), 5 fields or 6 with seconds first; empty: on demand only.
+    pub schedule: String,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    pub max_windows_per_run: usize,
+    pub repoll_windows: usize,
+    pub billed_count: BilledCount,
+    pub page_size: u32,
+    pub concurrency: usize,
+    /// RFC 3339; the first window when the store has no watermark yet.
+    #[serde(default)]
+    pub start_at: Option<String>,
+    /// Reported windows whose per-record details are kept (for late deltas and backfills)
+    /// beyond the re-polled ones; older ones keep only "done".
+    pub keep_details_windows: usize,
+    /// Recurly keeps idempotency keys for an undocumented time; a record left unsettled for
+    /// longer is looked up in Recurly before it is sent again.
+    #[serde(with = "humantime_serde")]
+    pub trust_idempotency_for: Duration,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     #[serde(default)]
     pub redis_url: Option<SecretString>,
+    /// The memory store's journal file; empty: nothing kept on disk.
+    #[serde(default)]
+    pub state_file: String,
 }
 
 fn is_blank(secret: &Option<SecretString>) -> bool {
@@ -205,6 +244,19 @@ impl BridgeConfig {
         }
         if self.amplify.requests_per_minute == 0 {
             problems.push("amplify.requests_per_minute must be at least 1".into());
+        }
+        let reporting = &self.reporting;
+        if reporting.window.as_millis() < 1_000
+            || !reporting.window.as_millis().is_multiple_of(1_000)
+        {
+            problems.push("reporting.window must be whole seconds, at least 1s".into());
+        }
+        if reporting.max_windows_per_run == 0 {
+            problems.push("reporting.max_windows_per_run must be at least 1".into());
+        }
+        if reporting.page_size == 0 || reporting.concurrency == 0 {
+            problems
+                .push("reporting.page_size and reporting.concurrency must be at least 1".into());
         }
         if self.server.queue_capacity == 0 {
             problems.push("server.queue_capacity must be at least 1".into());

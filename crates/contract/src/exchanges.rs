@@ -48,21 +48,21 @@ pub fn check_recorded_exchanges(
         };
 
         let request_body = entry.get("body").unwrap_or(&Value::Null);
-        if !request_body.is_null() || matches!(method, "POST" | "PUT" | "PATCH") {
-            if let Err(v) = contract.validate_request(method, path, &json_or_raw(request_body)) {
-                let refused = status.is_some_and(|s| (400..500).contains(&s));
-                match policy {
-                    ExchangePolicy::ClientMustConform => found.extend(tag(v)),
-                    ExchangePolicy::ServerMustRefuseInvalid if refused => {}
-                    ExchangePolicy::ServerMustRefuseInvalid => {
-                        found.extend(tag(v).map(|v| Violation {
-                            message: format!(
-                                "the server accepted a request outside the contract: {}",
-                                v.message
-                            ),
-                            ..v
-                        }));
-                    }
+        if (!request_body.is_null() || matches!(method, "POST" | "PUT" | "PATCH"))
+            && let Err(v) = contract.validate_request(method, path, &json_or_raw(request_body))
+        {
+            let refused = status.is_some_and(|s| (400..500).contains(&s));
+            match policy {
+                ExchangePolicy::ClientMustConform => found.extend(tag(v)),
+                ExchangePolicy::ServerMustRefuseInvalid if refused => {}
+                ExchangePolicy::ServerMustRefuseInvalid => {
+                    found.extend(tag(v).map(|v| Violation {
+                        message: format!(
+                            "the server accepted a request outside the contract: {}",
+                            v.message
+                        ),
+                        ..v
+                    }));
                 }
             }
         }

@@ -380,12 +380,12 @@ fn complete_error_schema(components: &mut Map<String, Value>) {
     let Some(error) = components.get_mut("Error") else {
         return;
     };
-    if let Some(props) = error.pointer_mut("/properties/params/items/properties") {
-        if let Some(props) = props.as_object_mut() {
-            props
-                .entry("message")
-                .or_insert_with(|| json!({"type": "string"}));
-        }
+    if let Some(props) = error.pointer_mut("/properties/params/items/properties")
+        && let Some(props) = props.as_object_mut()
+    {
+        props
+            .entry("message")
+            .or_insert_with(|| json!({"type": "string"}));
     }
     if let Some(props) = error
         .pointer_mut("/properties")

@@ -69,10 +69,8 @@ pub fn convert(schema: &Value, components: &Map<String, Value>, dir: Direction) 
             None => Value::Bool(false),
         };
         out.insert("additionalProperties".into(), additional);
-    } else if is_object {
-        if let Some(add) = obj.get("additionalProperties") {
-            out.insert("additionalProperties".into(), convert(add, components, dir));
-        }
+    } else if is_object && let Some(add) = obj.get("additionalProperties") {
+        out.insert("additionalProperties".into(), convert(add, components, dir));
     }
 
     if let Some(items) = obj.get("items") {
@@ -95,10 +93,10 @@ pub fn convert(schema: &Value, components: &Map<String, Value>, dir: Direction) 
         ("exclusiveMinimum", "minimum"),
         ("exclusiveMaximum", "maximum"),
     ] {
-        if obj.get(flag) == Some(&Value::Bool(true)) {
-            if let Some(limit) = out.remove(bound) {
-                out.insert(flag.into(), limit);
-            }
+        if obj.get(flag) == Some(&Value::Bool(true))
+            && let Some(limit) = out.remove(bound)
+        {
+            out.insert(flag.into(), limit);
         }
     }
     if let Some(Value::String(pattern)) = obj.get("pattern") {
@@ -156,18 +154,18 @@ fn regex_literal(pattern: &str) -> String {
     let literal = pattern
         .strip_prefix('/')
         .and_then(|rest| rest.rfind('/').map(|end| (&rest[..end], &rest[end + 1..])));
-    if let Some((body, flags)) = literal {
-        if flags.chars().all(|c| c.is_ascii_alphabetic()) {
-            let inline: String = flags
-                .chars()
-                .filter(|c| matches!(c, 'i' | 'm' | 's'))
-                .collect();
-            return if inline.is_empty() {
-                body.to_owned()
-            } else {
-                format!("(?{inline}){body}")
-            };
-        }
+    if let Some((body, flags)) = literal
+        && flags.chars().all(|c| c.is_ascii_alphabetic())
+    {
+        let inline: String = flags
+            .chars()
+            .filter(|c| matches!(c, 'i' | 'm' | 's'))
+            .collect();
+        return if inline.is_empty() {
+            body.to_owned()
+        } else {
+            format!("(?{inline}){body}")
+        };
     }
     pattern.to_owned()
 }
@@ -262,10 +260,10 @@ pub fn reachable_components(start: &Value, converted: &Map<String, Value>) -> BT
         match node {
             Value::Object(map) => {
                 let target = map.get("$ref").and_then(Value::as_str);
-                if let Some(name) = target.and_then(|t| t.strip_prefix(SCHEMA_REF_PREFIX)) {
-                    if seen.insert(name.to_owned()) {
-                        stack.extend(converted.get(name));
-                    }
+                if let Some(name) = target.and_then(|t| t.strip_prefix(SCHEMA_REF_PREFIX))
+                    && seen.insert(name.to_owned())
+                {
+                    stack.extend(converted.get(name));
                 }
                 stack.extend(map.values());
             }

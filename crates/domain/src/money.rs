@@ -60,7 +60,7 @@ impl Amount {
             return Err(AmountError::TooPrecise { value, places: 9 });
         }
         let step = 10u64.pow(9 - places.min(9));
-        if nanos % step != 0 {
+        if !nanos.is_multiple_of(step) {
             return Err(AmountError::TooPrecise { value, places });
         }
         Ok(Self { nanos })

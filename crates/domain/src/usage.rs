@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use crate::codes::idempotency_key;
 
 /// A half-open window `[start, end)` in epoch milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Window {
     pub start_ms: i64,
     pub end_ms: i64,
@@ -123,10 +125,21 @@ pub struct BilledSubscription {
     pub quota_by_resource: BTreeMap<String, String>,
 }
 
+/// Why traffic matched no billing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unmatched {
+    /// The subscription is not billed (not linked to a billing subscription).
+    Subscription,
+    /// No quota of the subscription's plan counts the asset resource.
+    Resource,
+}
+
 /// Units per (subscription, quota), and what matched nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aggregate {
     pub units: BTreeMap<(String, String), u64>,
+    /// Unmatched units per (subscription, asset resource), with the reason: shown, not billed.
+    pub unmatched: BTreeMap<(String, String), (Unmatched, u64)>,
     /// Units whose subscription is not billed.
     pub unmatched_subscription: u64,
     /// Units of a billed subscription on a resource no quota of its plan counts.
@@ -140,14 +153,32 @@ impl Aggregate {
 }
 
 /// Sums rows per (subscription, quota). Nothing is dropped: every unit lands in a pair or in an
-/// unmatched count, so the total always equals the traffic.
-pub fn aggregate(rows: &[TrafficRow], billed: &BTreeMap<String, BilledSubscription>) -> Aggregate {
+/// unmatched count, so the total always equals the traffic. `billed` finds a subscription's
+/// billing (a map's `get`, or a directory's lookup).
+pub fn aggregate<'a>(
+    rows: &[TrafficRow],
+    billed: impl Fn(&str) -> Option<&'a BilledSubscription>,
+) -> Aggregate {
     let mut result = Aggregate::default();
     for row in rows {
-        match billed.get(&row.subscription_id) {
-            None => result.unmatched_subscription += row.units,
+        match billed(&row.subscription_id) {
+            None => {
+                result.unmatched_subscription += row.units;
+                result
+                    .unmatched
+                    .entry((row.subscription_id.clone(), row.asset_resource.clone()))
+                    .or_insert((Unmatched::Subscription, 0))
+                    .1 += row.units;
+            }
             Some(sub) => match sub.quota_by_resource.get(&row.asset_resource) {
-                None => result.unmatched_resource += row.units,
+                None => {
+                    result.unmatched_resource += row.units;
+                    result
+                        .unmatched
+                        .entry((row.subscription_id.clone(), row.asset_resource.clone()))
+                        .or_insert((Unmatched::Resource, 0))
+                        .1 += row.units;
+                }
                 Some(quota) => {
                     *result
                         .units
@@ -248,8 +279,10 @@ mod tests {
             let rows: Vec<TrafficRow> = rows.iter()
                 .map(|(s, r, u)| TrafficRow { subscription_id: format!("s{s}"), asset_resource: format!("r{r}"), units: *u })
                 .collect();
-            let aggregate = aggregate(&rows, &billed);
+            let aggregate = aggregate(&rows, |s| billed.get(s));
             prop_assert_eq!(aggregate.total(), rows.iter().map(|r| r.units).sum::<u64>());
+            let listed: u64 = aggregate.unmatched.values().map(|(_, u)| u).sum();
+            prop_assert_eq!(listed, aggregate.unmatched_subscription + aggregate.unmatched_resource);
         }
 
         #[test]

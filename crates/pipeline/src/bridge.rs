@@ -81,7 +81,21 @@ impl Bridge {
         );
         let (provider, mailer) = billing_bridge_notify::channels(&config.notify, &http)
             .map_err(|e| BuildError(e.to_string()))?;
-        let store = Store::memory(config.server.queue_capacity);
+        if let Some(start) = &config.reporting.start_at {
+            crate::usage::parse_instant(start)
+                .map_err(|e| BuildError(format!("reporting.start_at: {e}")))?;
+        }
+        crate::usage::actors::parse_schedule(&config.reporting.schedule).map_err(BuildError)?;
+        let state_file = config.store.state_file.trim();
+        let store = if state_file.is_empty() {
+            Store::memory(config.server.queue_capacity)
+        } else {
+            Store::memory_with_journal(
+                config.server.queue_capacity,
+                std::path::Path::new(state_file),
+            )
+            .map_err(|e| BuildError(e.to_string()))?
+        };
         let bridge = Bridge {
             config,
             amplify,

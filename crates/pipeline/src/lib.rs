@@ -13,6 +13,7 @@ pub mod plan;
 pub mod provision;
 pub mod reconcile;
 pub mod subscription;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -27,7 +28,9 @@ pub struct Pipeline {
     pub bridge: Arc<Bridge>,
     pub reconciler: Addr<actors::Reconciler>,
     pub notifier: Addr<Notifier>,
+    pub reporter: Addr<usage::actors::UsageReporter>,
     router: Addr<actors::Router>,
+    _scheduler: Addr<usage::actors::ReportScheduler>,
 }
 
 impl Pipeline {
@@ -55,11 +58,28 @@ impl Pipeline {
             every: bridge.config.provisioning.reconcile_every,
         }
         .start();
+        let reporter = usage::actors::UsageReporter::new(bridge.clone(), notifier.clone()).start();
+        let schedule = if bridge.config.reporting.enabled {
+            // Checked when the bridge was built.
+            usage::actors::parse_schedule(&bridge.config.reporting.schedule)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let scheduler = usage::actors::ReportScheduler {
+            bridge: bridge.clone(),
+            reporter: reporter.clone(),
+            schedule,
+        }
+        .start();
         Pipeline {
             bridge,
             reconciler,
             notifier,
+            reporter,
             router,
+            _scheduler: scheduler,
         }
     }
 

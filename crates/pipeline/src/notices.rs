@@ -88,3 +88,14 @@ impl Handler<Notice> for Notifier {
         ))
     }
 }
+
+/// Answers once every notice sent before it was handled (a command that exits uses it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for Notifier {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Flush, _ctx: &mut Self::Context) {}
+}

@@ -137,23 +137,22 @@ async fn pass(
     let plan_title = text(&plan, "/title").unwrap_or(&plan_name).to_owned();
 
     // A billing subscription from an earlier pass whose approval did not happen: finish it.
-    if let Some(existing) = linked.as_deref() {
-        if let Some(found) = bridge.recurly.subscription(existing).await? {
-            if CANCELABLE.contains(&found.state.as_str()) {
-                let account = found.account.code.clone().unwrap_or_default();
-                return approve(
-                    bridge,
-                    notices,
-                    &raw,
-                    &event.self_link,
-                    &account,
-                    &found.id,
-                    &sub_title,
-                    &plan_title,
-                )
-                .await;
-            }
-        }
+    if let Some(existing) = linked.as_deref()
+        && let Some(found) = bridge.recurly.subscription(existing).await?
+        && CANCELABLE.contains(&found.state.as_str())
+    {
+        let account = found.account.code.clone().unwrap_or_default();
+        return approve(
+            bridge,
+            notices,
+            &raw,
+            &event.self_link,
+            &account,
+            &found.id,
+            &sub_title,
+            &plan_title,
+        )
+        .await;
     }
 
     let recurly_plan = bridge.recurly.plan(&plan_code).await?;

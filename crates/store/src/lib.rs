@@ -1,13 +1,20 @@
-//! The one seam for billing-bridge state (design.md §5): dedupe marks and the intake queue.
-//! `Store::Memory` is the embedded default for one process; the Redis implementation, for many
-//! instances behind a load balancer, joins this enum with the same operations.
+//! The one seam for billing-bridge state (design.md §5): dedupe marks, the intake queue, leases
+//! with fencing tokens, and the usage ledger with its watermark. `Store::Memory` is the embedded
+//! default for one process (its ledger optionally journaled to a file so it survives restarts);
+//! the Redis implementation, for many instances behind a load balancer, joins this enum with the
+//! same operations.
 
+mod journal;
+pub mod ledger;
 mod memory;
 
 use std::time::Duration;
 
 use billing_bridge_domain::events::ResourceEvent;
+use billing_bridge_domain::usage::Window;
 use thiserror::Error;
+
+use ledger::{Intent, Settled, WindowLedger};
 
 pub use memory::MemoryStore;
 
@@ -17,6 +24,19 @@ pub enum StoreError {
     QueueFull { capacity: usize },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    #[error(
+        "the state file {0} is in use by another billing-bridge process; ask that one (POST /admin/report) or stop it first"
+    )]
+    InUse(String),
+    #[error("the {0} lease was lost to another holder; this run stops")]
+    LeaseLost(String),
+}
+
+/// A lease held under a fencing token: guarded writes go through only while it is current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub token: u64,
 }
 
 /// What a dedupe claim found.
@@ -44,6 +64,14 @@ pub enum Store {
 impl Store {
     pub fn memory(queue_capacity: usize) -> Self {
         Store::Memory(MemoryStore::new(queue_capacity))
+    }
+
+    /// The memory store with its ledger journaled to `state_file`.
+    pub fn memory_with_journal(
+        queue_capacity: usize,
+        state_file: &std::path::Path,
+    ) -> Result<Self, StoreError> {
+        MemoryStore::with_journal(queue_capacity, state_file).map(Store::Memory)
     }
 
     /// Claims an event id: `processing` for `hold`, until [`finish_event`](Self::finish_event)
@@ -93,6 +121,104 @@ impl Store {
                 m.ack(tag);
                 Ok(())
             }
+        }
+    }
+
+    /// Takes the named lease for `ttl` unless someone holds it; `None` when held.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.acquire_lease(name, ttl)),
+        }
+    }
+
+    /// Keeps a lease for another `ttl`; fails when it was lost meanwhile.
+    pub async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.extend_lease(lease, ttl),
+        }
+    }
+
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.release_lease(lease);
+                Ok(())
+            }
+        }
+    }
+
+    /// What the ledger holds for a window (empty when nothing was reported yet).
+    pub async fn window_ledger(&self, window: Window) -> Result<WindowLedger, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.window_ledger(window)),
+        }
+    }
+
+    /// Whether each window is done.
+    pub async fn windows_done(&self, windows: &[Window]) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.windows_done(windows)),
+        }
+    }
+
+    /// Writes intents durably, before their usage records are sent.
+    pub async fn record_intents(
+        &self,
+        lease: &Lease,
+        window: Window,
+        intents: Vec<Intent>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.record_intents(lease, window, intents),
+        }
+    }
+
+    /// Records what became of sent (or skipped) reports.
+    pub async fn settle(
+        &self,
+        lease: &Lease,
+        window: Window,
+        settled: Vec<Settled>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.settle(lease, window, settled),
+        }
+    }
+
+    /// Marks a window done and, when given, moves the watermark to `watermark` (never back).
+    pub async fn mark_done(
+        &self,
+        lease: &Lease,
+        window: Window,
+        watermark: Option<i64>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.mark_done(lease, window, watermark),
+        }
+    }
+
+    /// The end of the last window reported in order, if any.
+    pub async fn watermark(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.watermark()),
+        }
+    }
+
+    /// Drops the per-pair details of done windows ending at or before `before_ms`.
+    pub async fn prune_ledger(&self, before_ms: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.prune(before_ms),
+        }
+    }
+
+    /// True the first time it is asked for `key` (durably), false ever after.
+    pub async fn first_time(&self, key: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => m.first_time(key),
         }
     }
 

@@ -7,7 +7,10 @@ use billing_bridge_domain::events::ResourceEvent;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::{Claim, Delivery, StoreError};
+use crate::journal::Journal;
+use crate::ledger::{Intent, Ledger, Op, Settled, WindowLedger};
+use crate::{Claim, Delivery, Lease, StoreError};
+use billing_bridge_domain::usage::Window;
 
 /// The fewest claims between two sweeps of expired marks.
 const SWEEP_EVERY: usize = 4_096;
@@ -33,11 +36,35 @@ struct Queue {
     next_tag: u64,
 }
 
+struct LedgerState {
+    ledger: Ledger,
+    journal: Option<Journal>,
+}
+
+impl LedgerState {
+    fn apply(&mut self, op: Op, sync: bool) -> Result<(), StoreError> {
+        if let Some(journal) = &mut self.journal {
+            journal.append(&op, sync)?;
+        }
+        self.ledger.apply(op);
+        if let Some(journal) = &mut self.journal
+            && journal.needs_compaction()
+        {
+            journal.compact(&self.ledger)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct MemoryStore {
     capacity: usize,
     marks: Mutex<Marks>,
     queue: Mutex<Queue>,
     arrived: Notify,
+    ledger: Mutex<LedgerState>,
+    /// Lease name → (fencing token, held until).
+    leases: Mutex<HashMap<String, (u64, Instant)>>,
+    next_token: Mutex<u64>,
 }
 
 impl MemoryStore {
@@ -55,7 +82,146 @@ impl MemoryStore {
                 next_tag: 0,
             }),
             arrived: Notify::new(),
+            ledger: Mutex::new(LedgerState {
+                ledger: Ledger::default(),
+                journal: None,
+            }),
+            leases: Mutex::new(HashMap::new()),
+            next_token: Mutex::new(0),
         }
+    }
+
+    /// A memory store whose ledger is kept in a journal file (see [`Journal`]).
+    pub fn with_journal(capacity: usize, path: &std::path::Path) -> Result<Self, StoreError> {
+        let (journal, ledger) = Journal::open(path)?;
+        let store = Self::new(capacity);
+        *store.ledger.lock() = LedgerState {
+            ledger,
+            journal: Some(journal),
+        };
+        Ok(store)
+    }
+
+    pub(crate) fn acquire_lease(&self, name: &str, ttl: Duration) -> Option<Lease> {
+        let now = Instant::now();
+        let mut leases = self.leases.lock();
+        if leases.get(name).is_some_and(|(_, until)| *until > now) {
+            return None;
+        }
+        let token = {
+            let mut next = self.next_token.lock();
+            *next += 1;
+            *next
+        };
+        leases.insert(name.to_owned(), (token, now + ttl));
+        Some(Lease {
+            name: name.to_owned(),
+            token,
+        })
+    }
+
+    pub(crate) fn release_lease(&self, lease: &Lease) {
+        let mut leases = self.leases.lock();
+        if leases
+            .get(&lease.name)
+            .is_some_and(|(t, _)| *t == lease.token)
+        {
+            leases.remove(&lease.name);
+        }
+    }
+
+    /// A write guarded by a lease goes through only while the lease is still the current one.
+    fn check_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let now = Instant::now();
+        match self.leases.lock().get(&lease.name) {
+            Some((token, until)) if *token == lease.token && *until > now => Ok(()),
+            _ => Err(StoreError::LeaseLost(lease.name.clone())),
+        }
+    }
+
+    pub(crate) fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<(), StoreError> {
+        let now = Instant::now();
+        match self.leases.lock().get_mut(&lease.name) {
+            Some((token, until)) if *token == lease.token && *until > now => {
+                *until = now + ttl;
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost(lease.name.clone())),
+        }
+    }
+
+    pub(crate) fn window_ledger(&self, window: Window) -> WindowLedger {
+        self.ledger
+            .lock()
+            .ledger
+            .windows
+            .get(&window)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn windows_done(&self, windows: &[Window]) -> Vec<bool> {
+        let state = self.ledger.lock();
+        windows
+            .iter()
+            .map(|w| state.ledger.windows.get(w).is_some_and(|e| e.done))
+            .collect()
+    }
+
+    pub(crate) fn record_intents(
+        &self,
+        lease: &Lease,
+        window: Window,
+        intents: Vec<Intent>,
+    ) -> Result<(), StoreError> {
+        self.check_lease(lease)?;
+        self.ledger.lock().apply(Op::Intents(window, intents), true)
+    }
+
+    pub(crate) fn settle(
+        &self,
+        lease: &Lease,
+        window: Window,
+        settled: Vec<Settled>,
+    ) -> Result<(), StoreError> {
+        self.check_lease(lease)?;
+        // Not synced: a settlement lost to a power cut only means the record is sent again
+        // under the same idempotency key.
+        self.ledger
+            .lock()
+            .apply(Op::Settled(window, settled), false)
+    }
+
+    pub(crate) fn mark_done(
+        &self,
+        lease: &Lease,
+        window: Window,
+        watermark: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.check_lease(lease)?;
+        let mut state = self.ledger.lock();
+        state.apply(Op::Done(window), watermark.is_none())?;
+        if let Some(end) = watermark {
+            state.apply(Op::Watermark(end), true)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn watermark(&self) -> Option<i64> {
+        self.ledger.lock().ledger.watermark
+    }
+
+    pub(crate) fn prune(&self, before_ms: i64) -> Result<(), StoreError> {
+        self.ledger.lock().apply(Op::Prune(before_ms), false)
+    }
+
+    pub(crate) fn first_time(&self, key: &str) -> Result<bool, StoreError> {
+        let mut state = self.ledger.lock();
+        if state.ledger.once.contains(key) {
+            return Ok(false);
+        }
+        state.apply(Op::Once(key.to_owned()), true)?;
+        Ok(true)
     }
 
     pub(crate) fn claim_event(&self, event_id: &str, hold: Duration) -> Claim {

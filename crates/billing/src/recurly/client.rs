@@ -171,10 +171,11 @@ impl RecurlyClient {
                     .unwrap_or(0);
                 Duration::from_secs(reset.saturating_sub(now).max(1))
             });
-        if remaining == Some(0) && self.counts(method) {
-            if let Some(wait) = reset_in {
-                *self.spent_until.lock().await = Some(Instant::now() + wait);
-            }
+        if remaining == Some(0)
+            && self.counts(method)
+            && let Some(wait) = reset_in
+        {
+            *self.spent_until.lock().await = Some(Instant::now() + wait);
         }
         let text = response.text().await.map_err(|e| RecurlyError::Network {
             operation,

@@ -1,0 +1,384 @@
+//! Traffic reporting (design.md §1, the money path): on a schedule or on demand, each closed
+//! window's Traceability traffic is read (`traffic`, the TrafficPoller's adapter), mapped to
+//! billed subscriptions and quotas (`directory` and `domain::usage::aggregate`, the
+//! UsageAggregator) and reported to Recurly exactly once through the ledger (`reporter`, the
+//! UsageReporter). `actors` wraps them as actors and runs the cron schedule; [`run`] is one run.
+
+pub mod actors;
+pub mod directory;
+pub mod reporter;
+pub mod traffic;
+
+use std::time::{Duration, Instant};
+
+use billing_bridge_domain::usage::{Window, aggregate, closed_windows};
+use billing_bridge_store::{Lease, StoreError};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::Bridge;
+use crate::metrics::{RunOutcome, WindowKind};
+use crate::notices::NoticeSink;
+use directory::Directory;
+
+/// The lease that makes one run at a time (across instances, with a shared store).
+pub const LEASE: &str = "reporting";
+/// A run holds its lease this long, renewed after every window.
+const LEASE_TTL: Duration = Duration::from_secs(600);
+/// A backfill covers at most this many windows, so a typo cannot start a year-long run.
+const MAX_BACKFILL_WINDOWS: usize = 10_000;
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    /// Report every window overlapping `[from, to)` (epoch ms) rather than those after the
+    /// watermark.
+    pub range: Option<(i64, i64)>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("a reporting run is already in progress")]
+    Busy,
+    #[error("traffic reporting is switched off ([reporting] enabled = false)")]
+    Disabled,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("traffic could not be read: {0}")]
+    Traffic(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PairLine {
+    pub amplify_subscription: String,
+    pub recurly_subscription: String,
+    pub add_on: String,
+    pub observed: u64,
+    pub reported: u64,
+    pub to_report: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UnmatchedLine {
+    pub subscription_id: String,
+    pub asset_resource: String,
+    pub units: u64,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WindowSummary {
+    pub start: String,
+    pub end: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub repoll: bool,
+    pub complete: bool,
+    pub records: usize,
+    pub units: u64,
+    pub skipped_units: u64,
+    pub unmatched_units: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pairs: Vec<PairLine>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<UnmatchedLine>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunSummary {
+    pub dry_run: bool,
+    pub complete: bool,
+    pub records: usize,
+    pub units: u64,
+    pub skipped_units: u64,
+    pub unmatched_units: u64,
+    pub watermark: Option<String>,
+    pub windows: Vec<WindowSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// An instant given as RFC 3339 or as epoch milliseconds.
+pub fn parse_instant(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            format!(
+                "{text:?} is neither an RFC 3339 time (2026-11-21T10:00:00Z) nor epoch milliseconds"
+            )
+        })
+}
+
+fn window_len_ms(bridge: &Bridge) -> i64 {
+    bridge.config.reporting.window.as_millis() as i64
+}
+
+/// Which windows a run takes on, oldest first, each marked as a re-poll or not.
+async fn plan_windows(
+    bridge: &Bridge,
+    request: &RunRequest,
+    now_ms: i64,
+) -> Result<Vec<(Window, bool)>, RunError> {
+    let config = &bridge.config.reporting;
+    let len = window_len_ms(bridge);
+    let delay = config.delay.as_millis() as i64;
+    if let Some((from, to)) = request.range {
+        if to <= from {
+            return Err(RunError::BadRequest(format!(
+                "the range is empty: to ({}) is not after from ({})",
+                rfc3339(to),
+                rfc3339(from)
+            )));
+        }
+        let mut windows = Vec::new();
+        let mut w = Window::containing(from, len);
+        while w.start_ms < to {
+            if w.end_ms + delay > now_ms {
+                return Err(RunError::BadRequest(format!(
+                    "the window {} – {} is not closed yet: it can be reported from {}",
+                    rfc3339(w.start_ms),
+                    rfc3339(w.end_ms),
+                    rfc3339(w.end_ms + delay)
+                )));
+            }
+            if windows.len() >= MAX_BACKFILL_WINDOWS {
+                return Err(RunError::BadRequest(format!(
+                    "the range covers more than {MAX_BACKFILL_WINDOWS} windows; report it in parts"
+                )));
+            }
+            let done = bridge.store.windows_done(&[w]).await?[0];
+            windows.push((w, done));
+            w = w.next();
+        }
+        return Ok(windows);
+    }
+    let watermark = match bridge.store.watermark().await? {
+        Some(w) => Some(w),
+        None => match &config.start_at {
+            Some(start) => Some(
+                Window::containing(parse_instant(start).map_err(RunError::BadRequest)?, len)
+                    .start_ms,
+            ),
+            None => None,
+        },
+    };
+    let mut windows = Vec::new();
+    if let Some(end) = watermark {
+        let k = config.repoll_windows as i64;
+        let repoll: Vec<Window> = (1..=k)
+            .rev()
+            .map(|i| Window {
+                start_ms: end - i * len,
+                end_ms: end - (i - 1) * len,
+            })
+            .collect();
+        let done = bridge.store.windows_done(&repoll).await?;
+        windows.extend(
+            repoll
+                .into_iter()
+                .zip(done)
+                .filter(|(_, d)| *d)
+                .map(|(w, _)| (w, true)),
+        );
+    }
+    windows.extend(
+        closed_windows(watermark, now_ms, len, delay, config.max_windows_per_run)
+            .into_iter()
+            .map(|w| (w, false)),
+    );
+    Ok(windows)
+}
+
+/// One reporting run. Holds the reporting lease (not for a dry run), so runs never overlap.
+pub async fn run(
+    bridge: &Bridge,
+    notices: &impl NoticeSink,
+    directory: &mut Directory,
+    request: RunRequest,
+) -> Result<RunSummary, RunError> {
+    if !bridge.config.reporting.enabled {
+        return Err(RunError::Disabled);
+    }
+    let started = Instant::now();
+    let lease = if request.dry_run {
+        None
+    } else {
+        match bridge.store.acquire_lease(LEASE, LEASE_TTL).await? {
+            Some(lease) => Some(lease),
+            None => {
+                bridge.metrics.run_ended(RunOutcome::Busy, 0.0);
+                return Err(RunError::Busy);
+            }
+        }
+    };
+    if lease.is_some() {
+        bridge.metrics.lease(LEASE, true);
+    }
+    let span = tracing::info_span!(
+        "reporting_run",
+        dry_run = request.dry_run,
+        backfill = request.range.is_some()
+    );
+    let result = tracing::Instrument::instrument(
+        run_windows(bridge, notices, directory, &request, lease.as_ref()),
+        span,
+    )
+    .await;
+    if let Some(lease) = &lease {
+        let _ = bridge.store.release_lease(lease).await;
+        bridge.metrics.lease(LEASE, false);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(summary) if !request.dry_run => {
+            let outcome = if summary.complete {
+                RunOutcome::Complete
+            } else if summary.error.is_some() {
+                RunOutcome::Failed
+            } else {
+                RunOutcome::Incomplete
+            };
+            bridge.metrics.run_ended(outcome, seconds);
+        }
+        Ok(_) => {}
+        Err(_) => bridge.metrics.run_ended(RunOutcome::Failed, seconds),
+    }
+    result
+}
+
+async fn run_windows(
+    bridge: &Bridge,
+    notices: &impl NoticeSink,
+    directory: &mut Directory,
+    request: &RunRequest,
+    lease: Option<&Lease>,
+) -> Result<RunSummary, RunError> {
+    let now_ms = Utc::now().timestamp_millis();
+    let windows = plan_windows(bridge, request, now_ms).await?;
+    let config = &bridge.config.reporting;
+    let api_version = bridge.config.amplify.api_version.clone();
+    let mut summary = RunSummary {
+        dry_run: request.dry_run,
+        complete: true,
+        ..RunSummary::default()
+    };
+    let mut watermark = bridge.store.watermark().await?;
+    for (window, repoll) in windows {
+        let mut line = WindowSummary {
+            start: rfc3339(window.start_ms),
+            end: rfc3339(window.end_ms),
+            start_ms: window.start_ms,
+            end_ms: window.end_ms,
+            repoll,
+            ..WindowSummary::default()
+        };
+        let ledger = bridge.store.window_ledger(window).await?;
+        let outcome = async {
+            if ledger.pruned {
+                return Ok(reporter::WindowUsage::default());
+            }
+            let rows = traffic::poll(
+                &bridge.amplify,
+                window,
+                config.billed_count,
+                config.page_size,
+            )
+            .await
+            .map_err(|e| RunError::Traffic(e.to_string()))?;
+            directory
+                .resolve(
+                    &bridge.amplify,
+                    &api_version,
+                    rows.iter().map(|r| r.subscription_id.as_str()),
+                )
+                .await
+                .map_err(|e| RunError::Traffic(format!("subscriptions could not be read: {e}")))?;
+            let aggregate = aggregate(&rows, |s| directory.billing_of(s));
+            Ok::<_, RunError>(reporter::window_usage(aggregate, directory))
+        }
+        .await;
+        let usage = match outcome {
+            Ok(usage) => usage,
+            Err(RunError::Traffic(e)) => {
+                tracing::warn!(window = %line.start, error = %e, "reporting run stops: traffic could not be read");
+                summary.complete = false;
+                summary.error = Some(e);
+                summary.windows.push(line);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        reporter::report_window(
+            bridge,
+            notices,
+            directory,
+            lease,
+            reporter::Due {
+                window,
+                usage: &usage,
+                ledger,
+            },
+            &mut line,
+        )
+        .await?;
+        summary.records += line.records;
+        summary.units += line.units;
+        summary.skipped_units += line.skipped_units;
+        summary.unmatched_units += line.unmatched_units;
+        let complete = line.complete;
+        summary.windows.push(line);
+        if !complete {
+            summary.complete = false;
+            // Later windows wait: the watermark only ever moves over complete windows.
+            break;
+        }
+        if let Some(lease) = lease {
+            let advances = watermark.is_none_or(|w| w == window.start_ms)
+                && request.range.is_none()
+                || watermark == Some(window.start_ms);
+            bridge
+                .store
+                .mark_done(lease, window, advances.then_some(window.end_ms))
+                .await?;
+            if advances {
+                watermark = Some(window.end_ms);
+            }
+            bridge.metrics.window_reported(if repoll {
+                WindowKind::Repoll
+            } else {
+                WindowKind::First
+            });
+            bridge.store.extend_lease(lease, LEASE_TTL).await?;
+        }
+    }
+    if let Some(end) = watermark {
+        bridge
+            .metrics
+            .usage_reporting_lag
+            .set((now_ms - end).max(0) / 1000);
+        if lease.is_some() {
+            let keep = (config.repoll_windows + config.keep_details_windows) as i64;
+            bridge
+                .store
+                .prune_ledger(end - keep * window_len_ms(bridge))
+                .await?;
+        }
+    }
+    summary.watermark = watermark.map(rfc3339);
+    Ok(summary)
+}

@@ -1,0 +1,144 @@
+//! The TrafficPoller's adapter to Amplify Traceability: the one place that knows how a window's
+//! traffic is asked for and read. Its contract is partly inferred (reference §5.1, §7.1): the
+//! `groupBy` fields, whether `to` is exclusive, and which row field names the asset resource a
+//! quota lists. Correct a guess here and nothing else changes.
+
+use billing_bridge_amplify::{AmplifyClient, AmplifyError, SummaryQuery};
+use billing_bridge_config::BilledCount;
+use billing_bridge_domain::usage::{TrafficRow, Window};
+use serde::Deserialize;
+
+/// Rows per (subscription, asset resource) [I: reference §5.1 "per-subscription billing query"].
+pub const GROUP_BY: [&str; 2] = ["subscriptionId", "assetResourceId"];
+
+/// Whether the summary's `to` excludes its instant [?]. Windows are half-open `[start, end)`;
+/// if `to` turns out inclusive, this asks up to `end - 1` so back-to-back windows never count
+/// an event twice.
+const TO_IS_EXCLUSIVE: bool = true;
+
+/// What the agents write when a reference could not be resolved (reference §5.3).
+pub const UNKNOWN: &str = "unknown";
+
+/// The fields of a summary row the bridge reads (reference §5.1's captured response).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRow {
+    #[serde(default)]
+    pub subscription_id: Option<String>,
+    #[serde(default)]
+    pub asset_resource_id: Option<String>,
+    #[serde(default)]
+    pub asset_resource_name: Option<String>,
+    #[serde(default)]
+    pub total_count: Option<u64>,
+    #[serde(default)]
+    pub success_count: Option<u64>,
+}
+
+pub fn summary_query(window: Window) -> SummaryQuery {
+    SummaryQuery {
+        from_ms: window.start_ms,
+        to_ms: if TO_IS_EXCLUSIVE {
+            window.end_ms
+        } else {
+            window.end_ms - 1
+        },
+        group_by: GROUP_BY.iter().map(|f| (*f).to_owned()).collect(),
+        query: None,
+    }
+}
+
+/// A summary row as the aggregator sees it. The asset resource is named as quotas list it
+/// (`spec.resources[].name`, reference §3.3), so the row's name wins over its id.
+pub fn traffic_row(row: SummaryRow, billed: BilledCount) -> TrafficRow {
+    let units = match billed {
+        BilledCount::Total => row.total_count,
+        BilledCount::Success => row.success_count,
+    }
+    .unwrap_or(0);
+    let present = |v: Option<String>| v.filter(|s| !s.is_empty());
+    TrafficRow {
+        subscription_id: present(row.subscription_id).unwrap_or_else(|| UNKNOWN.into()),
+        asset_resource: present(row.asset_resource_name)
+            .or(present(row.asset_resource_id))
+            .unwrap_or_else(|| UNKNOWN.into()),
+        units,
+    }
+}
+
+/// The keys a quota's resource entry (`"<asset>/<assetResource>"`) is found under: its full
+/// name, and the part after the last `/` in case rows name the resource alone [?].
+pub fn resource_keys(resource_name: &str) -> Vec<String> {
+    let mut keys = vec![resource_name.to_owned()];
+    if let Some((_, short)) = resource_name.rsplit_once('/')
+        && !short.is_empty()
+    {
+        keys.push(short.to_owned());
+    }
+    keys
+}
+
+/// Every row of a window with units, through the process-wide Amplify limiter.
+pub async fn poll(
+    amplify: &AmplifyClient,
+    window: Window,
+    billed: BilledCount,
+    page_size: u32,
+) -> Result<Vec<TrafficRow>, AmplifyError> {
+    let rows: Vec<SummaryRow> = amplify
+        .traceability_summary(&summary_query(window), page_size)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| traffic_row(row, billed))
+        .filter(|row| row.units > 0)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_read_by_name_with_the_configured_count() {
+        let row: SummaryRow = serde_json::from_value(serde_json::json!({
+            "subscriptionId": "s1", "assetResourceId": "r-id", "assetResourceName": "pets/v1",
+            "totalCount": 9, "successCount": 7, "failureCount": 2, "proxyId": "x"
+        }))
+        .unwrap();
+        let total = traffic_row(row, BilledCount::Total);
+        assert_eq!(
+            (
+                total.subscription_id.as_str(),
+                total.asset_resource.as_str(),
+                total.units
+            ),
+            ("s1", "pets/v1", 9)
+        );
+        let row: SummaryRow = serde_json::from_value(serde_json::json!({
+            "assetResourceId": "r-id", "assetResourceName": "", "successCount": 7
+        }))
+        .unwrap();
+        let success = traffic_row(row, BilledCount::Success);
+        assert_eq!(
+            (
+                success.subscription_id.as_str(),
+                success.asset_resource.as_str(),
+                success.units
+            ),
+            (UNKNOWN, "r-id", 7)
+        );
+    }
+
+    #[test]
+    fn the_query_covers_the_half_open_window() {
+        let q = summary_query(Window {
+            start_ms: 1000,
+            end_ms: 2000,
+        });
+        assert_eq!((q.from_ms, q.to_ms), (1000, 2000));
+        assert_eq!(q.group_by, ["subscriptionId", "assetResourceId"]);
+        assert_eq!(resource_keys("petstore/pets"), ["petstore/pets", "pets"]);
+        assert_eq!(resource_keys("pets"), ["pets"]);
+    }
+}
