@@ -9,8 +9,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::provisioning::{
-    Provider, WAIT, cards_titled, hooks, metrics, paid_plan_spec, priced_quotas, recurly,
-    sandbox_json, seed,
+    Provider, WAIT, cards, hooks, metrics, paid_plan_spec, priced_quotas, recurly, sandbox_json,
+    seed,
 };
 use crate::recurly_conformance::client::assert_recurly_traffic_conforms;
 use crate::support::{
@@ -402,7 +402,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
             };
             (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
         })
-        .sum()
+        .fold(0.0, |sum, value| sum + value)
 }
 
 /// Sets Recurly faults in the sandbox (README "Fault settings").
@@ -689,8 +689,9 @@ async fn a_window_reported_twice_adds_nothing() {
 #[actix_rt::test]
 async fn a_dry_run_says_what_would_be_billed_and_writes_nothing() {
     let sb = bridge_sandbox().await;
-    let b = billed(&sb, &reporting_overrides("", ""), 2).await;
     let windows = closed_windows(2);
+    let overrides = reporting_overrides(&format!("start_at = \"{}\"", rfc3339(windows[0].0)), "");
+    let b = billed(&sb, &overrides, 2).await;
     let (events, expected) = grid(&b.subs, &b.quotas, &windows);
     inject(&sb, &events).await;
     let mut body = span(&windows);
@@ -740,9 +741,16 @@ async fn a_dry_run_says_what_would_be_billed_and_writes_nothing() {
         .collect();
     assert!(writes.is_empty(), "no usage write at all: {writes:#?}");
 
-    // The dry run left no ledger or watermark behind: the real run still bills everything.
-    let real = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    // A dry normal run (from `start_at`, as the schedule would) moves no watermark either.
+    let dry_normal = report(&sb, &b.bridge.url, Some(&json!({"dry_run": true}))).await;
+    assert_eq!(dry_normal["records"], expected.records(), "{dry_normal}");
+    assert!(usage_totals(&sb).await.is_empty(), "nothing billed");
+
+    // The dry runs left no ledger or watermark behind: the real run still bills everything.
+    let real = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(real["dry_run"], false, "{real}");
     assert_eq!(real["records"], expected.records(), "{real}");
+    assert_eq!(real["windows"][0]["start_ms"], windows[0].0, "{real}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
     let after = report(&sb, &b.bridge.url, Some(&body)).await;
     assert_eq!(observed(&after, "observed"), expected.0);
@@ -809,18 +817,8 @@ async fn unmatched_traffic_is_counted_listed_and_never_billed() {
     assert_eq!(usage_totals(&sb).await, expected.totals());
     let posts = usage_posts(&sb).await;
     assert_eq!(posts.len(), 1, "{posts:#?}");
+    // Counted once, by reason (before any dry run).
     let text = metrics(&sb, &b.bridge).await;
-    let unmatched = "billing_bridge_usage_unmatched_units_total";
-    assert_eq!(
-        metric_sum(&text, unmatched, "reason=\"subscription\""),
-        7.0,
-        "{text}"
-    );
-    assert_eq!(
-        metric_sum(&text, unmatched, "reason=\"resource\""),
-        3.0,
-        "{text}"
-    );
 
     // A dry run lists each unmatched row with its reason.
     let mut body = span(&[window]);
@@ -850,6 +848,18 @@ async fn unmatched_traffic_is_counted_listed_and_never_billed() {
     assert_eq!(listed, wanted, "{dry}");
     assert_eq!(dry["unmatched_units"], 10, "{dry}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
+    let unmatched = "billing_bridge_usage_unmatched_units_total";
+    let counted: Vec<&str> = text.lines().filter(|l| l.starts_with(unmatched)).collect();
+    assert_eq!(
+        metric_sum(&text, unmatched, "reason=\"subscription\""),
+        7.0,
+        "{counted:#?}"
+    );
+    assert_eq!(
+        metric_sum(&text, unmatched, "reason=\"resource\""),
+        3.0,
+        "{counted:#?}"
+    );
 }
 
 /// `DELETE /recurly/subscriptions/{id}` as the provider would: terminates it now (`expired`).
@@ -894,23 +904,22 @@ async fn usage_of_an_expired_recurly_subscription_is_skipped_and_the_provider_to
     let first = report(&sb, &b.bridge.url, Some(&span(&windows[..1]))).await;
     assert_eq!(first["skipped_units"], 4, "{first}");
     assert_eq!(first["units"], 3, "{first}");
-    let title = format!("Usage not billed: {}", ended.name);
-    wait_for(&title, WAIT, || async {
-        (!cards_titled(&sb, &title).await.is_empty()).then_some(())
-    })
-    .await;
     let second = report(&sb, &b.bridge.url, Some(&span(&windows[1..]))).await;
     assert_eq!(second["skipped_units"], 1, "{second}");
     assert_eq!(second["units"], 2, "{second}");
 
+    // Cards are sent in order: once the sentinel's card is in, every earlier one is.
     b.provider.settle("weather", "sentinel").await;
-    let told = cards_titled(&sb, "Usage not billed").await;
+    let titles: Vec<String> = cards(&sb).await.into_iter().map(|c| c.title).collect();
+    let told: Vec<&String> = titles
+        .iter()
+        .filter(|t| t.starts_with("Usage not billed"))
+        .collect();
     assert_eq!(
         told.len(),
         1,
-        "one card for the subscription, not per window or run: {told:?}"
+        "one card for the subscription, not per window or run; all cards: {titles:?}"
     );
-    assert_eq!(told[0].title, title);
     assert_eq!(usage_totals(&sb).await, expected.totals());
     let text = metrics(&sb, &b.bridge).await;
     assert_eq!(
@@ -927,6 +936,8 @@ async fn usage_of_an_expired_recurly_subscription_is_skipped_and_the_provider_to
         ended_posts, 0,
         "no usage record on the expired subscription"
     );
+    // Titled with the Amplify subscription's name (its `name`, not its display title).
+    assert_eq!(told[0], &format!("Usage not billed: {}", ended.name));
 }
 
 #[actix_rt::test]
@@ -995,4 +1006,46 @@ async fn the_report_endpoint_takes_only_the_admin_token_and_only_closed_windows(
     let (status, _, answer) = report_with(&sb, &off.url, Some(ADMIN_TOKEN), Some(&body)).await;
     assert_eq!(status, 409, "{answer}");
     assert!(answer["error"].is_string(), "{answer}");
+}
+
+#[actix_rt::test]
+async fn traffic_spread_over_many_summary_pages_is_read_whole() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("page_size = 4", ""), 4).await;
+    let windows = closed_windows(2);
+    // 12 rows in the first window (three full pages), 10 in the second (a partial last page).
+    let (mut events, mut expected) = grid(&b.subs, &b.quotas, &windows[..1]);
+    let (more, more_expected) = grid(&b.subs, &b.quotas[..2], &windows[1..]);
+    events.extend(more);
+    expected.0.extend(more_expected.0);
+    let (extra, extra_expected) = grid(&b.subs[..2], &b.quotas[2..], &windows[1..]);
+    events.extend(extra);
+    expected.0.extend(extra_expected.0);
+    assert_eq!(expected.records(), 22);
+    inject(&sb, &events).await;
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let pages: Vec<Value> = sandbox_json(&sb, "/_sandbox/requests?upstream=amplify")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/traceability/summary"))
+        })
+        .cloned()
+        .collect();
+    assert!(pages.len() >= 6, "pages of at most 4 rows: {}", pages.len());
+    for page in &pages {
+        let query = page["query"].as_str().unwrap_or_default();
+        assert!(query.contains("count=4"), "{query}");
+        assert!(
+            page["response_body"]
+                .as_array()
+                .is_some_and(|rows| rows.len() <= 4)
+        );
+    }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::reporting::{
-    billed, closed_windows, grid, inject, report_with, reporting_overrides, rfc3339, span, spread,
-    usage_posts, usage_totals,
+    billed, clear_faults, closed_windows, grid, inject, recurly_faults, report_with,
+    reporting_overrides, rfc3339, span, spread, usage_posts, usage_totals,
 };
 use crate::support::{ADMIN_TOKEN, TestSandbox, WEBHOOK_SECRET, bridge_sandbox};
 
@@ -318,4 +318,47 @@ async fn without_an_admin_token_there_is_no_report_endpoint() {
         let (status, _, answer) = report_with(&sb, &served.url, token, Some(&body)).await;
         assert_eq!(status, 404, "token {token:?}: {answer}");
     }
+}
+
+#[actix_rt::test]
+async fn the_report_command_exits_one_when_a_window_could_not_be_billed() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("", ""), 1).await;
+    let windows = closed_windows(1);
+    let (events, expected) = grid(&b.subs, &b.quotas[..1], &windows);
+    inject(&sb, &events).await;
+    // Recurly refuses every usage record for now.
+    recurly_faults(
+        &sb,
+        json!({"error_rate": 1.0, "error_status": 503, "path_contains": "/usage"}),
+    )
+    .await;
+    let dir = TempDir::new();
+    let config = dir.path("bridge.toml");
+    std::fs::write(
+        &config,
+        binary_config(&sb, "127.0.0.1:0", &dir.path("bridge.state"), ""),
+    )
+    .unwrap();
+    let (from, to) = (rfc3339(windows[0].0), rfc3339(windows[0].1));
+    let args = ["--from", from.as_str(), "--to", to.as_str(), "--json"];
+    let started = Instant::now();
+    let (code, failed, output) = report_cli(&config, &args).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert_eq!(failed["complete"], false, "{failed}");
+    assert_eq!(failed["windows"][0]["complete"], false, "{failed}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(usage_totals(&sb).await.is_empty());
+
+    clear_faults(&sb).await;
+    let (code, done, _) = report_cli(&config, &args).await;
+    assert_eq!(code, Some(0), "{done}");
+    assert_eq!(done["complete"], true, "{done}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
 }
