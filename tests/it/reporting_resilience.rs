@@ -185,6 +185,14 @@ async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_rest
         first.log()
     );
     assert!(run.await.unwrap().is_err(), "the run died with the process");
+    // The slowed requests in flight at the kill still land: Recurly holds records the killed
+    // process never heard about.
+    wait_for(
+        "the in-flight records to land",
+        Duration::from_secs(3),
+        || async { (record_count(&sb).await > at_kill).then_some(()) },
+    )
+    .await;
     clear_faults(&sb).await;
 
     let second = serve(&sb, &dir, &state, &reporting).await;
