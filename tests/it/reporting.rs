@@ -35,7 +35,10 @@ pub fn reporting_overrides(reporting: &str, rest: &str) -> String {
 pub struct Quota {
     pub name: String,
     pub id: String,
+    /// The first asset resource the quota lists.
     pub resource: String,
+    /// Every asset resource it lists.
+    pub resources: Vec<String>,
 }
 
 impl Quota {
@@ -61,7 +64,8 @@ pub struct Billing<'a> {
 }
 
 /// Starts a bridge with `overrides`, activates a billed plan with three quotas (asset resources
-/// `silver/calls`, `silver/bulk`, `silver/alerts`) and has `subscribers` teams subscribe, each
+/// `silver/calls` and `silver/calls-v2`, `silver/bulk`, `silver/alerts`) and has `subscribers`
+/// teams subscribe, each
 /// on its own Recurly account; returns once every subscription is approved and linked.
 pub async fn billed<'a>(sb: &'a TestSandbox, overrides: &str, subscribers: usize) -> Billing<'a> {
     let bridge = spawn_bridge(sb, overrides).await;
@@ -88,17 +92,31 @@ pub async fn billed_subscriptions(
         .await;
     let mut quotas = Vec::new();
     for (name, pricing) in priced_quotas() {
-        let created = provider.quota("silver", name, pricing).await;
+        // The first quota covers two asset resources; their traffic is billed as one add-on.
+        let mut resources = vec![format!("silver/{name}")];
+        if quotas.is_empty() {
+            resources.push(format!("silver/{name}-v2"));
+        }
+        let listed: Vec<Value> = resources
+            .iter()
+            .map(|r| json!({"kind": "AssetResource", "name": r}))
+            .collect();
+        let created = provider
+            .create(
+                "/catalog/v1/productplans/silver/quotas",
+                json!({"group": "catalog", "apiVersion": "v1", "kind": "Quota", "name": name, "title": name,
+                       "metadata": {"scope": {"kind": "ProductPlan", "name": "silver"}},
+                       "spec": {"unit": "transactions", "pricing": pricing, "resources": listed}}),
+            )
+            .await;
         quotas.push(Quota {
             name: name.to_owned(),
             id: created["metadata"]["id"]
                 .as_str()
                 .expect("quota id")
                 .to_owned(),
-            resource: created["spec"]["resources"][0]["name"]
-                .as_str()
-                .expect("quota resource")
-                .to_owned(),
+            resource: resources[0].clone(),
+            resources,
         });
     }
     provider.activate("silver").await;
@@ -456,6 +474,7 @@ async fn random_traffic_over_many_subscriptions_quotas_and_windows_is_billed_exa
     let windows = closed_windows(6);
     // Seeded traffic per window over every approved subscription and its plan's resources.
     let mut expected = Expected::default();
+    let mut generated_names = BTreeSet::new();
     for (k, window) in windows.iter().enumerate() {
         let response = sb
             .http
@@ -467,6 +486,7 @@ async fn random_traffic_over_many_subscriptions_quotas_and_windows_is_billed_exa
         assert_eq!(response.status(), 200);
         let generated: Value = response.json().await.unwrap();
         for total in generated["totals"].as_array().unwrap() {
+            generated_names.insert(total["assetResourceName"].as_str().unwrap().to_owned());
             let sub = b
                 .subs
                 .iter()
@@ -475,7 +495,11 @@ async fn random_traffic_over_many_subscriptions_quotas_and_windows_is_billed_exa
             let quota = b
                 .quotas
                 .iter()
-                .find(|q| total["assetResourceName"] == q.resource.as_str())
+                .find(|q| {
+                    q.resources
+                        .iter()
+                        .any(|r| total["assetResourceName"] == r.as_str())
+                })
                 .unwrap_or_else(|| panic!("traffic on a quota's resource: {total}"));
             expected.add(sub, quota, window.0, total["totalCount"].as_u64().unwrap());
         }
@@ -489,6 +513,10 @@ async fn random_traffic_over_many_subscriptions_quotas_and_windows_is_billed_exa
         expected.totals().len(),
         b.subs.len() * b.quotas.len(),
         "every pair got traffic"
+    );
+    assert!(
+        generated_names.contains("silver/calls-v2"),
+        "traffic on the quota's second resource too"
     );
 
     let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
@@ -541,12 +569,86 @@ async fn with_billed_count_success_only_successful_calls_are_billed() {
             status,
         ));
     }
+    // Only failures on another quota: nothing to bill there, so no record (not a zero one).
+    events.extend(spread(
+        &sub.amplify_id,
+        &sub.name,
+        &b.quotas[2].resource,
+        window,
+        4,
+        "Failure",
+    ));
     inject(&sb, &events).await;
     let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
     assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(
+        (&summary["records"], &summary["units"]),
+        (&json!(1), &json!(5)),
+        "{summary}"
+    );
     let mut expected = Expected::default();
     expected.add(sub, calls_quota, window.0, 5);
     assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn traffic_on_every_resource_of_a_quota_is_one_record_with_their_sum() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("", ""), 1).await;
+    let windows = closed_windows(2);
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    assert_eq!(quota.resources.len(), 2);
+    let mut events = Vec::new();
+    // Two resources of the quota, and one resource seen under two asset ids (two gateways).
+    events.extend(spread(
+        &sub.amplify_id,
+        &sub.name,
+        &quota.resources[0],
+        windows[0],
+        4,
+        "Success",
+    ));
+    events.extend(spread(
+        &sub.amplify_id,
+        &sub.name,
+        &quota.resources[1],
+        windows[0],
+        3,
+        "Success",
+    ));
+    let mut other_gateway = spread(
+        &sub.amplify_id,
+        &sub.name,
+        &quota.resources[1],
+        windows[1],
+        2,
+        "Success",
+    );
+    for event in &mut other_gateway {
+        event["transactionSummary"]["assetResource"]["id"] = json!("asset-elsewhere");
+    }
+    events.extend(other_gateway);
+    events.extend(spread(
+        &sub.amplify_id,
+        &sub.name,
+        &quota.resources[1],
+        windows[1],
+        6,
+        "Success",
+    ));
+    inject(&sb, &events).await;
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["complete"], true, "{summary}");
+    let mut expected = Expected::default();
+    expected.add(sub, quota, windows[0].0, 7);
+    expected.add(sub, quota, windows[1].0, 8);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let amounts: Vec<u64> = usage_list(&sb, &sub.recurly_id, &quota.add_on())
+        .await
+        .iter()
+        .map(|u| whole(&u["amount"]))
+        .collect();
+    assert_eq!(amounts, [7, 8], "one record per window");
 }
 
 #[actix_rt::test]
@@ -862,18 +964,28 @@ async fn unmatched_traffic_is_counted_listed_and_never_billed() {
     );
 }
 
-/// `DELETE /recurly/subscriptions/{id}` as the provider would: terminates it now (`expired`).
-pub async fn terminate_in_recurly(sb: &TestSandbox, recurly_id: &str) {
+/// A write to Recurly as the provider would make it (no body); the status and answer.
+pub async fn recurly_write(sb: &TestSandbox, method: reqwest::Method, path: &str) -> (u16, Value) {
     let response = sb
         .http
-        .delete(sb.at(&format!("/recurly/subscriptions/{recurly_id}")))
+        .request(method, sb.at(&format!("/recurly{path}")))
         .basic_auth("provider-key", Some(""))
         .header("Accept", "application/vnd.recurly.v2021-02-25")
         .send()
         .await
         .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `DELETE /recurly/subscriptions/{id}`: terminated now, `expired` (Recurly reference §5).
+pub async fn terminate_in_recurly(sb: &TestSandbox, recurly_id: &str) {
+    let (status, body) = recurly_write(
+        sb,
+        reqwest::Method::DELETE,
+        &format!("/subscriptions/{recurly_id}"),
+    )
+    .await;
     assert_eq!(status, 200, "terminating {recurly_id}: {body}");
     assert_eq!(body["state"], "expired", "{body}");
 }
@@ -881,9 +993,21 @@ pub async fn terminate_in_recurly(sb: &TestSandbox, recurly_id: &str) {
 #[actix_rt::test]
 async fn usage_of_an_expired_recurly_subscription_is_skipped_and_the_provider_told_once() {
     let sb = bridge_sandbox().await;
-    let b = billed(&sb, &reporting_overrides("", ""), 2).await;
-    let (live, ended) = (&b.subs[0], &b.subs[1]);
+    let b = billed(&sb, &reporting_overrides("", ""), 3).await;
+    let (live, ended, canceled) = (&b.subs[0], &b.subs[1], &b.subs[2]);
     terminate_in_recurly(&sb, &ended.recurly_id).await;
+    // Canceled at the end of its term: still running, still billed.
+    let (status, body) = recurly_write(
+        &sb,
+        reqwest::Method::PUT,
+        &format!("/subscriptions/{}/cancel", canceled.recurly_id),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["state"]),
+        (200, &json!("canceled")),
+        "{body}"
+    );
     let windows = closed_windows(2);
     let (q_calls, q_bulk) = (&b.quotas[0], &b.quotas[1]);
     let mut expected = Expected::default();
@@ -893,9 +1017,11 @@ async fn usage_of_an_expired_recurly_subscription_is_skipped_and_the_provider_to
         (live, q_calls, windows[1], 2),
         (ended, q_calls, windows[0], 4),
         (ended, q_bulk, windows[1], 1),
+        (canceled, q_bulk, windows[0], 6),
+        (canceled, q_bulk, windows[1], 7),
     ] {
         events.extend(calls(sub, quota, window, units));
-        if sub.name == live.name {
+        if sub.name != ended.name {
             expected.add(sub, quota, window.0, units);
         }
     }
@@ -903,10 +1029,10 @@ async fn usage_of_an_expired_recurly_subscription_is_skipped_and_the_provider_to
 
     let first = report(&sb, &b.bridge.url, Some(&span(&windows[..1]))).await;
     assert_eq!(first["skipped_units"], 4, "{first}");
-    assert_eq!(first["units"], 3, "{first}");
+    assert_eq!(first["units"], 3 + 6, "{first}");
     let second = report(&sb, &b.bridge.url, Some(&span(&windows[1..]))).await;
     assert_eq!(second["skipped_units"], 1, "{second}");
-    assert_eq!(second["units"], 2, "{second}");
+    assert_eq!(second["units"], 2 + 7, "{second}");
 
     // Cards are sent in order: once the sentinel's card is in, every earlier one is.
     b.provider.settle("weather", "sentinel").await;

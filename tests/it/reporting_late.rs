@@ -114,6 +114,17 @@ async fn late_traffic_into_a_reported_window_is_billed_once_as_a_delta_when_repo
     totals.get_mut(&pair).unwrap().0 += 1;
     totals.get_mut(&pair).unwrap().1 += 2;
     assert_eq!(usage_totals(&sb).await, totals);
+    // Late traffic of a pair the window had none of: one record for it.
+    let bulk = &b.quotas[1];
+    inject(&sb, &calls(sub, bulk, windows[2], 4)).await;
+    let fifth = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&fifth["records"], &fifth["units"]),
+        (&json!(1), &json!(4)),
+        "{fifth}"
+    );
+    totals.insert((sub.recurly_id.clone(), bulk.add_on()), (1, 4));
+    assert_eq!(usage_totals(&sb).await, totals);
     // Nor does a backfill over the same windows add anything.
     let backfill = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     assert_eq!(
