@@ -227,3 +227,97 @@ async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_rest
     );
     assert_eq!(usage_totals(&sb).await, expected.totals());
 }
+
+/// Sets Amplify faults in the sandbox.
+async fn amplify_faults(sb: &TestSandbox, settings: serde_json::Value) {
+    let status = sb
+        .http
+        .put(sb.at("/_sandbox/faults/amplify"))
+        .json(&settings)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204, "faults {settings}");
+}
+
+/// The traffic summary pages Amplify has answered, by status.
+async fn summary_pages(sb: &TestSandbox, status: u64) -> usize {
+    sandbox_json(sb, "/_sandbox/requests?upstream=amplify")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["status"] == status
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/traceability/summary"))
+        })
+        .count()
+}
+
+#[actix_rt::test]
+async fn a_summary_page_that_fails_never_leaves_part_of_a_window_billed() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("page_size = 1", ""), 1).await;
+    let windows = closed_windows(1);
+    let (sub, calls) = (&b.subs[0], &b.quotas[0]);
+    // Four rows, one a page (alerts, bulk, calls, calls-v2 in group order): the quota `calls`
+    // spans the last two pages.
+    let (mut events, mut expected) = grid(&b.subs, &b.quotas, &windows);
+    events.extend(crate::reporting::spread(
+        &sub.amplify_id,
+        &sub.name,
+        &calls.resources[1],
+        windows[0],
+        5,
+        "Success",
+    ));
+    expected.add(sub, calls, windows[0].0, 5);
+    inject(&sb, &events).await;
+    // Slow pages; once the first is in, Traceability fails every later one.
+    amplify_faults(
+        &sb,
+        json!({"latency_ms": 300, "path_contains": "/traceability/summary"}),
+    )
+    .await;
+    let body = span(&windows);
+    let run = {
+        let (http, url, body) = (sb.http.clone(), b.bridge.url.clone(), body.clone());
+        tokio::spawn(async move {
+            let answer = http
+                .post(format!("{url}/admin/report"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                answer.status().as_u16(),
+                answer.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    wait_for("the first page", Duration::from_secs(10), || async {
+        (summary_pages(&sb, 200).await >= 1).then_some(())
+    })
+    .await;
+    amplify_faults(
+        &sb,
+        json!({"error_rate": 1.0, "error_status": 503, "path_contains": "/traceability/summary"}),
+    )
+    .await;
+    let (status, failed) = run.await.unwrap();
+    assert_eq!(status, 200, "{failed}");
+    let read = summary_pages(&sb, 200).await;
+    assert!(
+        read < 4 && summary_pages(&sb, 503).await > 0,
+        "the run met the outage after {read} pages: {failed}"
+    );
+    assert_eq!(failed["complete"], false, "{failed}");
+    clear_faults(&sb).await;
+    report_until_complete(&sb, &b.bridge.url, Some(&body), 3).await;
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    one_record_per_window(&sb, &b.subs, &b.quotas, &expected).await;
+}
