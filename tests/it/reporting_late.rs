@@ -284,3 +284,31 @@ async fn catch_up_takes_at_most_max_windows_per_run_oldest_first() {
         "the watermark is the end of the last window reported: {third}"
     );
 }
+
+#[actix_rt::test]
+async fn a_normal_run_leaves_windows_younger_than_the_delay_for_later() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(8);
+    let overrides = format!(
+        "[reporting]\nschedule = \"\"\nwindow = \"1m\"\ndelay = \"5m\"\nstart_at = \"{}\"\n\
+         [store]\nstate_file = \"\"\n",
+        rfc3339(windows[0].0)
+    );
+    let b = billed(&sb, &overrides, 1).await;
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    // Ended six minutes ago: due. Ended a minute ago: not before another four minutes.
+    let (events, expected) = grid(&b.subs[..1], &b.quotas[..1], &windows[1..2]);
+    inject(&sb, &events).await;
+    inject(&sb, &calls(sub, quota, windows[6], 9)).await;
+    let summary = report(&sb, &b.bridge.url, None).await;
+    let due = Utc::now().timestamp_millis() - 5 * 60_000;
+    let ends: Vec<i64> = summary["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["end_ms"].as_i64().unwrap())
+        .collect();
+    assert!(ends.contains(&windows[1].1), "{summary}");
+    assert!(ends.iter().all(|end| *end <= due), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}

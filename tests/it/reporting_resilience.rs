@@ -60,6 +60,25 @@ async fn one_record_per_window(
     }
 }
 
+/// Asserts that every usage POST Recurly saw (answered or not) carries an Idempotency-Key, that a
+/// key always goes with the same body (a retry repeats the request), and that there are exactly
+/// `records` keys: one per record, whatever the retries and restarts.
+async fn keys_are_deterministic(sb: &TestSandbox, records: u64) {
+    let recorded = sandbox_json(sb, "/_sandbox/requests?upstream=recurly").await;
+    let mut bodies: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for post in recorded.as_array().unwrap().iter().filter(|r| {
+        r["method"] == "POST" && r["path"].as_str().unwrap_or_default().ends_with("/usage")
+    }) {
+        let key = post["headers"]["idempotency-key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an Idempotency-Key: {post}"));
+        let sent = json!({"path": post["path"], "body": post["body"]});
+        let first = bodies.entry(key.to_owned()).or_insert_with(|| sent.clone());
+        assert_eq!(*first, sent, "one request per key {key}");
+    }
+    assert_eq!(bodies.len() as u64, records, "{:#?}", bodies.keys());
+}
+
 #[actix_rt::test]
 async fn two_reports_at_once_bill_each_window_once() {
     let sb = bridge_sandbox().await;
@@ -137,6 +156,7 @@ async fn failing_throttling_and_slow_recurly_answers_still_converge_exactly() {
     assert_eq!(reported, expected.records(), "{summaries:#?}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
     one_record_per_window(&sb, &b.subs, &b.quotas, &expected).await;
+    keys_are_deterministic(&sb, expected.records()).await;
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
 
@@ -216,6 +236,8 @@ async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_rest
         second.log()
     );
     one_record_per_window(&sb, &b.subs, &b.quotas, &expected).await;
+    // The restarted process sent what the killed one had in flight under the same keys.
+    keys_are_deterministic(&sb, expected.records()).await;
     // Nothing is left for a later run.
     let (status, _, last) =
         report_with(&sb, &second.url, Some(ADMIN_TOKEN), Some(&span(&windows))).await;
