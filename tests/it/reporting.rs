@@ -1175,3 +1175,117 @@ async fn traffic_spread_over_many_summary_pages_is_read_whole() {
         );
     }
 }
+
+/// `POST /_sandbox/seed` answering what it created.
+async fn seed_answer(sb: &TestSandbox, body: Value) -> Value {
+    let response = sb
+        .http
+        .post(sb.at("/_sandbox/seed"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{answer}");
+    answer
+}
+
+#[actix_rt::test]
+async fn billed_subscriptions_beyond_a_page_of_the_amplify_list_are_all_billed() {
+    let sb = bridge_sandbox().await;
+    // Subscriptions linked elsewhere (the provisioner is off): 26 of them, more than a page of
+    // Amplify's default list size.
+    let b = billed(
+        &sb,
+        &reporting_overrides("", "[provisioning]\nsubscriptions = false"),
+        0,
+    )
+    .await;
+    let plan = b.provider.get("/catalog/v1/productplans/silver").await;
+    let plan_code = format!("amplify-plan-{}", plan["metadata"]["id"].as_str().unwrap());
+    let count = 26;
+    let add_ons: Vec<Value> = b
+        .quotas
+        .iter()
+        .map(|q| json!({"code": q.add_on()}))
+        .collect();
+    let accounts: Vec<Value> = (0..count)
+        .map(|i| json!({"code": format!("amplify-team-many-{i}"), "email": "billing@consumer.example"}))
+        .collect();
+    let subscriptions: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({"plan_code": plan_code, "currency": "USD",
+                        "account": {"code": format!("amplify-team-many-{i}")}, "add_ons": add_ons})
+        })
+        .collect();
+    let seeded = seed_answer(
+        &sb,
+        json!({"recurly": {"accounts": accounts, "subscriptions": subscriptions}}),
+    )
+    .await;
+    let recurly_ids: Vec<String> = seeded["recurly"]["subscriptions"]
+        .as_array()
+        .or_else(|| seeded["subscriptions"].as_array())
+        .unwrap_or_else(|| panic!("the seeded subscriptions: {seeded}"))
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recurly_ids.len(), count);
+    let resources: Vec<Value> = recurly_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            json!({"kind": "Subscription", "name": format!("many-{i:02}"),
+                              "spec": {"product": "weather", "plan": {"name": "silver"}},
+                              "attributes": {"recurlySubscriptionId": id},
+                              "approval": {"state": "approved"}})
+        })
+        .collect();
+    let seeded = seed_answer(&sb, json!({"amplify": {"resources": resources}})).await;
+    let subs: Vec<Billed> = seeded["amplify"]["resources"]
+        .as_array()
+        .expect("the seeded resources")
+        .iter()
+        .zip(&recurly_ids)
+        .map(|(s, id)| Billed {
+            name: s["name"].as_str().unwrap().to_owned(),
+            amplify_id: s["metadata"]["id"].as_str().unwrap().to_owned(),
+            recurly_id: id.clone(),
+        })
+        .collect();
+    let window = closed_windows(1)[0];
+    let response = sb
+        .http
+        .post(sb.at("/_sandbox/traffic/generate"))
+        .json(&json!({"seed": 77, "count": 2000, "from": window.0, "to": window.1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let generated: Value = response.json().await.unwrap();
+    let mut expected = Expected::default();
+    for total in generated["totals"].as_array().unwrap() {
+        let sub = subs
+            .iter()
+            .find(|s| total["subscriptionId"] == s.amplify_id.as_str())
+            .unwrap_or_else(|| panic!("traffic of a seeded subscription: {total}"));
+        let quota = b
+            .quotas
+            .iter()
+            .find(|q| {
+                q.resources
+                    .iter()
+                    .any(|r| total["assetResourceName"] == r.as_str())
+            })
+            .unwrap();
+        expected.add(sub, quota, window.0, total["totalCount"].as_u64().unwrap());
+    }
+    let billed_subs: BTreeSet<&String> = expected.0.keys().map(|(s, _, _)| s).collect();
+    assert_eq!(billed_subs.len(), count, "every subscription got traffic");
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(summary["unmatched_units"], 0, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}

@@ -86,9 +86,20 @@ fn binary() -> std::process::Command {
 
 /// Runs the binary with `args` to the end, off the async threads.
 pub async fn run_binary(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || binary().args(&args).output().expect("the binary runs"))
-        .await
-        .expect("join")
+    run_binary_with(args, Vec::new()).await
+}
+
+/// Runs the binary with `args` and the `BRIDGE_` variables `env`.
+pub async fn run_binary_with(args: Vec<String>, env: Vec<(String, String)>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        binary()
+            .args(&args)
+            .envs(env)
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .expect("join")
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -361,4 +372,69 @@ async fn the_report_command_exits_one_when_a_window_could_not_be_billed() {
     assert_eq!(code, Some(0), "{done}");
     assert_eq!(done["complete"], true, "{done}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn the_report_command_takes_reporting_settings_from_the_environment() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("", ""), 1).await;
+    let windows = closed_windows(1);
+    let (sub, quota) = (&b.subs[0], &b.quotas[2]);
+    let mut events = spread(
+        &sub.amplify_id,
+        &sub.name,
+        &quota.resource,
+        windows[0],
+        6,
+        "Success",
+    );
+    events.extend(spread(
+        &sub.amplify_id,
+        &sub.name,
+        &quota.resource,
+        windows[0],
+        4,
+        "Failure",
+    ));
+    inject(&sb, &events).await;
+    let dir = TempDir::new();
+    let config = dir.path("bridge.toml");
+    std::fs::write(
+        &config,
+        binary_config(&sb, "127.0.0.1:0", &dir.path("bridge.state"), ""),
+    )
+    .unwrap();
+    let (from, to) = (rfc3339(windows[0].0), rfc3339(windows[0].1));
+    let args: Vec<String> = [
+        "report",
+        "--config",
+        config.to_str().unwrap(),
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--json",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let output = run_binary_with(
+        args,
+        vec![("BRIDGE_REPORTING__BILLED_COUNT".into(), "success".into())],
+    )
+    .await;
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{summary}\n{}",
+        text(&output.stderr)
+    );
+    assert_eq!(summary["units"], 6, "successful calls only: {summary}");
+    let totals = usage_totals(&sb).await;
+    assert_eq!(
+        totals.get(&(sub.recurly_id.clone(), quota.add_on())),
+        Some(&(1, 6)),
+        "{totals:?}"
+    );
 }
