@@ -1112,6 +1112,24 @@ async fn the_report_endpoint_takes_only_the_admin_token_and_only_closed_windows(
         (&json!(true), &json!(0))
     );
 
+    // RFC 3339 with a UTC offset names the same instants.
+    let east = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
+    let at = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms)
+            .unwrap()
+            .with_timezone(&east)
+            .to_rfc3339()
+    };
+    let offset = json!({"from": at(windows[1].0), "to": at(windows[2].1)});
+    let summary = report(&sb, &bridge.url, Some(&offset)).await;
+    let starts: Vec<i64> = summary["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["start_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(starts, [windows[1].0, windows[2].0], "{offset}: {summary}");
+
     // A window is closed only once `delay` has passed after its end.
     let delayed = spawn_bridge(
         &sb,

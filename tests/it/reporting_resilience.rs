@@ -160,23 +160,19 @@ async fn failing_throttling_and_slow_recurly_answers_still_converge_exactly() {
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
 
-#[actix_rt::test]
-async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_restart() {
-    let sb = bridge_sandbox().await;
-    // The in-process bridge provisions (with nothing on disk); the binary reports.
-    let b = billed(&sb, &reporting_overrides("", ""), 2).await;
-    let windows = closed_windows(4);
-    let (events, expected) = grid(&b.subs, &b.quotas, &windows);
-    inject(&sb, &events).await;
-    let dir = TempDir::new();
-    let state = dir.path("bridge.state");
-    let reporting = format!(
-        "concurrency = 2\nmax_windows_per_run = 24\nstart_at = \"{}\"",
-        rfc3339(windows[0].0)
-    );
-    let mut first = serve(&sb, &dir, &state, &reporting).await;
+/// Starts `serve` on `state`, has it run a normal report with slow usage answers and kills it
+/// (SIGKILL) once some, not all, of `expected` is in Recurly; returns when the requests it had in
+/// flight have landed, faults cleared.
+async fn kill_serve_mid_run(
+    sb: &TestSandbox,
+    dir: &TempDir,
+    state: &std::path::Path,
+    reporting: &str,
+    expected: &Expected,
+) {
+    let mut first = serve(sb, dir, state, reporting).await;
     recurly_faults(
-        &sb,
+        sb,
         json!({"latency_ms": 300, "path_contains": "/usage", "methods": ["POST"]}),
     )
     .await;
@@ -193,11 +189,11 @@ async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_rest
     wait_for(
         "the first usage records",
         Duration::from_secs(15),
-        || async { (record_count(&sb).await >= 3).then_some(()) },
+        || async { (record_count(sb).await >= 3).then_some(()) },
     )
     .await;
     first.kill();
-    let at_kill = record_count(&sb).await;
+    let at_kill = record_count(sb).await;
     assert!(
         at_kill < expected.records(),
         "killed mid-run: {at_kill} of {} records\n{}",
@@ -210,10 +206,27 @@ async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_rest
     wait_for(
         "the in-flight records to land",
         Duration::from_secs(3),
-        || async { (record_count(&sb).await > at_kill).then_some(()) },
+        || async { (record_count(sb).await > at_kill).then_some(()) },
     )
     .await;
-    clear_faults(&sb).await;
+    clear_faults(sb).await;
+}
+
+#[actix_rt::test]
+async fn a_serve_killed_mid_run_loses_no_window_and_doubles_no_record_after_restart() {
+    let sb = bridge_sandbox().await;
+    // The in-process bridge provisions (with nothing on disk); the binary reports.
+    let b = billed(&sb, &reporting_overrides("", ""), 2).await;
+    let windows = closed_windows(4);
+    let (events, expected) = grid(&b.subs, &b.quotas, &windows);
+    inject(&sb, &events).await;
+    let dir = TempDir::new();
+    let state = dir.path("bridge.state");
+    let reporting = format!(
+        "concurrency = 2\nmax_windows_per_run = 24\nstart_at = \"{}\"",
+        rfc3339(windows[0].0)
+    );
+    kill_serve_mid_run(&sb, &dir, &state, &reporting, &expected).await;
 
     let second = serve(&sb, &dir, &state, &reporting).await;
     // While `serve` holds the state file, the report command refuses and says where to go.
@@ -342,4 +355,39 @@ async fn a_summary_page_that_fails_never_leaves_part_of_a_window_billed() {
     report_until_complete(&sb, &b.bridge.url, Some(&body), 3).await;
     assert_eq!(usage_totals(&sb).await, expected.totals());
     one_record_per_window(&sb, &b.subs, &b.quotas, &expected).await;
+}
+
+#[actix_rt::test]
+async fn after_a_killed_serve_the_report_command_finishes_the_job_exactly() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("", ""), 2).await;
+    let windows = closed_windows(4);
+    let (events, expected) = grid(&b.subs, &b.quotas, &windows);
+    inject(&sb, &events).await;
+    let dir = TempDir::new();
+    let state = dir.path("bridge.state");
+    let reporting = format!(
+        "concurrency = 2\nmax_windows_per_run = 24\nstart_at = \"{}\"",
+        rfc3339(windows[0].0)
+    );
+    kill_serve_mid_run(&sb, &dir, &state, &reporting, &expected).await;
+    // No `serve` holds the state file any more: the command runs on it.
+    let config = dir.path("cli.toml");
+    std::fs::write(
+        &config,
+        binary_config(&sb, "127.0.0.1:0", &state, &reporting),
+    )
+    .unwrap();
+    let (code, summary, output) = report_cli(&config, &["--json"]).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    one_record_per_window(&sb, &b.subs, &b.quotas, &expected).await;
+    keys_are_deterministic(&sb, expected.records()).await;
 }
