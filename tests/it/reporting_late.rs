@@ -13,7 +13,7 @@ use crate::reporting::{
     Expected, billed, calls, closed_windows, grid, inject, report, reporting_overrides, rfc3339,
     span, usage_posts, usage_totals, whole,
 };
-use crate::support::{TestSandbox, bridge_sandbox, wait_for};
+use crate::support::{TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
 
 /// The usage record created last with a merchant tag ending in `suffix`.
 async fn record_tagged(sb: &crate::support::TestSandbox, suffix: &str) -> Vec<Value> {
@@ -213,9 +213,12 @@ async fn the_schedule_bills_closed_windows_unasked_and_later_runs_add_nothing() 
          repoll_windows = 1\nstart_at = \"{}\"\n[store]\nstate_file = \"\"\n",
         rfc3339(windows[0].0)
     );
-    let b = billed(&sb, &overrides, 1).await;
+    // Provisioned by a bridge that never reports; the traffic is in before the scheduled bridge
+    // starts, so its first run already sees it.
+    let b = billed(&sb, &reporting_overrides("", ""), 1).await;
     let (events, expected) = grid(&b.subs, &b.quotas[..2], &windows);
     inject(&sb, &events).await;
+    let _scheduled = spawn_bridge(&sb, &overrides).await;
     wait_for(
         "the scheduled runs to bill the traffic",
         Duration::from_secs(12),

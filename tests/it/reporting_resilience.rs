@@ -160,9 +160,9 @@ async fn failing_throttling_and_slow_recurly_answers_still_converge_exactly() {
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }
 
-/// Starts `serve` on `state`, has it run a normal report with slow usage answers and kills it
-/// (SIGKILL) once some, not all, of `expected` is in Recurly; returns when the requests it had in
-/// flight have landed, faults cleared.
+/// Starts `serve` on `state`, has it run a normal report with slow usage answers (0.8 s, two at
+/// a time) and kills it (SIGKILL) once the first records are in Recurly and the next ones are in
+/// flight; returns when those have landed, faults cleared.
 async fn kill_serve_mid_run(
     sb: &TestSandbox,
     dir: &TempDir,
@@ -173,7 +173,7 @@ async fn kill_serve_mid_run(
     let mut first = serve(sb, dir, state, reporting).await;
     recurly_faults(
         sb,
-        json!({"latency_ms": 300, "path_contains": "/usage", "methods": ["POST"]}),
+        json!({"latency_ms": 800, "path_contains": "/usage", "methods": ["POST"]}),
     )
     .await;
     // The scheduled kind of run: no bounds, from `start_at` on.
@@ -189,7 +189,7 @@ async fn kill_serve_mid_run(
     wait_for(
         "the first usage records",
         Duration::from_secs(15),
-        || async { (record_count(sb).await >= 3).then_some(()) },
+        || async { (record_count(sb).await >= 2).then_some(()) },
     )
     .await;
     first.kill();
@@ -378,15 +378,24 @@ async fn after_a_killed_serve_the_report_command_finishes_the_job_exactly() {
         binary_config(&sb, "127.0.0.1:0", &state, &reporting),
     )
     .unwrap();
-    let (code, summary, output) = report_cli(&config, &["--json"]).await;
-    assert_eq!(
-        code,
-        Some(0),
-        "{}\n{}",
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    assert_eq!(summary["complete"], true, "{summary}");
+    // Exit 1 (a window left incomplete, e.g. by a record still in progress at Recurly) asks for
+    // another run; it must come to 0.
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let (code, summary, output) = report_cli(&config, &["--json"]).await;
+        assert!(
+            code == Some(0) || (code == Some(1) && summary["complete"] == false),
+            "{}\n{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        runs.push(summary);
+        if code == Some(0) {
+            break;
+        }
+    }
+    let last = runs.last().unwrap();
+    assert_eq!(last["complete"], true, "{runs:#?}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
     one_record_per_window(&sb, &b.subs, &b.quotas, &expected).await;
     keys_are_deterministic(&sb, expected.records()).await;
