@@ -77,6 +77,20 @@ fn print_table(summary: &RunSummary) {
 /// Exit status: 0 when every window is complete, 1 otherwise.
 pub async fn run_report(options: Options<'_>) -> anyhow::Result<i32> {
     let config = crate::serve::load(options.config)?;
+    // Reporting needs Amplify and Recurly; the webhook and mail settings are `serve`'s business.
+    let problems: Vec<String> = config
+        .problems()
+        .into_iter()
+        .filter(|p| {
+            p.starts_with("amplify") || p.starts_with("recurly") || p.starts_with("reporting")
+        })
+        .collect();
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "configuration is incomplete:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
     let range = match (options.from, options.to) {
         (Some(from), Some(to)) => Some((
             parse_instant(from)

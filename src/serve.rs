@@ -36,6 +36,7 @@ pub async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
     let (bridge, channels) = Bridge::build(config, RetryPolicy::default())?;
     let pipeline = Pipeline::start(bridge, channels);
     let bridge = pipeline.bridge.clone();
+    let reporting = reporting_line(&bridge.config);
     let (handle, running) =
         billing_bridge_server::start(AppState { bridge, pipeline }, &listen, None)
             .with_context(|| format!("listening on {listen}"))?;
@@ -44,12 +45,45 @@ pub async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
         "billing-bridge: {} (webhooks at {WEBHOOK_PATH})",
         handle.url()
     );
+    println!("{reporting}");
     let server = actix_rt::spawn(running);
     shutdown_signal().await;
     tracing::info!("stopping: finishing requests in flight");
     handle.server.stop(true).await;
     let _ = server.await;
     Ok(())
+}
+
+/// One line saying when traffic is reported and where the ledger is kept.
+fn reporting_line(config: &BridgeConfig) -> String {
+    let r = &config.reporting;
+    if !r.enabled {
+        return "traffic reporting: off".into();
+    }
+    let schedule = if r.schedule.trim().is_empty() {
+        "on demand only (POST /admin/report)".to_owned()
+    } else {
+        format!("cron \"{}\" (UTC)", r.schedule.trim())
+    };
+    let ledger = if config.store.state_file.trim().is_empty() {
+        "in memory only: a restart starts afresh".to_owned()
+    } else {
+        format!("in {}", config.store.state_file.trim())
+    };
+    format!(
+        "traffic reporting: {schedule}, {} windows read {} after they close; ledger {ledger}",
+        short(r.window),
+        short(r.delay)
+    )
+}
+
+fn short(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s > 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s > 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 pub async fn install_hooks(config: Option<&Path>, url: &str, name: &str) -> anyhow::Result<()> {

@@ -331,6 +331,16 @@ impl AmplifyClient {
         collection: &str,
         query: Option<&str>,
     ) -> Result<Vec<Value>, AmplifyError> {
+        self.list_as(collection, query).await
+    }
+
+    /// As [`list`](Self::list), each page read straight into `T` (only the fields `T` names),
+    /// so a large collection is never held as raw JSON.
+    pub async fn list_as<T: serde::de::DeserializeOwned>(
+        &self,
+        collection: &str,
+        query: Option<&str>,
+    ) -> Result<Vec<T>, AmplifyError> {
         let mut page_query = format!("pageSize={PAGE_SIZE}");
         if let Some(q) = query {
             page_query.push_str(&format!("&query={}", encode(q)));
@@ -340,8 +350,13 @@ impl AmplifyClient {
         while let Some(q) = next.take() {
             let url = format!("{}?{q}", self.central(collection));
             let (body, headers) = self.call("list resources", Method::GET, &url, None).await?;
-            let page = match body {
-                Some(Value::Array(page)) => page,
+            let page: Vec<T> = match body {
+                Some(page @ Value::Array(_)) => {
+                    serde_json::from_value(page).map_err(|e| AmplifyError::Unexpected {
+                        operation: "list resources",
+                        detail: format!("a resource could not be read: {e}"),
+                    })?
+                }
                 None => Vec::new(),
                 Some(other) => {
                     return Err(AmplifyError::Unexpected {

@@ -11,13 +11,60 @@ use std::time::{Duration, Instant};
 use billing_bridge_amplify::{AmplifyClient, AmplifyError};
 use billing_bridge_domain::events::link_attributes;
 use billing_bridge_domain::usage::BilledSubscription;
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::traffic::resource_keys;
-use crate::provision::text;
 
-/// A full refresh is due after this long, so quota changes and unlinks are seen.
-pub const MAX_AGE: Duration = Duration::from_secs(3600);
+/// The few fields of a Subscription the directory reads (lists are read straight into it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SubscriptionLink {
+    name: String,
+    title: Option<String>,
+    metadata: LinkMetadata,
+    spec: LinkSpec,
+    attributes: LinkAttributes,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LinkMetadata {
+    id: String,
+    scope: Option<Named>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct LinkSpec {
+    plan: Option<Named>,
+    resources: Vec<Named>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LinkAttributes {
+    // `link_attributes::SUBSCRIPTION_ID`; a test keeps the two names equal.
+    #[serde(rename = "recurlySubscriptionId", default)]
+    recurly_subscription: Option<String>,
+}
+
+/// The few fields of a Quota the directory reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct QuotaResources {
+    metadata: LinkMetadata,
+    spec: LinkSpec,
+}
+
+/// A full refresh is due after this long. New subscriptions are looked up as their traffic
+/// appears, and a resource no quota of a known plan counts triggers a refresh, so this only
+/// bounds how long other changes (a link removed) go unseen.
+pub const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 /// Unknown subscriptions in a window's traffic are looked up one by one up to this many; more
 /// and the whole directory is read again (a few calls either way).
 const LOOKUPS_BEFORE_REFRESH: usize = 20;
@@ -44,20 +91,17 @@ pub struct Directory {
     refreshed: Option<Instant>,
 }
 
-fn quota_map(quota: &Value, into: &mut BTreeMap<String, String>, ambiguous: &mut HashSet<String>) {
-    let Some(id) = text(quota, "/metadata/id") else {
+fn quota_map(
+    quota: &QuotaResources,
+    into: &mut BTreeMap<String, String>,
+    ambiguous: &mut HashSet<String>,
+) {
+    let id = &quota.metadata.id;
+    if id.is_empty() {
         return;
-    };
-    for resource in quota
-        .pointer("/spec/resources")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(name) = text(resource, "/name") else {
-            continue;
-        };
-        for (i, key) in resource_keys(name).into_iter().enumerate() {
+    }
+    for resource in &quota.spec.resources {
+        for (i, key) in resource_keys(&resource.name).into_iter().enumerate() {
             // A full name is unique in a plan (a resource belongs to one quota, reference
             // §3.3); a short name shared by two quotas is dropped rather than guessed.
             if i > 0 && (into.get(&key).is_some_and(|q| q != id) || ambiguous.contains(&key)) {
@@ -65,7 +109,7 @@ fn quota_map(quota: &Value, into: &mut BTreeMap<String, String>, ambiguous: &mut
                 ambiguous.insert(key);
                 continue;
             }
-            into.insert(key, id.to_owned());
+            into.insert(key, id.clone());
         }
     }
 }
@@ -91,28 +135,40 @@ impl Directory {
         self.refreshed.is_none_or(|at| at.elapsed() >= MAX_AGE)
     }
 
+    /// Whether the directory was read in full since `instant`.
+    pub fn refreshed_since(&self, instant: Instant) -> bool {
+        self.refreshed.is_some_and(|at| at >= instant)
+    }
+
     /// Whether a subscription id is neither billed nor known not to be.
     pub fn is_unknown(&self, amplify_id: &str) -> bool {
         !self.subscriptions.contains_key(amplify_id) && !self.not_billed.contains(amplify_id)
     }
 
-    fn billed_from(&self, subscription: &Value) -> Option<Billed> {
-        let recurly = text(
-            subscription,
-            &format!("/attributes/{}", link_attributes::SUBSCRIPTION_ID),
-        )
-        .filter(|s| !s.is_empty())?;
-        let plan = text(subscription, "/spec/plan/name")?;
-        let name = text(subscription, "/name")?;
+    fn billed_from(&self, subscription: SubscriptionLink) -> Option<Billed> {
+        let recurly = subscription
+            .attributes
+            .recurly_subscription
+            .filter(|s| !s.is_empty())?;
+        let plan = subscription
+            .spec
+            .plan
+            .map(|p| p.name)
+            .filter(|p| !p.is_empty())?;
+        if subscription.metadata.id.is_empty() || subscription.name.is_empty() {
+            return None;
+        }
         Some(Billed {
-            amplify_id: text(subscription, "/metadata/id")?.to_owned(),
-            name: name.to_owned(),
-            title: text(subscription, "/title").unwrap_or(name).to_owned(),
-            recurly_subscription: recurly.to_owned(),
-            plan: plan.to_owned(),
             billing: BilledSubscription {
-                quota_by_resource: self.quotas.get(plan).cloned().unwrap_or_default(),
+                quota_by_resource: self.quotas.get(&plan).cloned().unwrap_or_default(),
             },
+            amplify_id: subscription.metadata.id,
+            title: subscription
+                .title
+                .unwrap_or_else(|| subscription.name.clone()),
+            name: subscription.name,
+            recurly_subscription: recurly,
+            plan,
         })
     }
 
@@ -122,13 +178,13 @@ impl Directory {
         amplify: &AmplifyClient,
         api_version: &str,
     ) -> Result<(), AmplifyError> {
-        let quotas = amplify
-            .list(&format!("/catalog/{api_version}/quotas"), None)
+        let quotas: Vec<QuotaResources> = amplify
+            .list_as(&format!("/catalog/{api_version}/quotas"), None)
             .await?;
         let mut by_plan: HashMap<String, BTreeMap<String, String>> = HashMap::new();
         let mut ambiguous: HashMap<String, HashSet<String>> = HashMap::new();
         for quota in &quotas {
-            if let Some(plan) = text(quota, "/metadata/scope/name") {
+            if let Some(plan) = quota.metadata.scope.as_ref().map(|s| s.name.as_str()) {
                 quota_map(
                     quota,
                     by_plan.entry(plan.to_owned()).or_default(),
@@ -138,8 +194,8 @@ impl Directory {
         }
         drop(quotas);
         self.quotas = by_plan;
-        let linked = amplify
-            .list(
+        let linked: Vec<SubscriptionLink> = amplify
+            .list_as(
                 &format!("/catalog/{api_version}/subscriptions"),
                 Some(&format!(
                     "attributes.{}==*",
@@ -148,7 +204,7 @@ impl Directory {
             )
             .await?;
         let subscriptions = linked
-            .iter()
+            .into_iter()
             .filter_map(|s| self.billed_from(s))
             .map(|b| (b.amplify_id.clone(), b))
             .collect();
@@ -183,13 +239,13 @@ impl Directory {
             return self.refresh(amplify, api_version).await;
         }
         for id in unknown {
-            let found = amplify
-                .list(
+            let found: Vec<SubscriptionLink> = amplify
+                .list_as(
                     &format!("/catalog/{api_version}/subscriptions"),
                     Some(&format!("metadata.id=={id}")),
                 )
                 .await?;
-            let billed = found.iter().find_map(|s| self.billed_from(s));
+            let billed = found.into_iter().find_map(|s| self.billed_from(s));
             match billed {
                 Some(b) if !self.quotas.contains_key(&b.plan) => {
                     // A plan the directory has not seen: its quotas are needed too.
@@ -212,17 +268,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn quota(value: serde_json::Value) -> QuotaResources {
+        serde_json::from_value(value).unwrap()
+    }
+
     #[test]
     fn quotas_are_found_by_full_and_unambiguous_short_resource_names() {
         let mut map = BTreeMap::new();
         let mut ambiguous = HashSet::new();
         quota_map(
-            &json!({"metadata": {"id": "q1"}, "spec": {"resources": [{"name": "pets/list"}, {"name": "pets/get"}]}}),
+            &quota(
+                json!({"metadata": {"id": "q1", "scope": {"kind": "ProductPlan", "name": "gold"}}, "spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": "pets/list"}, {"name": "pets/get"}]}}),
+            ),
             &mut map,
             &mut ambiguous,
         );
         quota_map(
-            &json!({"metadata": {"id": "q2"}, "spec": {"resources": [{"name": "stores/list"}]}}),
+            &quota(
+                json!({"metadata": {"id": "q2"}, "spec": {"resources": [{"name": "stores/list"}]}}),
+            ),
             &mut map,
             &mut ambiguous,
         );
@@ -230,5 +294,31 @@ mod tests {
         assert_eq!(map.get("stores/list").map(String::as_str), Some("q2"));
         assert_eq!(map.get("get").map(String::as_str), Some("q1"));
         assert_eq!(map.get("list"), None, "shared by two quotas: not guessed");
+    }
+
+    #[test]
+    fn a_subscription_is_billed_when_linked_to_a_recurly_subscription() {
+        let link: SubscriptionLink = serde_json::from_value(json!({
+            "name": "acme-gold", "title": "Acme Gold", "metadata": {"id": "s1"},
+            "spec": {"product": "p", "plan": {"name": "gold"}},
+            "attributes": {link_attributes::SUBSCRIPTION_ID: "r1", "other": "x"},
+            "approval": {"state": "approved"}
+        }))
+        .unwrap();
+        let billed = Directory::default().billed_from(link).unwrap();
+        assert_eq!(
+            (
+                billed.amplify_id.as_str(),
+                billed.recurly_subscription.as_str(),
+                billed.plan.as_str(),
+                billed.title.as_str()
+            ),
+            ("s1", "r1", "gold", "Acme Gold")
+        );
+        let unlinked: SubscriptionLink = serde_json::from_value(json!({
+            "name": "x", "metadata": {"id": "s2"}, "spec": {"plan": {"name": "gold"}}
+        }))
+        .unwrap();
+        assert!(Directory::default().billed_from(unlinked).is_none());
     }
 }

@@ -24,7 +24,7 @@ use directory::Directory;
 /// The lease that makes one run at a time (across instances, with a shared store).
 pub const LEASE: &str = "reporting";
 /// A run holds its lease this long, renewed after every window.
-const LEASE_TTL: Duration = Duration::from_secs(600);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(600);
 /// A backfill covers at most this many windows, so a typo cannot start a year-long run.
 const MAX_BACKFILL_WINDOWS: usize = 10_000;
 
@@ -269,6 +269,7 @@ async fn run_windows(
     lease: Option<&Lease>,
 ) -> Result<RunSummary, RunError> {
     let now_ms = Utc::now().timestamp_millis();
+    let run_started = Instant::now();
     let windows = plan_windows(bridge, request, now_ms).await?;
     let config = &bridge.config.reporting;
     let api_version = bridge.config.amplify.api_version.clone();
@@ -308,8 +309,19 @@ async fn run_windows(
                 )
                 .await
                 .map_err(|e| RunError::Traffic(format!("subscriptions could not be read: {e}")))?;
-            let aggregate = aggregate(&rows, |s| directory.billing_of(s));
-            Ok::<_, RunError>(reporter::window_usage(aggregate, directory))
+            let mut aggregated = aggregate(&rows, |s| directory.billing_of(s));
+            if aggregated.unmatched_resource > 0 && !directory.refreshed_since(run_started) {
+                // A billed subscription called a resource none of its plan's quotas lists:
+                // perhaps a quota was added to the plan since the directory was read.
+                directory
+                    .refresh(&bridge.amplify, &api_version)
+                    .await
+                    .map_err(|e| {
+                        RunError::Traffic(format!("subscriptions could not be read: {e}"))
+                    })?;
+                aggregated = aggregate(&rows, |s| directory.billing_of(s));
+            }
+            Ok::<_, RunError>(reporter::window_usage(aggregated, directory))
         }
         .await;
         let usage = match outcome {

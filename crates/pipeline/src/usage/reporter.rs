@@ -64,6 +64,9 @@ struct Send {
 enum Sent {
     Acked,
     Skipped,
+    /// Recurly refused it for a reason only a person can fix: it stays pending (sent again
+    /// every run) and the provider is told once.
+    Refused(String),
     Failed(String),
 }
 
@@ -110,10 +113,25 @@ async fn send(bridge: &Bridge, window: Window, s: &Send) -> Sent {
         Err(e) if is_refusal(&e) => match bridge.recurly.subscription(subscription).await {
             Ok(None) => Sent::Skipped,
             Ok(Some(sub)) if matches!(sub.state.as_str(), "expired" | "failed") => Sent::Skipped,
-            Ok(Some(_)) => Sent::Failed(e.to_string()),
+            Ok(Some(_)) => Sent::Refused(e.to_string()),
             Err(lookup) => Sent::Failed(format!("{e}; then {lookup}")),
         },
         Err(e) => Sent::Failed(e.to_string()),
+    }
+}
+
+fn refused_card(amplify_name: &str, pair: &Pair, error: &str) -> ProviderCard {
+    ProviderCard {
+        title: format!("Usage refused by Recurly: {amplify_name}"),
+        tone: Tone::Attention,
+        text: format!(
+            "Recurly refused a usage record, so this window's usage is not billed yet and later windows wait. Every run sends it again until Recurly takes it. {error}"
+        ),
+        facts: vec![
+            ("Recurly subscription".into(), pair.0.clone()),
+            ("Add-on".into(), pair.1.clone()),
+        ],
+        link: None,
     }
 }
 
@@ -155,7 +173,8 @@ pub async fn report_window(
     let dry_run = lease.is_none();
     summary.unmatched_units =
         usage.aggregate.unmatched_subscription + usage.aggregate.unmatched_resource;
-    if !dry_run {
+    // Counted once per window: re-polls and backfills of a reported window see the same rows.
+    if !dry_run && !summary.repoll {
         bridge.metrics.unmatched(
             UnmatchedReason::Subscription,
             usage.aggregate.unmatched_subscription,
@@ -270,6 +289,24 @@ pub async fn report_window(
                 }
                 ReportState::Skipped
             }
+            Sent::Refused(error) => {
+                failed += 1;
+                bridge.metrics.usage_record(UsageRecordOutcome::Failed);
+                tracing::warn!(subscription = %s.pair.0, add_on = %s.pair.1, window = window.start_ms, %error, "usage record refused by Recurly");
+                if bridge
+                    .store
+                    .first_time(&format!("usage-refused:{}:{}", s.pair.0, s.pair.1))
+                    .await
+                    .unwrap_or(false)
+                {
+                    let name = directory
+                        .get(&s.report.amplify_subscription)
+                        .map_or(s.report.amplify_subscription.as_str(), |b| b.name.as_str());
+                    notices.notify(Notice::Provider(refused_card(name, &s.pair, &error)));
+                }
+                first_error.get_or_insert(error);
+                continue;
+            }
             Sent::Failed(error) => {
                 failed += 1;
                 bridge.metrics.usage_record(UsageRecordOutcome::Failed);
@@ -288,6 +325,7 @@ pub async fn report_window(
                 .store
                 .settle(lease, window, std::mem::take(&mut settled))
                 .await?;
+            bridge.store.extend_lease(lease, super::LEASE_TTL).await?;
         }
     }
     if !settled.is_empty() {

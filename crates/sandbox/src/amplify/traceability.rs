@@ -176,19 +176,33 @@ pub(crate) fn summarize(store: &TrafficStore, query: &SummaryQuery) -> Vec<Value
         acc.duration_min = acc.duration_min.min(duration);
         acc.duration_max = acc.duration_max.max(duration);
     }
-    let mut rows: Vec<(Vec<String>, Value)> = slots
+    // Sort the groups by their values, page them, and only then build the page's rows.
+    let mut groups: Vec<(Vec<&str>, usize)> = slots
         .iter()
-        .zip(&slot_profiles)
-        .filter(|(acc, _)| acc.total > 0)
-        .map(|(acc, p)| {
-            let profile = store.profile(*p);
+        .enumerate()
+        .filter(|(_, acc)| acc.total > 0)
+        .map(|(slot, _)| {
+            let profile = store.profile(slot_profiles[slot]);
+            let key = query
+                .group_by
+                .iter()
+                .map(|d| store.text(profile[*d]).unwrap_or_default())
+                .collect();
+            (key, slot)
+        })
+        .collect();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups
+        .into_iter()
+        .skip(query.offset)
+        .take(query.count)
+        .map(|(_, slot)| {
+            let acc = &slots[slot];
+            let profile = store.profile(slot_profiles[slot]);
             let mut row = Map::new();
-            let mut sort_key = Vec::new();
             for d in &query.group_by {
                 let field = DIMENSIONS[*d].field;
-                let text = store.text(profile[*d]);
-                sort_key.push(text.unwrap_or_default().to_owned());
-                row.insert(field.to_owned(), json!(text));
+                row.insert(field.to_owned(), json!(store.text(profile[*d])));
                 if let Some(companion) = companion_field(field)
                     && !query.group_by.contains(&companion)
                 {
@@ -208,14 +222,8 @@ pub(crate) fn summarize(store: &TrafficStore, query: &SummaryQuery) -> Vec<Value
             );
             row.insert("minDurationMs".into(), json!(acc.duration_min));
             row.insert("maxDurationMs".into(), json!(acc.duration_max));
-            (sort_key, Value::Object(row))
+            Value::Object(row)
         })
-        .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows.into_iter()
-        .skip(query.offset)
-        .take(query.count)
-        .map(|(_, row)| row)
         .collect()
 }
 
