@@ -221,6 +221,14 @@ fn line(name: &str, m: &Measured) {
 const ROUND_STRIDE: u64 = 100_000_000;
 
 fn main() {
+    // LOAD_LOG=1: the log subscriber `serve` installs (text, info), writing nowhere, so the
+    // webhook's span and log lines are paid for as in production.
+    if std::env::var("LOAD_LOG").is_ok_and(|v| v == "1") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+            .init();
+    }
     let seconds = env_or("LOAD_SECONDS", if support::benching() { 6 } else { 1 });
     let rounds = env_or("LOAD_ROUNDS", if support::benching() { 6 } else { 1 }).max(1);
     let connections = env_or("LOAD_CONNECTIONS", 32);

@@ -531,7 +531,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let metrics = bridge.metrics.encode();
     let accepted = metrics
         .lines()
-        .find(|l| l.starts_with("billing_bridge_webhooks_received_total{outcome=\"Accepted\"}"))
+        .find(|l| l.starts_with("billing_bridge_webhooks_received_total{outcome=\"accepted\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .unwrap_or("0");
     println!(

@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod report;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -96,17 +97,21 @@ fn main() -> anyhow::Result<()> {
     } else {
         "info"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` reads its `[telemetry]` section (log format, trace export) before anything logs.
+    let (served, telemetry) = match &cli.command {
+        Command::Serve { config } => {
+            let loaded = serve::load(config.as_deref())?;
+            let telemetry = telemetry::init(Some(&loaded.telemetry), default_filter)?;
+            (Some(loaded), telemetry)
+        }
+        _ => (None, telemetry::init(None, default_filter)?),
+    };
     // The actors need an actix system; the sandbox and clients run on its tokio runtime.
-    actix_rt::System::new().block_on(async move {
+    let result = actix_rt::System::new().block_on(async move {
         match cli.command {
-            Command::Serve { config } => serve::serve(config.as_deref()).await,
+            Command::Serve { .. } => {
+                serve::serve(served.context("serve's configuration is loaded first")?).await
+            }
             Command::Demo { keep_running } => demo::run(keep_running).await,
             Command::Check { config } => check::run(config.as_deref()).await,
             Command::InstallHooks { config, url, name } => {
@@ -138,7 +143,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Sandbox { listen, config } => run_sandbox(&listen, config.as_deref()).await,
         }
-    })
+    });
+    telemetry.shutdown();
+    result
 }
 
 async fn run_sandbox(listen: &str, config: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -29,8 +29,9 @@ pub fn load(config: Option<&Path>) -> anyhow::Result<BridgeConfig> {
     Ok(BridgeConfig::load(config)?)
 }
 
-pub async fn serve(config: Option<&Path>) -> anyhow::Result<()> {
-    let config = load(config)?;
+/// Runs the bridge with a loaded configuration (loaded first, so logging follows its
+/// `[telemetry]` section).
+pub async fn serve(config: BridgeConfig) -> anyhow::Result<()> {
     config.validate()?;
     let listen = config.server.listen.clone();
     let (bridge, channels) = Bridge::build(config, RetryPolicy::default())?;

@@ -274,13 +274,13 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
     }
     let text = metrics(&sb, &bridge).await;
     for (outcome, count) in [
-        ("Unauthorized", expect_unauthorized),
-        ("TooLarge", expect_too_large),
-        ("Malformed", expect_malformed),
-        ("Accepted", 1),
-        ("Duplicate", 1),
-        ("Busy", 0),
-        ("Ignored", 1),
+        ("unauthorized", expect_unauthorized),
+        ("too_large", expect_too_large),
+        ("malformed", expect_malformed),
+        ("accepted", 1),
+        ("duplicate", 1),
+        ("busy", 0),
+        ("ignored", 1),
     ] {
         assert_eq!(received(&text, outcome), count, "{outcome}:\n{text}");
     }
@@ -368,6 +368,6 @@ async fn a_full_queue_answers_503_with_retry_after_and_the_event_is_accepted_lat
     })
     .await;
     let text = metrics(&sb, &bridge).await;
-    assert!(received(&text, "Busy") >= 1, "{text}");
+    assert!(received(&text, "busy") >= 1, "{text}");
     assert_recurly_traffic_conforms(&sb, ExchangePolicy::ClientMustConform).await;
 }

@@ -2,6 +2,7 @@
 
 mod amplify_conformance;
 mod cli;
+mod dashboards;
 mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;
@@ -11,6 +12,11 @@ mod provisioning_reliability;
 mod provisioning_subscriptions;
 mod recurly_client;
 mod recurly_conformance;
+mod reporting;
+mod reporting_cli;
+mod reporting_late;
+mod reporting_resilience;
 mod sandbox_control;
 mod scale_out;
 mod support;
+mod tracing_export;

@@ -547,7 +547,7 @@ async fn an_event_that_meets_an_outage_is_tried_again_without_waiting_for_the_re
             .lines()
             .any(|l| {
                 l.starts_with(
-                    "billing_bridge_provisioning_total{resource=\"Plan\",outcome=\"Waiting\"} 3",
+                    "billing_bridge_provisioning_total{resource=\"plan\",outcome=\"waiting\"} 3",
                 )
             })
             .then_some(())
@@ -596,7 +596,7 @@ async fn an_event_that_meets_an_outage_is_tried_again_without_waiting_for_the_re
     assert!(
         passes
             .lines()
-            .any(|l| l.contains("outcome=\"Retry\"") && l.contains("resource=\"Plan\"")),
+            .any(|l| l.contains("outcome=\"retry\"") && l.contains("resource=\"plan\"")),
         "{passes}"
     );
 }

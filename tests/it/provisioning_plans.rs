@@ -234,8 +234,8 @@ async fn ineligible_plans_yield_no_recurly_plan_and_no_card() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("billing_bridge_provisioning_total")
-                && l.contains("resource=\"Plan\"")
-                && l.contains("outcome=\"Ineligible\"")
+                && l.contains("resource=\"plan\"")
+                && l.contains("outcome=\"ineligible\"")
                 && l.ends_with(" 4")),
         "four ineligible passes counted:\n{text}"
     );

@@ -5,7 +5,9 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use billing_bridge_upstream::RetryPolicy;
+use billing_bridge_upstream::{
+    NoObserver, Observer, RetryPolicy, Upstream, call_span, record_exchange, timed_wait,
+};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
@@ -14,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::AmplifyError;
 
@@ -75,6 +78,7 @@ pub struct AmplifyClient {
     settings: AmplifySettings,
     limiter: Option<DefaultDirectRateLimiter>,
     token: Mutex<Option<CachedToken>>,
+    observer: Observer,
 }
 
 /// Amplify's window is not documented beyond "25 requests per minute" (§1.4): a bucket with a
@@ -125,7 +129,14 @@ impl AmplifyClient {
             http,
             settings,
             token: Mutex::new(None),
+            observer: NoObserver::shared(),
         }
+    }
+
+    /// Reports every exchange and rate-limit wait to `observer` (the metrics).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// `/catalog/{version}/{plural}/{name}`, the selfLink form of a resource this client names.
@@ -138,6 +149,13 @@ impl AmplifyClient {
     }
 
     async fn fetch_token(&self) -> Result<CachedToken, AmplifyError> {
+        let operation = "get token";
+        self.fetch_token_once()
+            .instrument(call_span(Upstream::Amplify, operation, "POST"))
+            .await
+    }
+
+    async fn fetch_token_once(&self) -> Result<CachedToken, AmplifyError> {
         #[derive(Deserialize)]
         struct TokenAnswer {
             access_token: String,
@@ -148,7 +166,7 @@ impl AmplifyClient {
             "{}{TOKEN_PATH}",
             self.settings.auth_url.trim_end_matches('/')
         );
-        let response = self
+        let request = self
             .http
             .post(url)
             .basic_auth(
@@ -156,14 +174,23 @@ impl AmplifyClient {
                 Some(self.settings.client_secret.expose_secret()),
             )
             .form(&[("grant_type", "client_credentials")])
-            .timeout(self.settings.timeout)
-            .send()
-            .await
-            .map_err(|e| AmplifyError::Network {
+            .timeout(self.settings.timeout);
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| {
+            record_exchange(&self.observer, Upstream::Amplify, operation, None, started);
+            AmplifyError::Network {
                 operation,
                 detail: billing_bridge_upstream::network_error(e),
-            })?;
+            }
+        })?;
         let status = response.status().as_u16();
+        record_exchange(
+            &self.observer,
+            Upstream::Amplify,
+            operation,
+            Some(status),
+            started,
+        );
         match status {
             200 => {
                 let answer: TokenAnswer =
@@ -209,8 +236,20 @@ impl AmplifyClient {
         *self.token.lock().await = None;
     }
 
-    /// One exchange: answer body (`None` when empty) and headers.
+    /// One exchange: answer body (`None` when empty) and headers, in a span of its own.
     async fn exchange(
+        &self,
+        operation: &'static str,
+        method: &Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(Option<Value>, HeaderMap), AmplifyError> {
+        self.exchange_once(operation, method, url, body)
+            .instrument(call_span(Upstream::Amplify, operation, method.as_str()))
+            .await
+    }
+
+    async fn exchange_once(
         &self,
         operation: &'static str,
         method: &Method,
@@ -219,7 +258,7 @@ impl AmplifyClient {
     ) -> Result<(Option<Value>, HeaderMap), AmplifyError> {
         let token = self.bearer().await?;
         if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
+            timed_wait(&self.observer, Upstream::Amplify, limiter.until_ready()).await;
         }
         let mut request = self
             .http
@@ -232,11 +271,22 @@ impl AmplifyClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| AmplifyError::Network {
-            operation,
-            detail: billing_bridge_upstream::network_error(e),
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| {
+            record_exchange(&self.observer, Upstream::Amplify, operation, None, started);
+            AmplifyError::Network {
+                operation,
+                detail: billing_bridge_upstream::network_error(e),
+            }
         })?;
         let status = response.status().as_u16();
+        record_exchange(
+            &self.observer,
+            Upstream::Amplify,
+            operation,
+            Some(status),
+            started,
+        );
         let headers = response.headers().clone();
         let text = response.text().await.map_err(|e| AmplifyError::Network {
             operation,
@@ -297,7 +347,9 @@ impl AmplifyClient {
         let attempt = || {
             self.settings
                 .retry
-                .run(|| self.exchange(operation, &method, url, body))
+                .run_observed(Some((&self.observer, Upstream::Amplify)), || {
+                    self.exchange(operation, &method, url, body)
+                })
         };
         match attempt().await {
             // One more round with a fresh token: a 401 with a cached token is not final.

@@ -36,6 +36,7 @@ pub struct BridgeConfig {
     pub notify: NotifyConfig,
     pub reporting: ReportingConfig,
     pub store: StoreConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -180,6 +181,35 @@ fn one() -> u32 {
 
 fn five_minutes() -> Duration {
     Duration::from_secs(300)
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// Traces and logs: where spans go (OTLP over HTTP, off when the endpoint is empty), under which
+/// service name, and the log line format.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL, e.g. `http://otel-collector:4318`; spans go to `{it}/v1/traces`.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    pub log_format: LogFormat,
+}
+
+impl TelemetryConfig {
+    /// The span export URL, when traces are on.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.trim();
+        (!base.is_empty()).then(|| format!("{}/v1/traces", base.trim_end_matches('/')))
+    }
 }
 
 fn is_blank(secret: &Option<SecretString>) -> bool {
@@ -382,6 +412,24 @@ mod tests {
             !format!("{config:?}").contains("key-from-env"),
             "secrets are redacted in Debug"
         );
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_go_to_the_collectors_traces_path() {
+        let config = BridgeConfig::from_toml("").unwrap();
+        assert_eq!(config.telemetry.traces_url(), None);
+        assert_eq!(config.telemetry.service_name, "billing-bridge");
+        assert_eq!(config.telemetry.log_format, LogFormat::Text);
+        let config = BridgeConfig::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\nlog_format = \"json\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.telemetry.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(config.telemetry.log_format, LogFormat::Json);
+        assert!(BridgeConfig::from_toml("[telemetry]\nlog_format = \"xml\"").is_err());
     }
 
     #[test]

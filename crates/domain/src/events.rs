@@ -49,6 +49,10 @@ pub struct ResourceEvent {
     /// How many passes over this event ended in "try again later" so far.
     #[serde(default)]
     pub attempt: u32,
+    /// W3C `traceparent` of the span that accepted the event, so the provisioning pass that
+    /// takes it from the queue continues the same trace. `None` when traces are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// The Amplify attributes that link a resource to its billing twin. The names the replaced
@@ -229,6 +233,7 @@ pub fn event_of_interest(
                 correlation_id: correlation_id.map(str::to_owned),
                 billing_id: billing_id.map(str::to_owned),
                 attempt: 0,
+                trace_parent: None,
             }
         };
     match kind {

@@ -99,12 +99,20 @@ pub fn channels(
     config: &NotifyConfig,
     http: &reqwest::Client,
 ) -> Result<(ProviderChannel, Mailer), NotifyError> {
+    channels_observed(config, http, billing_bridge_upstream::NoObserver::shared())
+}
+
+/// [`channels`], with every HTTP exchange reported to `observer` (the metrics).
+pub fn channels_observed(
+    config: &NotifyConfig,
+    http: &reqwest::Client,
+    observer: billing_bridge_upstream::Observer,
+) -> Result<(ProviderChannel, Mailer), NotifyError> {
     let provider = match &config.teams.webhook_url {
-        Some(url) => ProviderChannel::Teams(TeamsClient::new(
-            http.clone(),
-            url.clone(),
-            config.teams.requests_per_second,
-        )),
+        Some(url) => ProviderChannel::Teams(
+            TeamsClient::new(http.clone(), url.clone(), config.teams.requests_per_second)
+                .with_observer(observer.clone()),
+        ),
         None => ProviderChannel::Off,
     };
     let mailer = match config.mail.backend {
@@ -115,11 +123,10 @@ pub fn channels(
                     "notify.mail.sendgrid.api_key is required for the sendgrid backend".into(),
                 )
             })?;
-            Mailer::SendGrid(sendgrid::SendGridMailer::new(
-                http.clone(),
-                &config.mail.sendgrid.base_url,
-                key,
-            ))
+            Mailer::SendGrid(
+                sendgrid::SendGridMailer::new(http.clone(), &config.mail.sendgrid.base_url, key)
+                    .with_observer(observer),
+            )
         }
         MailBackend::Smtp => Mailer::Smtp(smtp::SmtpMailer::new(&config.mail.smtp)?),
     };

@@ -8,15 +8,22 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::{Address, Mail, NotifyError};
-use billing_bridge_upstream::RetryPolicy;
+use billing_bridge_upstream::{
+    NoObserver, Observer, RetryPolicy, Upstream, call_span, record_exchange,
+};
+use std::time::Instant;
+use tracing::Instrument;
 
 const UPSTREAM: &str = "SendGrid";
+/// The one operation, as metrics and spans name it.
+const OPERATION: &str = "send mail";
 
 pub struct SendGridMailer {
     http: reqwest::Client,
     endpoint: String,
     api_key: SecretString,
     retry: RetryPolicy,
+    observer: Observer,
 }
 
 fn address(a: &Address) -> Value {
@@ -79,7 +86,14 @@ impl SendGridMailer {
             endpoint: format!("{}/v3/mail/send", base_url.trim_end_matches('/')),
             api_key,
             retry: RetryPolicy::default(),
+            observer: NoObserver::shared(),
         }
+    }
+
+    /// Reports every exchange to `observer` (the metrics).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn with_retry(mut self, attempts: usize, min_delay: Duration, max_delay: Duration) -> Self {
@@ -95,46 +109,62 @@ impl SendGridMailer {
     pub async fn send(&self, mail: &Mail) -> Result<Option<String>, NotifyError> {
         let body = request_body(mail);
         self.retry
-            .run(|| async {
-                let response = self
-                    .http
-                    .post(&self.endpoint)
-                    .bearer_auth(self.api_key.expose_secret())
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| NotifyError::unreachable(UPSTREAM, e))?;
-                let status = response.status().as_u16();
-                let header = |name: &str| {
-                    response
-                        .headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                };
-                let message_id = header("X-Message-Id");
-                let reset = header("X-RateLimit-Reset").and_then(|r| r.parse().ok());
-                match status {
-                    200..=299 => Ok(message_id),
-                    429 => Err(NotifyError::Throttled {
-                        upstream: UPSTREAM,
-                        retry_after: until_reset(reset),
-                    }),
-                    500.. => Err(NotifyError::Unavailable {
-                        upstream: UPSTREAM,
-                        status,
-                    }),
-                    _ => {
-                        let text = response.text().await.unwrap_or_default();
-                        Err(NotifyError::Rejected {
-                            upstream: UPSTREAM,
-                            status,
-                            detail: error_detail(&text),
-                        })
-                    }
-                }
+            .run_observed(Some((&self.observer, Upstream::Sendgrid)), || {
+                self.send_once(&body)
+                    .instrument(call_span(Upstream::Sendgrid, OPERATION, "POST"))
             })
             .await
+    }
+
+    async fn send_once(&self, body: &Value) -> Result<Option<String>, NotifyError> {
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(&self.endpoint)
+            .bearer_auth(self.api_key.expose_secret())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                record_exchange(&self.observer, Upstream::Sendgrid, OPERATION, None, started);
+                NotifyError::unreachable(UPSTREAM, e)
+            })?;
+        let status = response.status().as_u16();
+        record_exchange(
+            &self.observer,
+            Upstream::Sendgrid,
+            OPERATION,
+            Some(status),
+            started,
+        );
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let message_id = header("X-Message-Id");
+        let reset = header("X-RateLimit-Reset").and_then(|r| r.parse().ok());
+        match status {
+            200..=299 => Ok(message_id),
+            429 => Err(NotifyError::Throttled {
+                upstream: UPSTREAM,
+                retry_after: until_reset(reset),
+            }),
+            500.. => Err(NotifyError::Unavailable {
+                upstream: UPSTREAM,
+                status,
+            }),
+            _ => {
+                let text = response.text().await.unwrap_or_default();
+                Err(NotifyError::Rejected {
+                    upstream: UPSTREAM,
+                    status,
+                    detail: error_detail(&text),
+                })
+            }
+        }
     }
 }
 

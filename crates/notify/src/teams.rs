@@ -8,9 +8,15 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{NotifyError, ProviderCard};
-use billing_bridge_upstream::RetryPolicy;
+use billing_bridge_upstream::{
+    NoObserver, Observer, RetryPolicy, Upstream, call_span, record_exchange, timed_wait,
+};
+use std::time::Instant;
+use tracing::Instrument;
 
 const UPSTREAM: &str = "MS Teams";
+/// The one operation, as metrics and spans name it.
+const OPERATION: &str = "post card";
 
 /// Where provider cards go: a Teams channel, or nowhere.
 pub enum ProviderChannel {
@@ -33,6 +39,7 @@ pub struct TeamsClient {
     url: SecretString,
     limiter: DefaultDirectRateLimiter,
     retry: RetryPolicy,
+    observer: Observer,
 }
 
 /// What a Teams answer means. Legacy connectors answer 200 with `1`, and report throttling and
@@ -82,7 +89,14 @@ impl TeamsClient {
             url,
             limiter: RateLimiter::direct(quota),
             retry: RetryPolicy::default(),
+            observer: NoObserver::shared(),
         }
+    }
+
+    /// Reports every exchange and rate-limit wait to `observer` (the metrics).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Shorter retries, for tests and for the `check` command.
@@ -98,24 +112,50 @@ impl TeamsClient {
     pub async fn post(&self, card: &ProviderCard) -> Result<(), NotifyError> {
         let envelope = card.to_envelope();
         self.retry
-            .run(|| async {
-                self.limiter.until_ready().await;
-                let response = self
-                    .http
-                    .post(self.url.expose_secret())
-                    .json(&envelope)
-                    .send()
-                    .await
-                    .map_err(|e| NotifyError::unreachable(UPSTREAM, e))?;
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("Retry-After")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .map(Duration::from_secs);
-                let body = response.text().await.unwrap_or_default();
-                classify(status, &body, retry_after)
+            .run_observed(Some((&self.observer, Upstream::Teams)), || {
+                async {
+                    timed_wait(&self.observer, Upstream::Teams, self.limiter.until_ready()).await;
+                    let started = Instant::now();
+                    let response = self
+                        .http
+                        .post(self.url.expose_secret())
+                        .json(&envelope)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            record_exchange(
+                                &self.observer,
+                                Upstream::Teams,
+                                OPERATION,
+                                None,
+                                started,
+                            );
+                            NotifyError::unreachable(UPSTREAM, e)
+                        })?;
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get("Retry-After")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .map(Duration::from_secs);
+                    let body = response.text().await.unwrap_or_default();
+                    let answer = classify(status, &body, retry_after);
+                    // A 200 whose body reports throttling counts as the 429 it is.
+                    let seen = match &answer {
+                        Err(NotifyError::Throttled { .. }) => 429,
+                        _ => status,
+                    };
+                    record_exchange(
+                        &self.observer,
+                        Upstream::Teams,
+                        OPERATION,
+                        Some(seen),
+                        started,
+                    );
+                    answer
+                }
+                .instrument(call_span(Upstream::Teams, OPERATION, "POST"))
             })
             .await
     }

@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use billing_bridge_domain::events::{ResourceEvent, ResourceKind};
+use tracing::Instrument;
 
 use crate::Bridge;
-use crate::notices::Notifier;
+use crate::metrics::ActorLabel;
+use crate::notices::NotifierMailbox;
 use crate::plan::{PlanOutcome, provision_plan};
 use crate::reconcile::{ReconcileSummary, reconcile};
 use crate::subscription::{SubscriptionOutcome, provision_subscription};
@@ -53,7 +55,7 @@ pub struct ProvisionSubscription(pub ResourceEvent);
 
 pub struct PlanProvisioner {
     pub bridge: Arc<Bridge>,
-    pub notifier: Addr<Notifier>,
+    pub notifier: NotifierMailbox,
 }
 
 impl Actor for PlanProvisioner {
@@ -77,7 +79,7 @@ impl Handler<ProvisionPlan> for PlanProvisioner {
 
 pub struct SubscriptionProvisioner {
     pub bridge: Arc<Bridge>,
-    pub notifier: Addr<Notifier>,
+    pub notifier: NotifierMailbox,
 }
 
 impl Actor for SubscriptionProvisioner {
@@ -119,7 +121,10 @@ impl Actor for Router {
         ctx.spawn(
             async move {
                 loop {
-                    let delivery = match bridge.store.next_event(POLL).await {
+                    let next = bridge.store.next_event(POLL).await;
+                    // The Router asks the store every second: its answer is the store's health.
+                    bridge.metrics.store_up.set(i64::from(next.is_ok()));
+                    let delivery = match next {
                         Ok(Some(delivery)) => delivery,
                         Ok(None) => continue,
                         Err(e) => {
@@ -134,14 +139,19 @@ impl Actor for Router {
                     let event = delivery.event;
                     let again = event.clone();
                     let retry = match event.kind {
-                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => plans
-                            .send(ProvisionPlan(event))
-                            .await
-                            .map(|outcome| matches!(outcome, PlanOutcome::Retry { .. })),
+                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => {
+                            let depth = bridge.metrics.mailbox(ActorLabel::PlanProvisioner);
+                            depth.inc();
+                            let answer = plans.send(ProvisionPlan(event)).await;
+                            depth.dec();
+                            answer.map(|outcome| matches!(outcome, PlanOutcome::Retry { .. }))
+                        }
                         ResourceKind::Subscription if bridge.config.provisioning.subscriptions => {
-                            subscriptions
-                                .send(ProvisionSubscription(event))
-                                .await
+                            let depth = bridge.metrics.mailbox(ActorLabel::SubscriptionProvisioner);
+                            depth.inc();
+                            let answer = subscriptions.send(ProvisionSubscription(event)).await;
+                            depth.dec();
+                            answer
                                 .map(|outcome| matches!(outcome, SubscriptionOutcome::Retry { .. }))
                         }
                         _ => Ok(false),
@@ -181,7 +191,9 @@ impl Reconciler {
         let bridge = self.bridge.clone();
         ctx.spawn(
             async move {
-                match reconcile(&bridge, &pass_id()).await {
+                let pass = pass_id();
+                let span = tracing::info_span!("reconcile_pass", pass = %pass, trigger = "timer");
+                match reconcile(&bridge, &pass).instrument(span).await {
                     Ok(summary) => {
                         bridge.metrics.reconcile_passes.inc();
                         tracing::info!(?summary, "reconciliation pass");
@@ -209,7 +221,10 @@ impl Handler<ReconcileNow> for Reconciler {
     fn handle(&mut self, _msg: ReconcileNow, _ctx: &mut Self::Context) -> Self::Result {
         let bridge = self.bridge.clone();
         Box::pin(async move {
-            let summary = reconcile(&bridge, &pass_id())
+            let pass = pass_id();
+            let span = tracing::info_span!("reconcile_pass", pass = %pass, trigger = "admin");
+            let summary = reconcile(&bridge, &pass)
+                .instrument(span)
                 .await
                 .map_err(|e| e.to_string())?;
             bridge.metrics.reconcile_passes.inc();

@@ -52,6 +52,8 @@ impl Bridge {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| BuildError(format!("HTTP client: {e}")))?;
+        let metrics = Metrics::default();
+        let observer = metrics.upstream_observer();
         let amplify = AmplifyClient::new(
             http.clone(),
             AmplifySettings {
@@ -73,7 +75,8 @@ impl Bridge {
                 timeout: config.amplify.timeout,
                 retry,
             },
-        );
+        )
+        .with_observer(observer.clone());
         let recurly = RecurlyClient::new(
             http.clone(),
             RecurlySettings {
@@ -94,9 +97,11 @@ impl Bridge {
                 timeout: config.recurly.timeout,
                 retry,
             },
-        );
-        let (provider, mailer) = billing_bridge_notify::channels(&config.notify, &http)
-            .map_err(|e| BuildError(e.to_string()))?;
+        )
+        .with_observer(observer.clone());
+        let (provider, mailer) =
+            billing_bridge_notify::channels_observed(&config.notify, &http, observer)
+                .map_err(|e| BuildError(e.to_string()))?;
         if let Some(start) = &config.reporting.start_at {
             crate::usage::parse_instant(start)
                 .map_err(|e| BuildError(format!("reporting.start_at: {e}")))?;
@@ -133,7 +138,7 @@ impl Bridge {
             amplify,
             recurly,
             store,
-            metrics: Metrics::default(),
+            metrics,
         };
         Ok((bridge, Channels { provider, mailer }))
     }

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod provision;
 pub mod reconcile;
 pub mod subscription;
+pub mod trace;
 pub mod usage;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use actix::{Actor, Addr};
 
 pub use bridge::{Bridge, BuildError, Channels};
 pub use metrics::Metrics;
-pub use notices::{Notice, NoticeSink, Notifier};
+pub use notices::{Notice, NoticeSink, Notifier, NotifierMailbox, TracedNotice};
 
 /// The running actors. Must be started inside an actix system (`actix_rt`).
 pub struct Pipeline {
@@ -37,14 +38,15 @@ impl Pipeline {
     pub fn start(bridge: Bridge, channels: Channels) -> Pipeline {
         let bridge = Arc::new(bridge);
         let notifier = Notifier::new(channels, bridge.clone()).start();
+        let mailbox = NotifierMailbox::new(notifier.clone(), &bridge);
         let plans = actors::PlanProvisioner {
             bridge: bridge.clone(),
-            notifier: notifier.clone(),
+            notifier: mailbox.clone(),
         }
         .start();
         let subscriptions = actors::SubscriptionProvisioner {
             bridge: bridge.clone(),
-            notifier: notifier.clone(),
+            notifier: mailbox,
         }
         .start();
         let router = actors::Router {
@@ -81,6 +83,11 @@ impl Pipeline {
             router,
             _scheduler: scheduler,
         }
+    }
+
+    /// Where new work puts its notices: the Notifier, its mailbox depth counted.
+    pub fn notices(&self) -> NotifierMailbox {
+        NotifierMailbox::new(self.notifier.clone(), &self.bridge)
     }
 
     /// Whether the actors are still running (for readiness).

@@ -1,15 +1,40 @@
 //! Every metric billing-bridge exports, defined in one place. Names follow
-//! `billing_bridge_<name>_<unit>[_total]`; labels take values from small fixed sets.
+//! `billing_bridge_<name>_<unit>[_total]`; labels take values from small fixed sets, printed in
+//! snake_case (`outcome="too_large"`). `dashboards/` reads these names: change both together.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::sync::Arc;
+use std::time::Duration;
+
+use billing_bridge_upstream::{CallStatus, Observer, Upstream, UpstreamObserver};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Label value enums print their variants in snake_case (prometheus-client's derive prints the
+/// variant name as written, and has no renaming).
+macro_rules! snake_case_labels {
+    ($($ty:ty { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $text),+ }
+            }
+        }
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    )+};
+}
 
 /// What intake did with a webhook.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum WebhookOutcome {
     Accepted,
     Duplicate,
@@ -20,14 +45,14 @@ pub enum WebhookOutcome {
     Busy,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ResourceLabel {
     Plan,
     Subscription,
 }
 
 /// What a provisioner concluded.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ProvisioningOutcome {
     Provisioned,
     Unchanged,
@@ -42,13 +67,13 @@ pub enum ProvisioningOutcome {
     Retry,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Channel {
     Teams,
     Mail,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum NotificationOutcome {
     Sent,
     Failed,
@@ -56,7 +81,7 @@ pub enum NotificationOutcome {
 }
 
 /// What became of one usage record.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UsageRecordOutcome {
     /// Recurly holds it (created now, or found from an earlier attempt).
     Created,
@@ -67,7 +92,7 @@ pub enum UsageRecordOutcome {
 }
 
 /// Why traffic could not be billed.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UnmatchedReason {
     /// Its subscription is not linked to a Recurly subscription.
     Subscription,
@@ -76,14 +101,14 @@ pub enum UnmatchedReason {
 }
 
 /// First report of a window, or a later poll for late traffic.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum WindowKind {
     First,
     Repoll,
 }
 
 /// How a reporting run ended.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RunOutcome {
     /// Every window it took on is done.
     Complete,
@@ -93,6 +118,42 @@ pub enum RunOutcome {
     Failed,
     /// Another run held the lease.
     Busy,
+}
+
+/// The actors whose mailboxes are watched.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ActorLabel {
+    PlanProvisioner,
+    SubscriptionProvisioner,
+    Notifier,
+}
+
+snake_case_labels! {
+    WebhookOutcome {
+        Accepted => "accepted", Duplicate => "duplicate", Ignored => "ignored",
+        Unauthorized => "unauthorized", TooLarge => "too_large", Malformed => "malformed",
+        Busy => "busy",
+    }
+    ResourceLabel { Plan => "plan", Subscription => "subscription" }
+    ProvisioningOutcome {
+        Provisioned => "provisioned", Unchanged => "unchanged", Ineligible => "ineligible",
+        Waiting => "waiting", Deactivated => "deactivated", Approved => "approved",
+        Rejected => "rejected", Canceled => "canceled", NotOurs => "not_ours",
+        Failed => "failed", Retry => "retry",
+    }
+    Channel { Teams => "teams", Mail => "mail" }
+    NotificationOutcome { Sent => "sent", Failed => "failed", Skipped => "skipped" }
+    UsageRecordOutcome { Created => "created", Skipped => "skipped", Failed => "failed" }
+    UnmatchedReason { Subscription => "subscription", Resource => "resource" }
+    WindowKind { First => "first", Repoll => "repoll" }
+    RunOutcome {
+        Complete => "complete", Incomplete => "incomplete", Failed => "failed", Busy => "busy",
+    }
+    ActorLabel {
+        PlanProvisioner => "plan_provisioner",
+        SubscriptionProvisioner => "subscription_provisioner",
+        Notifier => "notifier",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,13 +198,61 @@ pub struct NotificationLabels {
     pub outcome: NotificationOutcome,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: ResourceLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabels {
+    pub actor: ActorLabel,
+}
+
+/// `upstream` and `status` are fixed sets; `operation` is one of the clients' own fixed names
+/// (`create_plan`), never a URL or an id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamRequestLabels {
+    pub upstream: &'static str,
+    pub operation: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamOperationLabels {
+    pub upstream: &'static str,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: &'static str,
+}
+
+fn upstream_latency() -> Histogram {
+    // 5 ms to about 40 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+fn provisioning_latency() -> Histogram {
+    // 10 ms to about 80 s: a pass may wait out Amplify's limiter.
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub webhooks: Family<WebhookLabels, Counter>,
     pub provisioning: Family<ProvisioningLabels, Counter>,
+    pub provisioning_duration: Family<ResourceLabels, Histogram, fn() -> Histogram>,
     pub notifications: Family<NotificationLabels, Counter>,
     pub queue_depth: Gauge,
+    pub mailbox_depth: Family<ActorLabels, Gauge>,
     pub reconcile_passes: Counter,
+    pub upstream_requests: Family<UpstreamRequestLabels, Counter>,
+    pub upstream_duration: Family<UpstreamOperationLabels, Histogram, fn() -> Histogram>,
+    pub rate_limit_waits: Family<UpstreamLabels, Counter>,
+    pub rate_limit_wait_seconds: Family<UpstreamLabels, Counter<f64>>,
+    /// 1 while the store answers, 0 when it does not (the memory store always answers).
+    pub store_up: Gauge,
     /// Units Recurly acknowledged as usage.
     pub usage_units_reported: Counter,
     /// Units not reported because their Recurly subscription has ended.
@@ -164,7 +273,7 @@ impl Default for Metrics {
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks_received",
-            "Amplify webhooks received, by what intake did with them",
+            "Amplify webhooks received, by what intake did with them (duplicate: a replay of an accepted event)",
             webhooks.clone(),
         );
         let provisioning = Family::<ProvisioningLabels, Counter>::default();
@@ -172,6 +281,16 @@ impl Default for Metrics {
             "provisioning",
             "Provisioning passes over a plan or subscription, by outcome",
             provisioning.clone(),
+        );
+        let provisioning_duration =
+            Family::<ResourceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                provisioning_latency,
+            );
+        registry.register_with_unit(
+            "provisioning_duration",
+            "Wall time of a provisioning pass, upstream calls and limiter waits included",
+            Unit::Seconds,
+            provisioning_duration.clone(),
         );
         let notifications = Family::<NotificationLabels, Counter>::default();
         registry.register(
@@ -185,12 +304,73 @@ impl Default for Metrics {
             "Accepted events waiting for a provisioner",
             queue_depth.clone(),
         );
+        let mailbox_depth = Family::<ActorLabels, Gauge>::default();
+        registry.register(
+            "mailbox_depth_messages",
+            "Messages sent to an actor and not yet handled",
+            mailbox_depth.clone(),
+        );
+        for actor in [
+            ActorLabel::PlanProvisioner,
+            ActorLabel::SubscriptionProvisioner,
+            ActorLabel::Notifier,
+        ] {
+            let _ = mailbox_depth.get_or_create(&ActorLabels { actor });
+        }
         let reconcile_passes = Counter::default();
         registry.register(
             "reconcile_passes",
             "Full reconciliation passes run",
             reconcile_passes.clone(),
         );
+        let upstream_requests = Family::<UpstreamRequestLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "HTTP exchanges with an upstream (each retry counts), by operation and status class (2xx, 4xx, 429, 5xx, network_error)",
+            upstream_requests.clone(),
+        );
+        let upstream_duration =
+            Family::<UpstreamOperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                upstream_latency,
+            );
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Latency of one HTTP exchange with an upstream, until its answer's headers",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let rate_limit_waits = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "rate_limit_waits",
+            "Waits for a rate limit: the client's own limiter, an upstream's reset time, a 429's Retry-After",
+            rate_limit_waits.clone(),
+        );
+        let rate_limit_wait_seconds = Family::<UpstreamLabels, Counter<f64>>::default();
+        registry.register_with_unit(
+            "rate_limit_wait",
+            "Time spent waiting for rate limits",
+            Unit::Seconds,
+            rate_limit_wait_seconds.clone(),
+        );
+        for upstream in [
+            Upstream::Amplify,
+            Upstream::Recurly,
+            Upstream::Teams,
+            Upstream::Sendgrid,
+        ] {
+            let labels = UpstreamLabels {
+                upstream: upstream.as_str(),
+            };
+            let _ = rate_limit_waits.get_or_create(&labels);
+            let _ = rate_limit_wait_seconds.get_or_create(&labels);
+        }
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the state store (memory or Redis) answers, 0 when it does not",
+            store_up.clone(),
+        );
+        store_up.set(1);
         let usage_units_reported = Counter::default();
         registry.register(
             "usage_units_reported",
@@ -225,7 +405,7 @@ impl Default for Metrics {
         registry.register_with_unit(
             "usage_reporting_lag",
             "Now minus the end of the last fully reported window",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             usage_reporting_lag.clone(),
         );
         let usage_runs = Family::<RunLabels, Counter>::default();
@@ -238,7 +418,7 @@ impl Default for Metrics {
         registry.register_with_unit(
             "usage_run_duration",
             "Wall time of a reporting run",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             usage_run_duration.clone(),
         );
         let leases_held = Family::<LeaseLabels, Gauge>::default();
@@ -247,13 +427,47 @@ impl Default for Metrics {
             "Leases this instance holds (1) or not (0)",
             leases_held.clone(),
         );
+        // Every series of a fixed label set starts at 0: a counter that first appears at 1 shows
+        // no increase() in Prometheus, and an alert on the first failure would never fire.
+        for &outcome in WebhookOutcome::ALL {
+            let _ = webhooks.get_or_create(&WebhookLabels { outcome });
+        }
+        for resource in [ResourceLabel::Plan, ResourceLabel::Subscription] {
+            for &outcome in ProvisioningOutcome::ALL {
+                let _ = provisioning.get_or_create(&ProvisioningLabels { resource, outcome });
+            }
+        }
+        for channel in [Channel::Teams, Channel::Mail] {
+            for &outcome in NotificationOutcome::ALL {
+                let _ = notifications.get_or_create(&NotificationLabels { channel, outcome });
+            }
+        }
+        for &outcome in UsageRecordOutcome::ALL {
+            let _ = usage_records.get_or_create(&UsageRecordLabels { outcome });
+        }
+        for &reason in UnmatchedReason::ALL {
+            let _ = usage_unmatched_units.get_or_create(&UnmatchedLabels { reason });
+        }
+        for &kind in WindowKind::ALL {
+            let _ = usage_windows_reported.get_or_create(&WindowLabels { kind });
+        }
+        for &outcome in RunOutcome::ALL {
+            let _ = usage_runs.get_or_create(&RunLabels { outcome });
+        }
         Self {
             registry,
             webhooks,
             provisioning,
+            provisioning_duration,
             notifications,
             queue_depth,
+            mailbox_depth,
             reconcile_passes,
+            upstream_requests,
+            upstream_duration,
+            rate_limit_waits,
+            rate_limit_wait_seconds,
+            store_up,
             usage_units_reported,
             usage_skipped_units,
             usage_records,
@@ -317,11 +531,130 @@ impl Metrics {
             .set(i64::from(held));
     }
 
+    /// A pass over a plan or subscription took `elapsed`.
+    pub fn provisioning_took(&self, resource: ResourceLabel, elapsed: Duration) {
+        self.provisioning_duration
+            .get_or_create(&ResourceLabels { resource })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The mailbox gauge of `actor`.
+    pub fn mailbox(&self, actor: ActorLabel) -> Gauge {
+        self.mailbox_depth
+            .get_or_create(&ActorLabels { actor })
+            .clone()
+    }
+
+    /// What the upstream clients report to: these metrics' upstream families.
+    pub fn upstream_observer(&self) -> Observer {
+        Arc::new(UpstreamMetrics {
+            requests: self.upstream_requests.clone(),
+            duration: self.upstream_duration.clone(),
+            waits: self.rate_limit_waits.clone(),
+            waited: self.rate_limit_wait_seconds.clone(),
+        })
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// The upstream families, as the clients' observer.
+struct UpstreamMetrics {
+    requests: Family<UpstreamRequestLabels, Counter>,
+    duration: Family<UpstreamOperationLabels, Histogram, fn() -> Histogram>,
+    waits: Family<UpstreamLabels, Counter>,
+    waited: Family<UpstreamLabels, Counter<f64>>,
+}
+
+/// `create plan` → `create_plan`, `list add-ons` → `list_add_ons`.
+fn operation_label(operation: &str) -> String {
+    operation
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl UpstreamObserver for UpstreamMetrics {
+    fn exchanged(
+        &self,
+        upstream: Upstream,
+        operation: &'static str,
+        status: CallStatus,
+        elapsed: Duration,
+    ) {
+        let operation = operation_label(operation);
+        self.requests
+            .get_or_create(&UpstreamRequestLabels {
+                upstream: upstream.as_str(),
+                operation: operation.clone(),
+                status: status.as_str(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&UpstreamOperationLabels {
+                upstream: upstream.as_str(),
+                operation,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn rate_limit_waited(&self, upstream: Upstream, waited: Duration) {
+        let labels = UpstreamLabels {
+            upstream: upstream.as_str(),
+        };
+        self.waits.get_or_create(&labels).inc();
+        self.waited
+            .get_or_create(&labels)
+            .inc_by(waited.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_snake_case_and_names_carry_units() {
+        let metrics = Metrics::default();
+        metrics.webhook(WebhookOutcome::TooLarge);
+        metrics.provisioned(ResourceLabel::Plan, ProvisioningOutcome::NotOurs);
+        metrics.upstream_observer().exchanged(
+            Upstream::Recurly,
+            "list add-ons",
+            CallStatus::Throttled,
+            Duration::from_millis(12),
+        );
+        let text = metrics.encode();
+        for expected in [
+            r#"billing_bridge_webhooks_received_total{outcome="too_large"} 1"#,
+            r#"billing_bridge_provisioning_total{resource="plan",outcome="not_ours"} 1"#,
+            r#"billing_bridge_upstream_requests_total{upstream="recurly",operation="list_add_ons",status="429"} 1"#,
+            r#"billing_bridge_upstream_request_duration_seconds_count{upstream="recurly",operation="list_add_ons"} 1"#,
+            r#"billing_bridge_mailbox_depth_messages{actor="plan_provisioner"} 0"#,
+            r#"billing_bridge_rate_limit_wait_seconds_total{upstream="amplify"} 0"#,
+            "billing_bridge_store_up 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(name.starts_with("billing_bridge_"), "{name}");
+            let values = line.split('"').skip(1).step_by(2);
+            for value in values.filter(|v| *v != "+Inf") {
+                assert!(!value.contains(char::is_uppercase), "{line}");
+            }
+        }
     }
 }

@@ -7,8 +7,11 @@ use billing_bridge_notify::{Delivery, Mail, ProviderCard};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::bridge::{Bridge, Channels};
-use crate::metrics::{Channel, NotificationOutcome};
+use crate::metrics::{ActorLabel, Channel, NotificationOutcome};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Something to tell someone.
 #[derive(Clone, Debug, Message)]
@@ -16,6 +19,14 @@ use crate::metrics::{Channel, NotificationOutcome};
 pub enum Notice {
     Provider(ProviderCard),
     Subscriber(Mail),
+}
+
+/// A notice with the trace context of the pass that sent it, so its delivery joins that trace.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct TracedNotice {
+    pub notice: Notice,
+    pub traceparent: Option<String>,
 }
 
 /// Where provisioners put notices. The Notifier's address in production; a recorder in tests.
@@ -26,6 +37,37 @@ pub trait NoticeSink {
 impl NoticeSink for Addr<Notifier> {
     fn notify(&self, notice: Notice) {
         if let Err(e) = self.try_send(notice) {
+            tracing::warn!(error = %e, "notifier mailbox is full; a notification was dropped");
+        }
+    }
+}
+
+/// The Notifier's address with its mailbox gauge: what the provisioners hold, so the depth of
+/// the Notifier's mailbox is visible (`billing_bridge_mailbox_depth_messages{actor="notifier"}`).
+#[derive(Clone)]
+pub struct NotifierMailbox {
+    pub addr: Addr<Notifier>,
+    depth: Gauge,
+}
+
+impl NotifierMailbox {
+    pub fn new(addr: Addr<Notifier>, bridge: &Bridge) -> Self {
+        Self {
+            addr,
+            depth: bridge.metrics.mailbox(ActorLabel::Notifier),
+        }
+    }
+}
+
+impl NoticeSink for NotifierMailbox {
+    fn notify(&self, notice: Notice) {
+        self.depth.inc();
+        let traceparent = crate::trace::traceparent(&tracing::Span::current());
+        if let Err(e) = self.addr.try_send(TracedNotice {
+            notice,
+            traceparent,
+        }) {
+            self.depth.dec();
             tracing::warn!(error = %e, "notifier mailbox is full; a notification was dropped");
         }
     }
@@ -60,9 +102,42 @@ impl Handler<Notice> for Notifier {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, notice: Notice, _ctx: &mut Self::Context) -> Self::Result {
+        self.deliver(notice, None)
+    }
+}
+
+impl Handler<TracedNotice> for Notifier {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, traced: TracedNotice, _ctx: &mut Self::Context) -> Self::Result {
+        self.deliver(traced.notice, traced.traceparent.as_deref())
+    }
+}
+
+impl Notifier {
+    /// Sends one notice, one at a time, in a `notify` span that continues the sender's trace.
+    fn deliver(&mut self, notice: Notice, traceparent: Option<&str>) -> AtomicResponse<Self, ()> {
         let channels = self.channels.clone();
         let bridge = self.bridge.clone();
-        let record = move |channel, outcome| bridge.metrics.notified(channel, outcome);
+        let depth = bridge.metrics.mailbox(ActorLabel::Notifier);
+        let record = move |channel, outcome: NotificationOutcome| {
+            bridge.metrics.notified(channel, outcome);
+            tracing::Span::current().record("outcome", outcome.as_str());
+            // Notices sent through the bare address were never counted in.
+            if depth.get() > 0 {
+                depth.dec();
+            }
+        };
+        let channel = match &notice {
+            Notice::Provider(_) => Channel::Teams,
+            Notice::Subscriber(_) => Channel::Mail,
+        };
+        let span = tracing::info_span!(
+            "notify",
+            channel = channel.as_str(),
+            outcome = tracing::field::Empty,
+        );
+        crate::trace::set_parent(&span, traceparent);
         AtomicResponse::new(Box::pin(
             async move {
                 match notice {
@@ -84,6 +159,7 @@ impl Handler<Notice> for Notifier {
                     },
                 }
             }
+            .instrument(span)
             .into_actor(self),
         ))
     }

@@ -16,6 +16,7 @@ use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
 use crate::notices::{Notice, NoticeSink};
 use crate::provision::{ProvisionError, first_time, sibling_link};
+use tracing::Instrument;
 
 /// What a pass over a plan did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,20 @@ pub async fn provision_plan(
     notices: &dyn NoticeSink,
     event: &ResourceEvent,
 ) -> PlanOutcome {
+    let span = crate::trace::provisioning_span(event);
+    let outcome = provision_plan_traced(bridge, notices, event)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", outcome.metric().as_str());
+    outcome
+}
+
+async fn provision_plan_traced(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    event: &ResourceEvent,
+) -> PlanOutcome {
+    let started = std::time::Instant::now();
     let outcome = match pass(bridge, notices, event).await {
         Ok(outcome) => outcome,
         Err(e) if e.is_transient() => PlanOutcome::Retry {
@@ -113,6 +128,9 @@ pub async fn provision_plan(
     bridge
         .metrics
         .provisioned(ResourceLabel::Plan, outcome.metric());
+    bridge
+        .metrics
+        .provisioning_took(ResourceLabel::Plan, started.elapsed());
     outcome
 }
 

@@ -37,6 +37,8 @@ fn event(pass: &str, kind: ResourceKind, resource: &Value) -> Option<ResourceEve
         correlation_id: Some(format!("reconcile:{pass}")),
         billing_id: None,
         attempt: 0,
+        // The pass's span: its queued work continues the pass's trace.
+        trace_parent: crate::trace::traceparent(&tracing::Span::current()),
     })
 }
 

@@ -15,6 +15,7 @@ use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
 use crate::notices::{Notice, NoticeSink};
 use crate::provision::{ProvisionError, first_time, sibling_link, text};
+use tracing::Instrument;
 
 /// Subscription states (`state.name`) that mean it has ended. Only `active` is verified; the
 /// others are inferred from the UI's states (Amplify reference §3.4, open question 2).
@@ -66,6 +67,20 @@ pub async fn provision_subscription(
     notices: &dyn NoticeSink,
     event: &ResourceEvent,
 ) -> SubscriptionOutcome {
+    let span = crate::trace::provisioning_span(event);
+    let outcome = provision_subscription_traced(bridge, notices, event)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", outcome.metric().as_str());
+    outcome
+}
+
+async fn provision_subscription_traced(
+    bridge: &Bridge,
+    notices: &dyn NoticeSink,
+    event: &ResourceEvent,
+) -> SubscriptionOutcome {
+    let started = std::time::Instant::now();
     let outcome = match pass(bridge, notices, event).await {
         Ok(outcome) => outcome,
         Err(e) if e.is_transient() => SubscriptionOutcome::Retry {
@@ -86,6 +101,9 @@ pub async fn provision_subscription(
     bridge
         .metrics
         .provisioned(ResourceLabel::Subscription, outcome.metric());
+    bridge
+        .metrics
+        .provisioning_took(ResourceLabel::Subscription, started.elapsed());
     outcome
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::faults::FaultSettings;
-use crate::{SandboxConfig, SandboxState, Upstream, amplify, recurly};
+use crate::{SandboxConfig, SandboxState, Upstream, amplify, otlp, recurly};
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
@@ -23,7 +23,8 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/faults/{upstream}", web::put().to(put_faults))
         .route("/faults/{upstream}", web::delete().to(clear_faults))
         .configure(amplify::control_routes)
-        .configure(recurly::control_routes);
+        .configure(recurly::control_routes)
+        .configure(otlp::control_routes);
 }
 
 fn bad_request(message: impl Into<String>) -> HttpResponse {

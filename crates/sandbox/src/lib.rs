@@ -13,6 +13,7 @@ pub mod record;
 
 mod amplify;
 mod control;
+mod otlp;
 mod recurly;
 mod sendgrid;
 mod teams;
@@ -124,6 +125,7 @@ pub struct SandboxState {
     pub(crate) recurly: recurly::RecurlyState,
     pub(crate) teams: teams::TeamsState,
     pub(crate) sendgrid: sendgrid::SendgridState,
+    pub(crate) otlp: otlp::OtlpState,
 }
 
 impl SandboxState {
@@ -133,6 +135,7 @@ impl SandboxState {
             recurly: recurly::RecurlyState::new(&config),
             teams: teams::TeamsState::default(),
             sendgrid: sendgrid::SendgridState::default(),
+            otlp: otlp::OtlpState::default(),
             recorder: record::Recorder::default(),
             faults: faults::Faults::default(),
             config: RwLock::new(Arc::new(config)),
@@ -158,6 +161,7 @@ impl SandboxState {
         self.recurly.reset(&config);
         self.teams.reset();
         self.sendgrid.reset();
+        self.otlp.reset();
         self.recorder.clear();
         self.faults.clear(None);
     }
@@ -179,6 +183,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         };
         cfg.service(scope);
     }
+    // A trace receiver for the bridge's own spans: not an upstream, so no faults and no recording.
+    cfg.service(web::scope("/otlp").configure(otlp::routes));
     cfg.service(web::scope("/_sandbox").configure(control::routes));
 }
 

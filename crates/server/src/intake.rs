@@ -11,6 +11,7 @@ use billing_bridge_store::{Claim, StoreError};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use tracing::{Instrument, Span};
 
 use crate::{AppState, secret_matches};
 
@@ -21,29 +22,45 @@ const CLAIM_HOLD: Duration = Duration::from_secs(30);
 /// How long an accepted event id is remembered, so replays are recognised.
 const DONE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Counts the outcome and notes it on the webhook's span.
+fn record_outcome(state: &AppState, outcome: WebhookOutcome) {
+    state.bridge.metrics.webhook(outcome);
+    Span::current().record("outcome", outcome.as_str());
+}
+
 fn refuse(
     state: &AppState,
     outcome: WebhookOutcome,
     status: actix_web::http::StatusCode,
     message: String,
 ) -> HttpResponse {
-    state.bridge.metrics.webhook(outcome);
+    record_outcome(state, outcome);
     HttpResponse::build(status).json(json!({"error": message}))
 }
 
 fn busy(state: &AppState, retry_after_secs: u32, message: String) -> HttpResponse {
-    state.bridge.metrics.webhook(WebhookOutcome::Busy);
+    record_outcome(state, WebhookOutcome::Busy);
     HttpResponse::ServiceUnavailable()
         .insert_header(("Retry-After", retry_after_secs.to_string()))
         .json(json!({"error": message}))
 }
 
 fn answered(state: &AppState, outcome: WebhookOutcome, status: &str) -> HttpResponse {
-    state.bridge.metrics.webhook(outcome);
+    record_outcome(state, outcome);
     HttpResponse::Accepted().json(json!({"status": status}))
 }
 
+/// One webhook, one trace: the root span opens here and travels with the queued event.
 pub(crate) async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let span = billing_bridge_pipeline::trace::webhook_span();
+    accept(req, payload, state).instrument(span).await
+}
+
+async fn accept(
     req: HttpRequest,
     mut payload: web::Payload,
     state: web::Data<AppState>,
@@ -133,6 +150,12 @@ pub(crate) async fn receive(
             );
         }
     };
+    let span = Span::current();
+    span.record("event_id", envelope.id.as_str());
+    span.record("event_type", tracing::field::debug(&envelope.event_type));
+    if let Some(correlation) = envelope.correlation_id.as_deref() {
+        span.record("correlation_id", correlation);
+    }
     if envelope.id.trim().is_empty() {
         return refuse(
             &state,
@@ -147,7 +170,7 @@ pub(crate) async fn receive(
         EventType::ResourceDeleted => ChangeType::Deleted,
         EventType::SubResourceUpdated => ChangeType::SubResourceUpdated,
     };
-    let Some(event) = event_of_interest(
+    let Some(mut event) = event_of_interest(
         &envelope.id,
         change,
         envelope.subresource(),
@@ -156,6 +179,9 @@ pub(crate) async fn receive(
     ) else {
         return answered(&state, WebhookOutcome::Ignored, "ignored");
     };
+    span.record("kind", tracing::field::debug(&event.kind));
+    span.record("resource", event.name.as_str());
+    event.trace_parent = billing_bridge_pipeline::trace::traceparent(&span);
     let enabled = match event.kind {
         ResourceKind::ProductPlan => config.provisioning.plans,
         ResourceKind::Subscription => config.provisioning.subscriptions,

@@ -327,6 +327,7 @@ mod tests {
             correlation_id: None,
             billing_id: None,
             attempt: 0,
+            trace_parent: None,
         }
     }
 

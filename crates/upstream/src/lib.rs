@@ -1,5 +1,13 @@
 //! What every upstream client shares: which failures are worth another try, and the retry
-//! policy (exponential back-off with jitter, never shorter than the upstream asked).
+//! policy (exponential back-off with jitter, never shorter than the upstream asked), and the
+//! observer hook through which the clients report every exchange to the metrics.
+
+mod observe;
+
+pub use observe::{
+    CallStatus, NoObserver, Observer, Upstream, UpstreamObserver, call_span, record_exchange,
+    timed_wait,
+};
 
 use std::future::Future;
 use std::time::Duration;
@@ -70,6 +78,21 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.run_observed(None, op).await
+    }
+
+    /// As [`run`](Self::run), reporting to `throttled`'s observer every wait an upstream asked
+    /// for (a 429's `Retry-After` or rate-limit reset) as a rate-limit wait of that upstream.
+    pub async fn run_observed<T, E, F, Fut>(
+        &self,
+        throttled: Option<(&Observer, Upstream)>,
+        op: F,
+    ) -> Result<T, E>
+    where
+        E: Transient + std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
@@ -81,7 +104,13 @@ impl RetryPolicy {
             .adjust(move |err: &E, planned| match (err.retry_after(), planned) {
                 // A throttled call waits as long as the upstream asked (up to MAX_ASKED_WAIT):
                 // retrying earlier would only be refused again and count against the limit.
-                (Some(asked), Some(planned)) => Some(asked.min(MAX_ASKED_WAIT).max(planned.min(max_delay))),
+                (Some(asked), Some(planned)) => {
+                    let wait = asked.min(MAX_ASKED_WAIT).max(planned.min(max_delay));
+                    if let Some((observer, upstream)) = throttled {
+                        observer.rate_limit_waited(upstream, wait);
+                    }
+                    Some(wait)
+                }
                 (_, planned) => planned,
             })
             .notify(|err: &E, delay| tracing::debug!(error = %err, ?delay, "upstream call failed; retrying"))
@@ -162,6 +191,45 @@ mod tests {
             "waited {:?}",
             started.elapsed()
         );
+    }
+
+    #[derive(Default)]
+    struct Waits(std::sync::Mutex<Vec<(Upstream, Duration)>>);
+    impl UpstreamObserver for Waits {
+        fn exchanged(&self, _: Upstream, _: &'static str, _: CallStatus, _: Duration) {}
+        fn rate_limit_waited(&self, upstream: Upstream, waited: Duration) {
+            self.0.lock().unwrap().push((upstream, waited));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_the_upstream_asked_for_is_reported_as_a_rate_limit_wait() {
+        let waits = std::sync::Arc::new(Waits::default());
+        let observer: Observer = waits.clone();
+        let calls = AtomicUsize::new(0);
+        let result = quick(3)
+            .run_observed(Some((&observer, Upstream::Recurly)), || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(Throttled),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(
+            *waits.0.lock().unwrap(),
+            [(Upstream::Recurly, Duration::from_millis(300))]
+        );
+        // A failure that asked for no wait is a retry, not a rate-limit wait.
+        let calls = AtomicUsize::new(0);
+        let _ = quick(2)
+            .run_observed(Some((&observer, Upstream::Recurly)), || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(Failure(true))
+            })
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(waits.0.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use billing_bridge_upstream::RetryPolicy;
+use billing_bridge_upstream::{
+    NoObserver, Observer, RetryPolicy, Upstream, call_span, record_exchange, timed_wait,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -14,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use super::error::RecurlyError;
 use super::model::{Account, AddOn, MeasuredUnit, Page, Plan, Subscription, Usage};
@@ -71,6 +74,7 @@ pub struct RecurlyClient {
     limiter: Option<DefaultDirectRateLimiter>,
     /// When Recurly said the budget is spent: no counted request before this instant.
     spent_until: Mutex<Option<Instant>>,
+    observer: Observer,
 }
 
 /// Recurly counts over a sliding five minutes with a budget of five times the per-minute figure
@@ -98,7 +102,14 @@ impl RecurlyClient {
             http,
             settings,
             spent_until: Mutex::new(None),
+            observer: NoObserver::shared(),
         }
+    }
+
+    /// Reports every exchange and rate-limit wait to `observer` (the metrics).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     fn counts(&self, method: &Method) -> bool {
@@ -113,16 +124,32 @@ impl RecurlyClient {
             return;
         }
         let until = *self.spent_until.lock().await;
-        if let Some(until) = until {
-            tokio::time::sleep_until(until.into()).await;
-        }
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
+        timed_wait(&self.observer, Upstream::Recurly, async {
+            if let Some(until) = until {
+                tokio::time::sleep_until(until.into()).await;
+            }
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+        })
+        .await;
     }
 
-    /// One HTTP exchange. `Ok(None)` for an empty 2xx body.
+    /// One HTTP exchange, in a span of its own. `Ok(None)` for an empty 2xx body.
     async fn exchange(
+        &self,
+        operation: &'static str,
+        method: &Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Value>, RecurlyError> {
+        self.exchange_once(operation, method, path_and_query, body, idempotency_key)
+            .instrument(call_span(Upstream::Recurly, operation, method.as_str()))
+            .await
+    }
+
+    async fn exchange_once(
         &self,
         operation: &'static str,
         method: &Method,
@@ -148,11 +175,22 @@ impl RecurlyClient {
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
-        let response = request.send().await.map_err(|e| RecurlyError::Network {
-            operation,
-            detail: billing_bridge_upstream::network_error(e),
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| {
+            record_exchange(&self.observer, Upstream::Recurly, operation, None, started);
+            RecurlyError::Network {
+                operation,
+                detail: billing_bridge_upstream::network_error(e),
+            }
         })?;
         let status = response.status().as_u16();
+        record_exchange(
+            &self.observer,
+            Upstream::Recurly,
+            operation,
+            Some(status),
+            started,
+        );
         let header = |name: &str| {
             response
                 .headers()
@@ -251,7 +289,9 @@ impl RecurlyClient {
         let value = self
             .settings
             .retry
-            .run(|| self.exchange(operation, &method, path_and_query, body, idempotency_key))
+            .run_observed(Some((&self.observer, Upstream::Recurly)), || {
+                self.exchange(operation, &method, path_and_query, body, idempotency_key)
+            })
             .await?
             .unwrap_or(Value::Null);
         serde_json::from_value(value).map_err(|e| RecurlyError::Unexpected {

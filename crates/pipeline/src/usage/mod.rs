@@ -231,16 +231,28 @@ pub async fn run(
     if lease.is_some() {
         bridge.metrics.lease(LEASE, true);
     }
-    let span = tracing::info_span!(
-        "reporting_run",
-        dry_run = request.dry_run,
-        backfill = request.range.is_some()
-    );
+    let (trigger, from, to) = match request.range {
+        Some((from, to)) if request.dry_run => ("dry_run_backfill", rfc3339(from), rfc3339(to)),
+        Some((from, to)) => ("backfill", rfc3339(from), rfc3339(to)),
+        None if request.dry_run => ("dry_run", String::new(), String::new()),
+        None => ("due_windows", String::new(), String::new()),
+    };
+    let span = crate::trace::reporting_run_span(trigger, &from, &to);
     let result = tracing::Instrument::instrument(
         run_windows(bridge, notices, directory, &request, lease.as_ref()),
-        span,
+        span.clone(),
     )
     .await;
+    span.record(
+        "outcome",
+        match &result {
+            Ok(summary) if summary.complete => "complete",
+            Ok(summary) if summary.error.is_some() => "failed",
+            Ok(_) => "incomplete",
+            Err(RunError::Busy) => "busy",
+            Err(_) => "failed",
+        },
+    );
     if let Some(lease) = &lease {
         let _ = bridge.store.release_lease(lease).await;
         bridge.metrics.lease(LEASE, false);

@@ -135,13 +135,14 @@ fn refused_card(amplify_name: &str, pair: &Pair, error: &str) -> ProviderCard {
     }
 }
 
-fn skipped_card(title: &str, amplify_name: &str, recurly: &str) -> ProviderCard {
+fn skipped_card(amplify_name: &str, title: &str, recurly: &str) -> ProviderCard {
     ProviderCard {
-        title: format!("Usage not billed: {title}"),
+        // Named as the other subscription cards are: by the resource name.
+        title: format!("Usage not billed: {amplify_name}"),
         tone: Tone::Attention,
         text: "The Recurly subscription of this Amplify subscription has ended, so its API traffic is no longer reported as usage. If the consumer still calls the API, check the subscription in Amplify and Recurly.".into(),
         facts: vec![
-            ("Amplify subscription".into(), amplify_name.to_owned()),
+            ("Amplify subscription".into(), format!("{title} ({amplify_name})")),
             ("Recurly subscription".into(), recurly.to_owned()),
         ],
         link: None,
@@ -291,7 +292,7 @@ pub async fn report_window(
                     let name =
                         billed.map_or(s.report.amplify_subscription.as_str(), |b| b.name.as_str());
                     let title = billed.map_or(name, |b| b.title.as_str());
-                    notices.notify(Notice::Provider(skipped_card(title, name, &s.pair.0)));
+                    notices.notify(Notice::Provider(skipped_card(name, title, &s.pair.0)));
                 }
                 ReportState::Skipped
             }
