@@ -6,6 +6,13 @@
 //!
 //! `cargo bench --bench intake` (env `LOAD_SECONDS`, `LOAD_ROUNDS`, `LOAD_CONNECTIONS` adjust the run:
 //! each scenario gets `LOAD_SECONDS` in all, in `LOAD_ROUNDS` slices taken in turn).
+//!
+//! `LOAD_STORE=redis` puts the bridge on the Redis store: the bench starts its own
+//! `redis-server` on a loopback port (`appendonly yes`, `appendfsync` from
+//! `LOAD_REDIS_APPENDFSYNC`, default `always`, as the deployment guide asks), and afterwards runs
+//! `redis-benchmark` against the same server for the commands one new webhook costs (the
+//! processing mark, the enqueue script, the done mark), to print the ceiling Redis itself puts on
+//! intake next to what the bridge reached.
 
 mod support;
 
@@ -106,7 +113,15 @@ struct Servers {
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
-fn bridge_config(sandbox: &str, queue_capacity: u64) -> billing_bridge_config::BridgeConfig {
+fn bridge_config(
+    sandbox: &str,
+    queue_capacity: u64,
+    redis: Option<&str>,
+) -> billing_bridge_config::BridgeConfig {
+    let store = match redis {
+        Some(url) => format!("redis_url = \"{url}\""),
+        None => String::new(),
+    };
     let toml = format!(
         r#"
         [server]
@@ -132,6 +147,7 @@ fn bridge_config(sandbox: &str, queue_capacity: u64) -> billing_bridge_config::B
         marketplace_url = "https://marketplace.example"
         [store]
         state_file = ""
+        {store}
         [reporting]
         schedule = ""
         "#
@@ -141,7 +157,7 @@ fn bridge_config(sandbox: &str, queue_capacity: u64) -> billing_bridge_config::B
 
 /// Sandbox, bridge (pipeline and server) and the bare server, in one actix system on this thread,
 /// each HTTP server with one worker.
-fn serve(queue_capacity: u64, ready: mpsc::Sender<Servers>) {
+fn serve(queue_capacity: u64, redis: Option<String>, ready: mpsc::Sender<Servers>) {
     actix_rt::System::new().block_on(async move {
         let sandbox = billing_bridge_sandbox::start(support::unlimited_sandbox(), "127.0.0.1:0")
             .await
@@ -151,9 +167,11 @@ fn serve(queue_capacity: u64, ready: mpsc::Sender<Servers>) {
             Duration::from_millis(5),
             Duration::from_millis(200),
         );
-        let (bridge, channels) =
-            Bridge::build(bridge_config(&sandbox.url(), queue_capacity), retry)
-                .expect("bridge builds");
+        let (bridge, channels) = Bridge::build(
+            bridge_config(&sandbox.url(), queue_capacity, redis.as_deref()),
+            retry,
+        )
+        .expect("bridge builds");
         let pipeline = Pipeline::start(bridge, channels);
         let state = pipeline.bridge.clone();
         let (bridge_handle, bridge_server) = billing_bridge_server::start(
@@ -235,8 +253,10 @@ fn main() {
     // Room for every accepted event of the run: the router drains it at Amplify's 25/minute.
     let queue_capacity = env_or("LOAD_QUEUE", 1_000_000);
 
+    let redis = (std::env::var("LOAD_STORE").as_deref() == Ok("redis")).then(redis::Server::start);
+    let redis_url = redis.as_ref().map(|r| r.url());
     let (ready, servers) = mpsc::channel();
-    let server_thread = std::thread::spawn(move || serve(queue_capacity, ready));
+    let server_thread = std::thread::spawn(move || serve(queue_capacity, redis_url, ready));
     let servers = servers.recv().expect("servers start");
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -295,4 +315,146 @@ fn main() {
     });
     servers.stop.send(()).expect("server thread waits");
     server_thread.join().expect("server thread");
+    if let Some(redis) = &redis {
+        redis.ceiling(connections);
+    }
+}
+
+/// A `redis-server` of the bench's own, and `redis-benchmark` against it.
+mod redis {
+    use std::process::{Child, Command, Stdio};
+
+    pub struct Server {
+        child: Child,
+        port: u16,
+        dir: std::path::PathBuf,
+    }
+
+    impl Server {
+        pub fn start() -> Server {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = std::env::temp_dir().join(format!("bb-intake-redis-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let fsync = std::env::var("LOAD_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
+            let child = Command::new("redis-server")
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "yes", "--appendfsync", &fsync])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (apt-get install redis-server)");
+            let server = Server { child, port, dir };
+            for _ in 0..300 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    println!("redis store: redis-server on 127.0.0.1:{port}, appendfsync {fsync}");
+                    return server;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("redis-server did not start");
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        fn cli(&self, args: &[&str]) -> String {
+            let out = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+
+        /// requests/s `redis-benchmark` reaches for one command.
+        fn bench(&self, connections: u64, command: &[&str]) -> f64 {
+            let out = Command::new("redis-benchmark")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args([
+                    "-c",
+                    &connections.to_string(),
+                    "-n",
+                    "100000",
+                    "-r",
+                    "1000000000",
+                    "-q",
+                ])
+                .args(command)
+                .output()
+                .expect("redis-benchmark");
+            let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+            text.lines()
+                .rev()
+                .find_map(|l| {
+                    let (_, rest) = l.split_once(": ")?;
+                    rest.split_whitespace().next()?.parse::<f64>().ok()
+                })
+                .unwrap_or_else(|| panic!("redis-benchmark printed: {text}"))
+        }
+
+        /// The commands one new webhook costs, each measured alone, and the webhooks/s they
+        /// allow together (one after another on one Redis).
+        pub fn ceiling(&self, connections: u64) {
+            let enqueue = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end redis.call('XADD', KEYS[1], '*', 'e', ARGV[2]) return 1";
+            let sha = self.cli(&["SCRIPT", "LOAD", enqueue]);
+            let event = r#"{"event_id":"bench-__rand_int__","kind":"Subscription","name":"finance-starter-silver","resource_id":"8a2e8e598ba739cc018bcea8023e2aa4","self_link":"/catalog/v1alpha1/subscriptions/finance-starter-silver","deleted":false,"correlation_id":"e5316ff5-b8bb-430c-82f3-ed7124597f4a","billing_id":null,"attempt":0,"trace_parent":null}"#;
+            let claim = self.bench(
+                connections,
+                &[
+                    "SET",
+                    "billing-bridge:mark:b-__rand_int__",
+                    "processing",
+                    "NX",
+                    "PX",
+                    "30000",
+                ],
+            );
+            let queue = self.bench(
+                connections,
+                &[
+                    "EVALSHA",
+                    &sha,
+                    "1",
+                    "billing-bridge:bench-queue",
+                    "100000000",
+                    event,
+                ],
+            );
+            let done = self.bench(
+                connections,
+                &[
+                    "SET",
+                    "billing-bridge:mark:b-__rand_int__",
+                    "done",
+                    "PX",
+                    "86400000",
+                ],
+            );
+            let ceiling = 1.0 / (1.0 / claim + 1.0 / queue + 1.0 / done);
+            println!(
+                "redis-benchmark, same server, {connections} connections: SET NX PX {claim:.0}/s, enqueue script {queue:.0}/s, SET PX {done:.0}/s => ceiling {ceiling:.0} webhooks/s"
+            );
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

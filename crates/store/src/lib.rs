@@ -60,6 +60,8 @@ pub struct Delivery {
     pub event: ResourceEvent,
 }
 
+// One Store lives for the whole process, behind an Arc: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     Memory(MemoryStore),
     Redis(RedisStore),

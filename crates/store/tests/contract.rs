@@ -68,9 +68,11 @@ async fn start_redis_on(port: u16) -> RedisServer {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server starts");
+    // The guard kills and reaps it however the test ends.
+    let server = RedisServer { child, port, dir };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return RedisServer { child, port, dir };
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -115,6 +117,7 @@ fn event(id: &str) -> ResourceEvent {
         correlation_id: None,
         billing_id: None,
         attempt: 0,
+        trace_parent: None,
     }
 }
 
