@@ -217,9 +217,12 @@ mod tests {
         let after = std::fs::metadata(&path).unwrap().len();
         assert!(after * 10 < before, "{after} vs {before}");
         journal.append(&Op::Watermark(10), true).unwrap();
+        journal.append(&Op::Links("old".into()), false).unwrap();
+        journal.append(&Op::Links("new".into()), false).unwrap();
         drop(journal);
         let (_, reopened) = Journal::open(&path).unwrap();
         assert_eq!(reopened.windows, ledger.windows);
         assert_eq!(reopened.watermark, Some(10));
+        assert_eq!(reopened.links.as_deref(), Some("new"));
     }
 }

@@ -108,6 +108,9 @@ pub enum Op {
     /// Drop the per-pair reports of done windows that end at or before this instant.
     #[serde(rename = "p")]
     Prune(i64),
+    /// The cached links between Amplify subscriptions and billing (a snapshot, replacing the last).
+    #[serde(rename = "l")]
+    Links(String),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -115,6 +118,7 @@ pub struct Ledger {
     pub windows: BTreeMap<Window, WindowLedger>,
     pub watermark: Option<i64>,
     pub once: HashSet<String>,
+    pub links: Option<String>,
 }
 
 impl Ledger {
@@ -151,6 +155,7 @@ impl Ledger {
             Op::Once(key) => {
                 self.once.insert(key);
             }
+            Op::Links(snapshot) => self.links = Some(snapshot),
             Op::Prune(before) => {
                 for (window, entry) in self.windows.range_mut(..) {
                     if window.end_ms <= before && entry.done && entry.pending().next().is_none() {
@@ -170,6 +175,9 @@ impl Ledger {
         }
         for key in &self.once {
             ops.push(Op::Once(key.clone()));
+        }
+        if let Some(links) = &self.links {
+            ops.push(Op::Links(links.clone()));
         }
         let mut pruned_before = None;
         for (window, entry) in &self.windows {

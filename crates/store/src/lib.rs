@@ -1,6 +1,7 @@
 //! The one seam for billing-bridge state (design.md §5): dedupe marks, the intake queue, leases
 //! with fencing tokens, and the usage ledger with its watermark. `Store::Memory` is the embedded
 //! default for one process (its ledger optionally journaled to a file so it survives restarts);
+//! and a cache of the links between Amplify subscriptions and billing;
 //! the Redis implementation, for many instances behind a load balancer, joins this enum with the
 //! same operations.
 
@@ -252,6 +253,23 @@ impl Store {
         match self {
             Store::Memory(m) => m.prune(before_ms),
             Store::Redis(r) => r.prune(before_ms).await,
+        }
+    }
+
+    /// Keeps the latest snapshot of the links between Amplify subscriptions and billing (a
+    /// cache: Amplify's attributes stay the source of truth).
+    pub async fn save_links(&self, snapshot: String) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.save_links(snapshot),
+            Store::Redis(r) => r.save_links(snapshot).await,
+        }
+    }
+
+    /// The last snapshot [`save_links`](Self::save_links) kept.
+    pub async fn links(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.links()),
+            Store::Redis(r) => r.links().await,
         }
     }
 

@@ -215,6 +215,14 @@ impl MemoryStore {
         self.ledger.lock().apply(Op::Prune(before_ms), false)
     }
 
+    pub(crate) fn save_links(&self, snapshot: String) -> Result<(), StoreError> {
+        self.ledger.lock().apply(Op::Links(snapshot), false)
+    }
+
+    pub(crate) fn links(&self) -> Option<String> {
+        self.ledger.lock().ledger.links.clone()
+    }
+
     pub(crate) fn first_time(&self, key: &str) -> Result<bool, StoreError> {
         let mut state = self.ledger.lock();
         if state.ledger.once.contains(key) {

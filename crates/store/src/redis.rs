@@ -15,6 +15,8 @@
 //!   `{n}\x1f{subscription}\x1f{add-on}`, value the report as JSON) and a hash of their states
 //!   (`ledger-state:…`, `p`/`a`/`s`); done windows in a sorted set scored by their end; pruned
 //!   windows in a set; the watermark moved only forward by a script.
+//! - Links: the directory of billed subscriptions as one snapshot (`links`), shared by every
+//!   instance, so none of them reads all of Amplify's subscriptions again on start.
 //!
 //! Redis being unreachable is [`StoreError::Unavailable`]: intake answers 503 and the sender
 //! keeps its event; the connection manager reconnects by itself.
@@ -628,6 +630,19 @@ impl RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+
+    pub(crate) async fn save_links(&self, snapshot: String) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .set(key(&["links"]), snapshot)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn links(&self) -> Result<Option<String>, StoreError> {
+        self.conn().get(key(&["links"])).await.map_err(unavailable)
     }
 
     pub(crate) async fn first_time(&self, once: &str) -> Result<bool, StoreError> {

@@ -556,3 +556,13 @@ async fn acknowledged_work_survives_a_redis_restart() {
         "kept"
     );
 }
+
+#[tokio::test]
+async fn the_links_snapshot_is_kept_and_replaced() {
+    both!(10, |store: Store| async move {
+        assert_eq!(store.links().await.unwrap(), None);
+        store.save_links("{\"v\":1}".into()).await.unwrap();
+        store.save_links("{\"v\":2}".into()).await.unwrap();
+        assert_eq!(store.links().await.unwrap().as_deref(), Some("{\"v\":2}"));
+    });
+}

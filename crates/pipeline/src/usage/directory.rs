@@ -6,12 +6,13 @@
 //! minute.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use billing_bridge_amplify::{AmplifyClient, AmplifyError};
 use billing_bridge_domain::events::link_attributes;
 use billing_bridge_domain::usage::BilledSubscription;
-use serde::Deserialize;
+use billing_bridge_store::Store;
+use serde::{Deserialize, Serialize};
 
 use super::traffic::resource_keys;
 
@@ -88,7 +89,22 @@ pub struct Directory {
     not_billed: HashSet<String>,
     /// Plan name → asset resource key → quota id.
     quotas: HashMap<String, BTreeMap<String, String>>,
-    refreshed: Option<Instant>,
+    /// When Amplify was last read in full (epoch ms, wall clock: snapshots outlive processes).
+    refreshed_ms: Option<i64>,
+}
+
+/// What the store keeps of the directory (`Store::save_links`), so a restarted process or
+/// another instance starts warm instead of reading every subscription again.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    refreshed_ms: i64,
+    /// (Amplify id, name, title, Recurly subscription, plan).
+    subscriptions: Vec<(String, String, String, String, String)>,
+    quotas: HashMap<String, BTreeMap<String, String>>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 fn quota_map(
@@ -132,12 +148,77 @@ impl Directory {
     }
 
     pub fn is_stale(&self) -> bool {
-        self.refreshed.is_none_or(|at| at.elapsed() >= MAX_AGE)
+        self.refreshed_ms
+            .is_none_or(|at| now_ms() - at >= MAX_AGE.as_millis() as i64)
     }
 
-    /// Whether the directory was read in full since `instant`.
-    pub fn refreshed_since(&self, instant: Instant) -> bool {
-        self.refreshed.is_some_and(|at| at >= instant)
+    /// Whether the directory was read in full since `at_ms` (epoch ms).
+    pub fn refreshed_since(&self, at_ms: i64) -> bool {
+        self.refreshed_ms.is_some_and(|at| at >= at_ms)
+    }
+
+    fn snapshot(&self) -> String {
+        let snapshot = Snapshot {
+            refreshed_ms: self.refreshed_ms.unwrap_or(0),
+            subscriptions: self
+                .subscriptions
+                .values()
+                .map(|b| {
+                    (
+                        b.amplify_id.clone(),
+                        b.name.clone(),
+                        b.title.clone(),
+                        b.recurly_subscription.clone(),
+                        b.plan.clone(),
+                    )
+                })
+                .collect(),
+            quotas: self.quotas.clone(),
+        };
+        serde_json::to_string(&snapshot).expect("snapshots serialize")
+    }
+
+    /// Takes the store's snapshot when this process has none; a snapshot past [`MAX_AGE`]
+    /// is taken too, and then refreshed as stale.
+    async fn restore(&mut self, store: &Store) {
+        if self.refreshed_ms.is_some() {
+            return;
+        }
+        let Ok(Some(text)) = store.links().await else {
+            return;
+        };
+        let Ok(snapshot) = serde_json::from_str::<Snapshot>(&text) else {
+            tracing::warn!("the stored links could not be read; reading Amplify instead");
+            return;
+        };
+        self.quotas = snapshot.quotas;
+        self.subscriptions = snapshot
+            .subscriptions
+            .into_iter()
+            .map(|(amplify_id, name, title, recurly_subscription, plan)| {
+                let billing = BilledSubscription {
+                    quota_by_resource: self.quotas.get(&plan).cloned().unwrap_or_default(),
+                };
+                (
+                    amplify_id.clone(),
+                    Billed {
+                        amplify_id,
+                        name,
+                        title,
+                        recurly_subscription,
+                        plan,
+                        billing,
+                    },
+                )
+            })
+            .collect();
+        self.refreshed_ms = Some(snapshot.refreshed_ms);
+    }
+
+    async fn save(&self, store: &Store) {
+        if let Err(e) = store.save_links(self.snapshot()).await {
+            tracing::warn!(error = %e, "the links could not be kept in the store");
+        }
     }
 
     /// Whether a subscription id is neither billed nor known not to be.
@@ -172,9 +253,10 @@ impl Directory {
         })
     }
 
-    /// Reads every linked subscription and every quota again.
+    /// Reads every linked subscription and every quota again, and keeps them in the store.
     pub async fn refresh(
         &mut self,
+        store: &Store,
         amplify: &AmplifyClient,
         api_version: &str,
     ) -> Result<(), AmplifyError> {
@@ -210,7 +292,8 @@ impl Directory {
             .collect();
         self.subscriptions = subscriptions;
         self.not_billed.clear();
-        self.refreshed = Some(Instant::now());
+        self.refreshed_ms = Some(now_ms());
+        self.save(store).await;
         Ok(())
     }
 
@@ -218,12 +301,14 @@ impl Directory {
     /// when many are unknown, otherwise one lookup each. Returns how many calls it took.
     pub async fn resolve<'a>(
         &mut self,
+        store: &Store,
         amplify: &AmplifyClient,
         api_version: &str,
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), AmplifyError> {
+        self.restore(store).await;
         if self.is_stale() {
-            return self.refresh(amplify, api_version).await;
+            return self.refresh(store, amplify, api_version).await;
         }
         let unknown: Vec<String> = ids
             .into_iter()
@@ -236,8 +321,9 @@ impl Directory {
             return Ok(());
         }
         if unknown.len() > LOOKUPS_BEFORE_REFRESH {
-            return self.refresh(amplify, api_version).await;
+            return self.refresh(store, amplify, api_version).await;
         }
+        let mut found_any = false;
         for id in unknown {
             let found: Vec<SubscriptionLink> = amplify
                 .list_as(
@@ -249,15 +335,19 @@ impl Directory {
             match billed {
                 Some(b) if !self.quotas.contains_key(&b.plan) => {
                     // A plan the directory has not seen: its quotas are needed too.
-                    return self.refresh(amplify, api_version).await;
+                    return self.refresh(store, amplify, api_version).await;
                 }
                 Some(b) => {
                     self.subscriptions.insert(id, b);
+                    found_any = true;
                 }
                 None => {
                     self.not_billed.insert(id);
                 }
             }
+        }
+        if found_any {
+            self.save(store).await;
         }
         Ok(())
     }
@@ -320,5 +410,39 @@ mod tests {
         }))
         .unwrap();
         assert!(Directory::default().billed_from(unlinked).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_new_process_starts_from_the_stored_links() {
+        let store = Store::memory(10);
+        let mut first = Directory::default();
+        first.quotas.insert(
+            "gold".into(),
+            BTreeMap::from([("api/pets".to_owned(), "q1".to_owned())]),
+        );
+        let link: SubscriptionLink = serde_json::from_value(json!({
+            "name": "acme-gold", "metadata": {"id": "s1"}, "spec": {"plan": {"name": "gold"}},
+            "attributes": {"recurlySubscriptionId": "r1"}
+        }))
+        .unwrap();
+        let billed = first.billed_from(link).unwrap();
+        first.subscriptions.insert("s1".into(), billed.clone());
+        first.refreshed_ms = Some(now_ms());
+        first.save(&store).await;
+
+        let mut second = Directory::default();
+        assert!(second.is_stale());
+        second.restore(&store).await;
+        assert!(!second.is_stale(), "a fresh snapshot needs no Amplify call");
+        assert_eq!(second.get("s1"), Some(&billed));
+        assert_eq!(
+            second
+                .billing_of("s1")
+                .unwrap()
+                .quota_by_resource
+                .get("api/pets")
+                .map(String::as_str),
+            Some("q1")
+        );
     }
 }

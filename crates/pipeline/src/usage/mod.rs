@@ -283,7 +283,6 @@ async fn run_windows(
     lease: Option<&Lease>,
 ) -> Result<RunSummary, RunError> {
     let now_ms = Utc::now().timestamp_millis();
-    let run_started = Instant::now();
     let windows = plan_windows(bridge, request, now_ms).await?;
     let config = &bridge.config.reporting;
     let api_version = bridge.config.amplify.api_version.clone();
@@ -317,6 +316,7 @@ async fn run_windows(
             .map_err(|e| RunError::Traffic(e.to_string()))?;
             directory
                 .resolve(
+                    &bridge.store,
                     &bridge.amplify,
                     &api_version,
                     rows.iter().map(|r| r.subscription_id.as_str()),
@@ -324,11 +324,11 @@ async fn run_windows(
                 .await
                 .map_err(|e| RunError::Traffic(format!("subscriptions could not be read: {e}")))?;
             let mut aggregated = aggregate(&rows, |s| directory.billing_of(s));
-            if aggregated.unmatched_resource > 0 && !directory.refreshed_since(run_started) {
+            if aggregated.unmatched_resource > 0 && !directory.refreshed_since(now_ms) {
                 // A billed subscription called a resource none of its plan's quotas lists:
                 // perhaps a quota was added to the plan since the directory was read.
                 directory
-                    .refresh(&bridge.amplify, &api_version)
+                    .refresh(&bridge.store, &bridge.amplify, &api_version)
                     .await
                     .map_err(|e| {
                         RunError::Traffic(format!("subscriptions could not be read: {e}"))
