@@ -121,6 +121,29 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
             detail: e.to_string(),
         },
     });
+    rows.push(if bridge.config.store.redis_url.is_some() {
+        match bridge.store.ping().await {
+            Ok(()) => Row {
+                what: "store",
+                status: Status::Ok,
+                detail: format!(
+                    "Redis answers (shared by {} instance(s))",
+                    bridge.config.store.instances
+                ),
+            },
+            Err(e) => Row {
+                what: "store",
+                status: Status::Fail,
+                detail: e.to_string(),
+            },
+        }
+    } else {
+        Row {
+            what: "store",
+            status: Status::Ok,
+            detail: "embedded (one instance); state file left to serve".into(),
+        }
+    });
     rows.push(if teams {
         Row {
             what: "Teams channel",
