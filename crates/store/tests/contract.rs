@@ -50,10 +50,9 @@ fn redis_available() -> bool {
     found
 }
 
-async fn start_redis_on(port: u16) -> RedisServer {
-    let dir = std::env::temp_dir().join(format!("bb-redis-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new("redis-server")
+/// `redis-server` on `port` keeping its append-only file in `dir`, every write synced.
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
         .args([
             "--bind",
             "127.0.0.1",
@@ -64,10 +63,16 @@ async fn start_redis_on(port: u16) -> RedisServer {
         ])
         .args(["--appendonly", "yes", "--appendfsync", "always"])
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::null())
         .spawn()
-        .expect("redis-server starts");
+        .expect("redis-server starts")
+}
+
+async fn start_redis_on(port: u16) -> RedisServer {
+    let dir = std::env::temp_dir().join(format!("bb-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = spawn_redis(port, &dir);
     // The guard kills and reaps it however the test ends.
     let server = RedisServer { child, port, dir };
     for _ in 0..200 {
@@ -504,21 +509,7 @@ async fn acknowledged_work_survives_a_redis_restart() {
     let mut server = server;
     let _ = server.child.kill();
     let _ = server.child.wait();
-    let restarted = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "yes", "--appendfsync", "always"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let restarted = spawn_redis(port, &dir);
     let _guard = RedisServer {
         child: restarted,
         port,
