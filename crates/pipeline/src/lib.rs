@@ -60,6 +60,10 @@ impl Pipeline {
             every: bridge.config.provisioning.reconcile_every,
         }
         .start();
+        bridge
+            .metrics
+            .usage_window
+            .set(bridge.config.reporting.window.as_secs() as i64);
         let reporter = usage::actors::UsageReporter::new(bridge.clone(), notifier.clone()).start();
         let schedule = if bridge.config.reporting.enabled {
             // Checked when the bridge was built.

@@ -262,6 +262,8 @@ pub struct Metrics {
     pub usage_windows_reported: Family<WindowLabels, Counter>,
     /// Now minus the end of the last reported window, set at every run.
     pub usage_reporting_lag: Gauge,
+    /// The configured reporting window, so alerts can compare the lag with it.
+    pub usage_window: Gauge,
     pub usage_runs: Family<RunLabels, Counter>,
     pub usage_run_duration: Histogram,
     pub leases_held: Family<LeaseLabels, Gauge>,
@@ -401,6 +403,13 @@ impl Default for Metrics {
             "Windows whose usage is fully reported, first time or after a re-poll",
             usage_windows_reported.clone(),
         );
+        let usage_window = Gauge::default();
+        registry.register_with_unit(
+            "usage_window",
+            "Length of a reporting window ([reporting] window)",
+            prometheus_client::registry::Unit::Seconds,
+            usage_window.clone(),
+        );
         let usage_reporting_lag = Gauge::default();
         registry.register_with_unit(
             "usage_reporting_lag",
@@ -474,6 +483,7 @@ impl Default for Metrics {
             usage_unmatched_units,
             usage_windows_reported,
             usage_reporting_lag,
+            usage_window,
             usage_runs,
             usage_run_duration,
             leases_held,
