@@ -110,8 +110,9 @@ async fn the_same_webhook_delivered_five_times_has_one_effect() {
         .count();
     assert_eq!(accepted, 1, "{concurrent:?}");
     for (status, retry_after, body) in &concurrent {
-        // A copy that arrives while the first is being queued is refused for now (503) and
-        // changes nothing; every later one is a duplicate.
+        // A copy that arrives while the first is being queued waits up to 250 ms for it and is
+        // then a duplicate; only if the first takes longer is it refused for now (503), which
+        // changes nothing.
         let duplicate = *status == 202 && body["status"] == "duplicate";
         let in_flight = *status == 503 && retry_after.is_some() && body["error"].is_string();
         assert!(

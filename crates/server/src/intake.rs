@@ -19,6 +19,9 @@ use crate::{AppState, secret_matches};
 pub const WEBHOOK_PATH: &str = "/webhooks/amplify";
 /// How long an event is held as "processing" while it is being queued.
 const CLAIM_HOLD: Duration = Duration::from_secs(30);
+/// How long a copy waits for the request accepting the same event, and how often it looks.
+const IN_FLIGHT_WAIT: Duration = Duration::from_millis(250);
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(2);
 /// How long an accepted event id is remembered, so replays are recognised.
 const DONE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -191,17 +194,25 @@ async fn accept(
     }
 
     let store = &state.bridge.store;
-    match store.claim_event(&envelope.id, CLAIM_HOLD).await {
-        Ok(Claim::Done) => return answered(&state, WebhookOutcome::Duplicate, "duplicate"),
-        Ok(Claim::InFlight) => {
-            return busy(
-                &state,
-                1,
-                "the same event is being accepted right now; send it again shortly".into(),
-            );
+    // A copy of an event another request is accepting right now usually learns the outcome
+    // within milliseconds: wait a little for it rather than make the sender try again.
+    let waited_until = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+    loop {
+        match store.claim_event(&envelope.id, CLAIM_HOLD).await {
+            Ok(Claim::Done) => return answered(&state, WebhookOutcome::Duplicate, "duplicate"),
+            Ok(Claim::InFlight) if tokio::time::Instant::now() < waited_until => {
+                tokio::time::sleep(IN_FLIGHT_POLL).await;
+            }
+            Ok(Claim::InFlight) => {
+                return busy(
+                    &state,
+                    1,
+                    "the same event is being accepted right now; send it again shortly".into(),
+                );
+            }
+            Ok(Claim::Claimed) => break,
+            Err(e) => return busy(&state, 5, format!("cannot accept events now: {e}")),
         }
-        Ok(Claim::Claimed) => {}
-        Err(e) => return busy(&state, 5, format!("cannot accept events now: {e}")),
     }
     tracing::debug!(event = %envelope.id, kind = ?event.kind, resource = %event.name, correlation = ?event.correlation_id, "webhook accepted");
     match store.enqueue(event).await {
