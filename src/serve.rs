@@ -73,18 +73,9 @@ fn reporting_line(config: &BridgeConfig) -> String {
     };
     format!(
         "traffic reporting: {schedule}, {} windows read {} after they close; ledger {ledger}",
-        short(r.window),
-        short(r.delay)
+        humantime::format_duration(r.window),
+        humantime::format_duration(r.delay)
     )
-}
-
-fn short(d: std::time::Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        s if s > 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
-        s if s > 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 pub async fn install_hooks(config: Option<&Path>, url: &str, name: &str) -> anyhow::Result<()> {

@@ -120,7 +120,7 @@ pub struct TrafficRow {
 }
 
 /// Where a subscription's traffic is billed: for each asset resource, the quota that counts it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BilledSubscription {
     pub quota_by_resource: BTreeMap<String, String>,
 }

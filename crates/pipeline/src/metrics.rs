@@ -128,6 +128,15 @@ pub enum ActorLabel {
     Notifier,
 }
 
+impl From<billing_bridge_domain::usage::Unmatched> for UnmatchedReason {
+    fn from(reason: billing_bridge_domain::usage::Unmatched) -> Self {
+        match reason {
+            billing_bridge_domain::usage::Unmatched::Subscription => UnmatchedReason::Subscription,
+            billing_bridge_domain::usage::Unmatched::Resource => UnmatchedReason::Resource,
+        }
+    }
+}
+
 snake_case_labels! {
     WebhookOutcome {
         Accepted => "accepted", Duplicate => "duplicate", Ignored => "ignored",

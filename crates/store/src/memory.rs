@@ -1,6 +1,7 @@
 //! The embedded store: state in this process's memory, for a single instance.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use billing_bridge_domain::events::ResourceEvent;
@@ -64,7 +65,7 @@ pub struct MemoryStore {
     ledger: Mutex<LedgerState>,
     /// Lease name → (fencing token, held until).
     leases: Mutex<HashMap<String, (u64, Instant)>>,
-    next_token: Mutex<u64>,
+    next_token: AtomicU64,
 }
 
 impl MemoryStore {
@@ -87,7 +88,7 @@ impl MemoryStore {
                 journal: None,
             }),
             leases: Mutex::new(HashMap::new()),
-            next_token: Mutex::new(0),
+            next_token: AtomicU64::new(0),
         }
     }
 
@@ -108,11 +109,7 @@ impl MemoryStore {
         if leases.get(name).is_some_and(|(_, until)| *until > now) {
             return None;
         }
-        let token = {
-            let mut next = self.next_token.lock();
-            *next += 1;
-            *next
-        };
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed) + 1;
         leases.insert(name.to_owned(), (token, now + ttl));
         Some(Lease {
             name: name.to_owned(),

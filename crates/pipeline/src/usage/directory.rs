@@ -79,7 +79,6 @@ pub struct Billed {
     pub title: String,
     pub recurly_subscription: String,
     pub plan: String,
-    pub billing: BilledSubscription,
 }
 
 #[derive(Default)]
@@ -87,8 +86,8 @@ pub struct Directory {
     subscriptions: HashMap<String, Billed>,
     /// Looked up and found not billed; forgotten at the next full refresh.
     not_billed: HashSet<String>,
-    /// Plan name → asset resource key → quota id.
-    quotas: HashMap<String, BTreeMap<String, String>>,
+    /// Plan name → its quotas by asset resource key (shared by the plan's subscriptions).
+    quotas: HashMap<String, BilledSubscription>,
     /// When Amplify was last read in full (epoch ms, wall clock: snapshots outlive processes).
     refreshed_ms: Option<i64>,
 }
@@ -100,7 +99,7 @@ struct Snapshot {
     refreshed_ms: i64,
     /// (Amplify id, name, title, Recurly subscription, plan).
     subscriptions: Vec<(String, String, String, String, String)>,
-    quotas: HashMap<String, BTreeMap<String, String>>,
+    quotas: HashMap<String, BilledSubscription>,
 }
 
 fn now_ms() -> i64 {
@@ -144,7 +143,14 @@ impl Directory {
     }
 
     pub fn billing_of(&self, amplify_id: &str) -> Option<&BilledSubscription> {
-        self.subscriptions.get(amplify_id).map(|b| &b.billing)
+        // A billed subscription of a plan with no quotas is billed for nothing: its traffic is
+        // unmatched by resource, not by subscription.
+        static NO_QUOTAS: BilledSubscription = BilledSubscription {
+            quota_by_resource: BTreeMap::new(),
+        };
+        self.subscriptions
+            .get(amplify_id)
+            .map(|b| self.quotas.get(&b.plan).unwrap_or(&NO_QUOTAS))
     }
 
     pub fn is_stale(&self) -> bool {
@@ -196,9 +202,6 @@ impl Directory {
             .subscriptions
             .into_iter()
             .map(|(amplify_id, name, title, recurly_subscription, plan)| {
-                let billing = BilledSubscription {
-                    quota_by_resource: self.quotas.get(&plan).cloned().unwrap_or_default(),
-                };
                 (
                     amplify_id.clone(),
                     Billed {
@@ -207,7 +210,6 @@ impl Directory {
                         title,
                         recurly_subscription,
                         plan,
-                        billing,
                     },
                 )
             })
@@ -240,9 +242,6 @@ impl Directory {
             return None;
         }
         Some(Billed {
-            billing: BilledSubscription {
-                quota_by_resource: self.quotas.get(&plan).cloned().unwrap_or_default(),
-            },
             amplify_id: subscription.metadata.id,
             title: subscription
                 .title
@@ -275,7 +274,10 @@ impl Directory {
             }
         }
         drop(quotas);
-        self.quotas = by_plan;
+        self.quotas = by_plan
+            .into_iter()
+            .map(|(plan, quota_by_resource)| (plan, BilledSubscription { quota_by_resource }))
+            .collect();
         let linked: Vec<SubscriptionLink> = amplify
             .list_as(
                 &format!("/catalog/{api_version}/subscriptions"),
@@ -418,7 +420,9 @@ mod tests {
         let mut first = Directory::default();
         first.quotas.insert(
             "gold".into(),
-            BTreeMap::from([("api/pets".to_owned(), "q1".to_owned())]),
+            BilledSubscription {
+                quota_by_resource: BTreeMap::from([("api/pets".to_owned(), "q1".to_owned())]),
+            },
         );
         let link: SubscriptionLink = serde_json::from_value(json!({
             "name": "acme-gold", "metadata": {"id": "s1"}, "spec": {"plan": {"name": "gold"}},

@@ -126,13 +126,15 @@ fn window_len_ms(bridge: &Bridge) -> i64 {
     bridge.config.reporting.window.as_millis() as i64
 }
 
-/// Which windows a run takes on, oldest first, each marked as a re-poll or not.
+/// Which windows a run takes on, oldest first, each marked as a re-poll or not; and the
+/// watermark the store holds.
 async fn plan_windows(
     bridge: &Bridge,
     request: &RunRequest,
     now_ms: i64,
-) -> Result<Vec<(Window, bool)>, RunError> {
+) -> Result<(Vec<(Window, bool)>, Option<i64>), RunError> {
     let config = &bridge.config.reporting;
+    let stored = bridge.store.watermark().await?;
     let len = window_len_ms(bridge);
     let delay = config.delay.as_millis() as i64;
     if let Some((from, to)) = request.range {
@@ -159,13 +161,14 @@ async fn plan_windows(
                     "the range covers more than {MAX_BACKFILL_WINDOWS} windows; report it in parts"
                 )));
             }
-            let done = bridge.store.windows_done(&[w]).await?[0];
-            windows.push((w, done));
+            windows.push(w);
             w = w.next();
         }
-        return Ok(windows);
+        // Windows reported before only get their late traffic: they count as re-polls.
+        let done = bridge.store.windows_done(&windows).await?;
+        return Ok((windows.into_iter().zip(done).collect(), stored));
     }
-    let watermark = match bridge.store.watermark().await? {
+    let watermark = match stored {
         Some(w) => Some(w),
         None => match &config.start_at {
             Some(start) => Some(
@@ -199,7 +202,7 @@ async fn plan_windows(
             .into_iter()
             .map(|w| (w, false)),
     );
-    Ok(windows)
+    Ok((windows, stored))
 }
 
 /// One reporting run. Holds the reporting lease (not for a dry run), so runs never overlap.
@@ -243,34 +246,23 @@ pub async fn run(
         span.clone(),
     )
     .await;
-    span.record(
-        "outcome",
-        match &result {
-            Ok(summary) if summary.complete => "complete",
-            Ok(summary) if summary.error.is_some() => "failed",
-            Ok(_) => "incomplete",
-            Err(RunError::Busy) => "busy",
-            Err(_) => "failed",
-        },
-    );
+    let outcome = match &result {
+        Ok(summary) if summary.complete => RunOutcome::Complete,
+        Ok(summary) if summary.error.is_some() => RunOutcome::Failed,
+        Ok(_) => RunOutcome::Incomplete,
+        Err(RunError::Busy) => RunOutcome::Busy,
+        Err(_) => RunOutcome::Failed,
+    };
+    span.record("outcome", outcome.as_str());
     if let Some(lease) = &lease {
         let _ = bridge.store.release_lease(lease).await;
         bridge.metrics.lease(LEASE, false);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    match &result {
-        Ok(summary) if !request.dry_run => {
-            let outcome = if summary.complete {
-                RunOutcome::Complete
-            } else if summary.error.is_some() {
-                RunOutcome::Failed
-            } else {
-                RunOutcome::Incomplete
-            };
-            bridge.metrics.run_ended(outcome, seconds);
-        }
-        Ok(_) => {}
-        Err(_) => bridge.metrics.run_ended(RunOutcome::Failed, seconds),
+    // A dry run is counted only when it fails.
+    if !request.dry_run || result.is_err() {
+        bridge
+            .metrics
+            .run_ended(outcome, started.elapsed().as_secs_f64());
     }
     result
 }
@@ -283,7 +275,7 @@ async fn run_windows(
     lease: Option<&Lease>,
 ) -> Result<RunSummary, RunError> {
     let now_ms = Utc::now().timestamp_millis();
-    let windows = plan_windows(bridge, request, now_ms).await?;
+    let (windows, mut watermark) = plan_windows(bridge, request, now_ms).await?;
     let config = &bridge.config.reporting;
     let api_version = bridge.config.amplify.api_version.clone();
     let mut summary = RunSummary {
@@ -291,7 +283,6 @@ async fn run_windows(
         complete: true,
         ..RunSummary::default()
     };
-    let mut watermark = bridge.store.watermark().await?;
     for (window, repoll) in windows {
         let mut line = WindowSummary {
             start: rfc3339(window.start_ms),

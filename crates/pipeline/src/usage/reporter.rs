@@ -241,10 +241,7 @@ pub async fn report_window(
                 subscription_id: subscription.clone(),
                 asset_resource: resource.clone(),
                 units: *units,
-                reason: match reason {
-                    billing_bridge_domain::usage::Unmatched::Subscription => "subscription",
-                    billing_bridge_domain::usage::Unmatched::Resource => "resource",
-                },
+                reason: UnmatchedReason::from(*reason).as_str(),
             });
         }
         summary.records = sends.len();
