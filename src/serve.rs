@@ -46,7 +46,9 @@ pub async fn serve(config: BridgeConfig) -> anyhow::Result<()> {
         "billing-bridge: {} (webhooks at {WEBHOOK_PATH})",
         handle.url()
     );
-    println!("{reporting}");
+    // A log line, not stdout: stdout is the one address line that scripts and tests read, and a
+    // reader that stops after it must not make a later write fail.
+    tracing::info!("{reporting}");
     let server = actix_rt::spawn(running);
     shutdown_signal().await;
     tracing::info!("stopping: finishing requests in flight");
