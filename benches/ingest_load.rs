@@ -1,0 +1,1328 @@
+//! Push ingestion at scale (issue 7, docs/ingest.md): the real `billing-bridge serve` binary (a
+//! child process, so its CPU and peak memory are its own) with `[reporting] source = "push"`,
+//! fed `INGEST_TOTAL` raw `transactionSummary` events (reference §5.3, 400–600 bytes each) over
+//! loopback through `POST /ingest/transactions`, then reported to the in-process sandbox's
+//! Recurly with `POST /admin/report`, and the Recurly usage totals checked against the counts the
+//! harness kept, per (subscription, add-on).
+//!
+//! The workload is seeded and known: `INGEST_SUBS` billed subscriptions × 2 quotas with skewed
+//! (Zipf-like) traffic; every event has its own `transactionId`, except 2% of what is sent that
+//! repeats an id sent in an earlier batch. All on-time traffic lies in one closed window (the
+//! previous full hour), so the memory figure is for N transactions in one window. 3% of the
+//! events are late: timestamped in the same window but sent only after its first report, with
+//! some repeats of already-billed ids; a second report bills them as delta records.
+//!
+//! Phase 1: on-time events and repeats → report. Phase 2: late events and repeats of billed ids
+//! → report. Then Recurly must hold exactly the unique events per (subscription, add-on).
+//!
+//! `cargo bench --bench ingest_load`. Env:
+//! - `INGEST_TOTAL` events sent in all (default 10,000,000), `INGEST_SUBS` (1000), `INGEST_SEED`
+//! - `INGEST_BATCH` events per request (1000), `INGEST_CONCURRENCY` requests in flight (2),
+//!   `INGEST_GZIP=1` gzips every body, `INGEST_GENERATORS` generator threads (1)
+//! - `INGEST_STATE_FILE=0`: the memory store with no state file (default: a temporary one, so an
+//!   answer means synced to disk)
+//! - `LOAD_STORE=redis`: a `redis-server` of the harness's own on loopback,
+//!   `INGEST_REDIS_APPENDFSYNC` (default `everysec`; `always` to sync every write)
+//! - `INGEST_TIMEOUT_S` (default 900): past it the bridge (and redis) are killed and the run fails
+//!
+//! Under `cargo test --benches` it runs a smoke pass: 20,000 events, 50 subscriptions.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{benching, env_or, percentile};
+
+const HOUR_MS: i64 = 3_600_000;
+const QUOTAS: usize = 2;
+const INGEST_TOKEN: &str = "bench-ingest-token-7f3a9c";
+const ADMIN_TOKEN: &str = "bench-admin-token-51c2e8";
+const WEBHOOK_SECRET: &str = "Bearer bench-webhook-secret";
+/// Shares of what is sent, in per mille.
+const REPEATS_PERMILLE: u64 = 20;
+const LATE_PERMILLE: u64 = 30;
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: killed on every way out (drop, panic, time limit).
+
+#[derive(Default)]
+struct Children {
+    bridge: Mutex<Option<Child>>,
+    redis: Mutex<Option<Child>>,
+    dirs: Mutex<Vec<PathBuf>>,
+}
+
+impl Children {
+    fn kill_all(&self) {
+        for slot in [&self.bridge, &self.redis] {
+            if let Some(mut child) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for dir in self.dirs.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Kills the children when dropped, whoever else holds them.
+struct KillOnDrop(Arc<Children>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill_all();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a loopback port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` on loopback, in the children's keeping; its URL.
+fn start_redis(children: &Children, dir: &Path) -> String {
+    let port = free_port();
+    let fsync = std::env::var("INGEST_REDIS_APPENDFSYNC").unwrap_or_else(|_| "everysec".into());
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data).expect("redis dir");
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "yes", "--appendfsync", &fsync])
+        .arg("--dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    *children.redis.lock().unwrap() = Some(child);
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            println!("store: redis-server on 127.0.0.1:{port}, appendonly, appendfsync {fsync}");
+            return format!("redis://127.0.0.1:{port}/");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("redis-server did not start");
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings.
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str, ticks: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / ticks
+}
+
+/// A `VmHWM:`-style line of /proc/<pid>/status, in MB.
+fn status_mb(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb as f64 / 1024.0)
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workload: every event is a pure function of its unique number, so repeats are exact copies
+// and generators need no shared state.
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// What the catalog gave the harness to put in events.
+struct Catalog {
+    product_id: String,
+    plan_id: String,
+    quota_ids: Vec<String>,
+    /// (Amplify subscription id, Recurly subscription id) per subscription.
+    subs: Vec<(String, String)>,
+}
+
+/// The constant JSON of one (subscription, quota) after `"quota":`, and of the subscription's
+/// consumer application; written once, copied into every event.
+struct Fragments {
+    /// Per quota, once named by id and once `"unknown"` (then the asset resource decides).
+    quota: Vec<[Vec<u8>; 2]>,
+    /// Per subscription: `"consumerDetails":{…}}}` to the end of the event.
+    consumer: Vec<Vec<u8>>,
+    /// Per subscription: the team and dataplane application.
+    team: Vec<Vec<u8>>,
+    product: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+struct Event {
+    sub: usize,
+    quota: usize,
+    by_quota_id: bool,
+    timestamp: i64,
+    status: u8,
+    duration: u64,
+    path_n: u64,
+    method: u8,
+    h: u64,
+}
+
+struct Workload {
+    seed: u64,
+    subs: usize,
+    batch: u64,
+    window_start: i64,
+    /// Unique events sent on time (phase 1) and late (phase 2).
+    on_time: u64,
+    late: u64,
+    repeats1: u64,
+    repeats2: u64,
+    /// Repeats in phase 1 pick ids from batches at least this many before their own.
+    lag: u64,
+    /// Cumulative Zipf weights over subscriptions.
+    zipf: Vec<f64>,
+    fragments: Fragments,
+    id_prefix: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    OnTime,
+    Late,
+}
+
+impl Workload {
+    fn positions(&self, phase: Phase) -> u64 {
+        match phase {
+            Phase::OnTime => self.on_time + self.repeats1,
+            Phase::Late => self.late + self.repeats2,
+        }
+    }
+
+    fn repeats(&self, phase: Phase) -> u64 {
+        match phase {
+            Phase::OnTime => self.repeats1,
+            Phase::Late => self.repeats2,
+        }
+    }
+
+    fn batches(&self, phase: Phase) -> u64 {
+        self.positions(phase).div_ceil(self.batch)
+    }
+
+    /// Repeats among the first `p` positions of the phase (spread evenly).
+    fn repeats_before(&self, phase: Phase, p: u64) -> u64 {
+        let total = self.positions(phase);
+        if total == 0 {
+            return 0;
+        }
+        ((p as u128 * self.repeats(phase) as u128) / total as u128) as u64
+    }
+
+    /// The unique number sent at position `p`, and whether it repeats an earlier one.
+    fn at(&self, phase: Phase, p: u64) -> (u64, bool) {
+        let before = self.repeats_before(phase, p);
+        let repeat = self.repeats_before(phase, p + 1) > before;
+        let first = match phase {
+            Phase::OnTime => 0,
+            Phase::Late => self.on_time,
+        };
+        if !repeat {
+            return (first + p - before, false);
+        }
+        let h = splitmix(self.seed ^ 0x5EED_0000_0000 ^ (p << 1) ^ (phase as u64));
+        match phase {
+            Phase::Late => (h % self.on_time.max(1), true),
+            Phase::OnTime => {
+                // Ids of batches already answered when possible; early on, earlier in this one.
+                let k = p / self.batch;
+                let q = k.saturating_sub(self.lag) * self.batch;
+                let mut pool = q - self.repeats_before(phase, q);
+                if pool == 0 {
+                    pool = p - before;
+                }
+                (h % pool, true)
+            }
+        }
+    }
+
+    fn event(&self, u: u64) -> Event {
+        let h1 = splitmix(self.seed.wrapping_mul(0x1000_0001) ^ u);
+        let h2 = splitmix(h1);
+        let x = (h1 >> 11) as f64 / (1u64 << 53) as f64;
+        let sub = self.zipf.partition_point(|&c| c < x).min(self.subs - 1);
+        let status = match h2 % 1000 {
+            0..970 => 0,
+            970..990 => 1,
+            990..997 => 2,
+            _ => 3,
+        };
+        Event {
+            sub,
+            // Most traffic on the first quota's resource.
+            quota: if (h2 >> 10) % 100 < 70 { 0 } else { 1 },
+            by_quota_id: (h2 >> 17) % 10 != 0,
+            timestamp: self.window_start + ((h2 >> 24) % HOUR_MS as u64) as i64,
+            status,
+            duration: 3 + (h1 % 50) * (h1 % 13) + (h2 >> 50) % 9,
+            path_n: (h1 >> 40) % 100_000,
+            method: ((h2 >> 45) % 10) as u8,
+            h: h1,
+        }
+    }
+
+    /// Appends event `u` as one NDJSON line.
+    fn write(&self, buf: &mut Vec<u8>, u: u64) -> Event {
+        let e = self.event(u);
+        let f = &self.fragments;
+        let (status, detail) = [
+            ("Success", "200"),
+            ("Failure", "500"),
+            ("Failure", "404"),
+            ("Exception", "0"),
+        ][e.status as usize];
+        let method = ["GET", "GET", "GET", "GET", "GET", "GET", "POST", "POST", "PUT", "DELETE"]
+            [e.method as usize];
+        let _ = write!(
+            buf,
+            r#"{{"version":"1.0","timestamp":{},"transactionId":"{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}","environmentId":"8a2e8bb67f0a11b6017f0c3f70a10b4c","tenantId":"100000142","type":"transactionSummary","transactionSummary":{{"status":"{status}","statusDetail":"{detail}","duration":{},"#,
+            e.timestamp,
+            self.id_prefix,
+            (e.h >> 48) & 0xffff,
+            (e.h >> 36) & 0xfff,
+            (e.h >> 24) & 0xfff,
+            u,
+            e.duration,
+        );
+        buf.extend_from_slice(&f.team[e.sub]);
+        let _ = write!(
+            buf,
+            r#""proxy":{{"id":"remoteApiId_weather-v2","name":"weather","revision":3}},"entryPoint":{{"type":"http","method":"{method}","path":"/v2/forecast/{}","host":"api.bench.example"}},"#,
+            e.path_n
+        );
+        buf.extend_from_slice(&f.product);
+        buf.extend_from_slice(&f.quota[e.quota][usize::from(!e.by_quota_id)]);
+        buf.extend_from_slice(&f.consumer[e.sub]);
+        buf.push(b'\n');
+        e
+    }
+}
+
+fn fragments(catalog: &Catalog) -> Fragments {
+    let quota = catalog
+        .quota_ids
+        .iter()
+        .enumerate()
+        .map(|(q, id)| {
+            let resource = format!(
+                r#""assetResource":{{"id":"8a2e8c0f{:024x}","name":"api/resource-{q}"}},"#,
+                q + 1
+            );
+            [
+                format!(r#""quota":{{"id":"{id}"}},{resource}"#).into_bytes(),
+                format!(r#""quota":{{"id":"unknown"}},{resource}"#).into_bytes(),
+            ]
+        })
+        .collect();
+    let consumer = catalog
+        .subs
+        .iter()
+        .enumerate()
+        .map(|(i, (amplify_id, _))| {
+            format!(
+                r#""consumerDetails":{{"subscription":{{"id":"{amplify_id}","name":"sub-{i}"}},"application":{{"id":"app-{i}","name":"Consumer app {i}","consumerOrgId":"6501{i:08}"}}}}}}}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    let team = (0..catalog.subs.len())
+        .map(|i| {
+            format!(
+                r#""team":{{"id":"e33e2081-{:04x}-4939-9741-c1dddae11017"}},"application":{{"id":"remoteAppId_{i}","name":"app-{i}"}},"#,
+                i & 0xffff
+            )
+            .into_bytes()
+        })
+        .collect();
+    let product = format!(
+        r#""product":{{"id":"{}","name":"bench","versionId":"v-1","versionName":"1.0.0"}},"productPlan":{{"id":"{}"}},"#,
+        catalog.product_id, catalog.plan_id
+    )
+    .into_bytes();
+    Fragments {
+        quota,
+        consumer,
+        team,
+        product,
+    }
+}
+
+/// One request body and what the harness expects of its answer.
+struct Batch {
+    phase: Phase,
+    index: u64,
+    body: Vec<u8>,
+    events: u64,
+    repeats: u64,
+}
+
+/// Writes the batches of `phase` whose index is `g` modulo `generators` into `tx`, in order;
+/// returns the unique events written per (subscription, quota).
+fn generate(
+    work: &Workload,
+    phase: Phase,
+    g: u64,
+    generators: u64,
+    gzip: bool,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+) -> Vec<u64> {
+    let mut counts = vec![0u64; work.subs * QUOTAS];
+    let total = work.positions(phase);
+    let mut k = g;
+    let mut plain = Vec::new();
+    while k < work.batches(phase) {
+        let from = k * work.batch;
+        let to = (from + work.batch).min(total);
+        plain.clear();
+        plain.reserve((to - from) as usize * 600);
+        let mut repeats = 0;
+        for p in from..to {
+            let (u, repeat) = work.at(phase, p);
+            let e = work.write(&mut plain, u);
+            if repeat {
+                repeats += 1;
+            } else {
+                counts[e.sub * QUOTAS + e.quota] += 1;
+            }
+        }
+        let body = if gzip {
+            gzip_bytes(&plain)
+        } else {
+            std::mem::replace(&mut plain, Vec::new())
+        };
+        let batch = Batch {
+            phase,
+            index: k,
+            body,
+            events: to - from,
+            repeats,
+        };
+        if tx.blocking_send(batch).is_err() {
+            break;
+        }
+        k += generators;
+    }
+    counts
+}
+
+/// gzip, fast level, as a log shipper would send it.
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .args(["-1", "-c", "-n"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("gzip output");
+    writer.join().unwrap().expect("gzip input");
+    assert!(out.status.success(), "gzip failed");
+    out.stdout
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox catalog.
+
+async fn post(http: &reqwest::Client, url: String, body: &Value) -> Value {
+    let response = http.post(&url).json(body).send().await.expect("sandbox");
+    let status = response.status();
+    let text = response.text().await.expect("sandbox answer");
+    assert!(
+        status.is_success(),
+        "{url}: {status} {}",
+        &text[..text.len().min(500)]
+    );
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+fn seeded<'a>(answer: &'a Value, section: &str, key: &str) -> &'a Vec<Value> {
+    answer[key]
+        .as_array()
+        .or_else(|| answer[section][key].as_array())
+        .unwrap_or_else(|| panic!("seeded {key}: {answer}"))
+}
+
+/// Amplify: a billed product, plan, `QUOTAS` quotas (one asset resource each) and `subs`
+/// approved subscriptions linked to Recurly subscriptions with a usage add-on per quota.
+async fn seed_catalog(http: &reqwest::Client, sb: &str, subs: usize) -> Catalog {
+    let mut catalog = vec![
+        json!({"kind": "Product", "name": "bench", "attributes": {"billingSystem": "recurly"}, "state": "active"}),
+        json!({"kind": "ProductPlan", "name": "bench-plan", "spec": {"product": "bench", "type": "paid"}, "state": "active"}),
+    ];
+    for q in 0..QUOTAS {
+        catalog.push(json!({"kind": "Quota", "name": format!("quota-{q}"), "metadata": {"scope": {"name": "bench-plan"}},
+            "spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": format!("api/resource-{q}")}]}}));
+    }
+    let created = post(
+        http,
+        format!("{sb}/_sandbox/seed"),
+        &json!({"amplify": {"resources": catalog}}),
+    )
+    .await;
+    let resources = seeded(&created, "amplify", "resources");
+    let id_of = |kind: &str| -> Vec<String> {
+        resources
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["metadata"]["id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let quota_ids = id_of("Quota");
+    assert_eq!(quota_ids.len(), QUOTAS);
+    let product_id = id_of("Product").remove(0);
+    let plan_id = id_of("ProductPlan").remove(0);
+    let add_ons: Vec<Value> = quota_ids
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            json!({"code": format!("amplify-quota-{q}"), "name": format!("Quota {q}"),
+                   "accounting_code": format!("bench-quota-{i}"),
+                   "add_on_type": "usage", "usage_type": "price",
+                   "measured_unit_name": "transactions",
+                   "currencies": [{"currency": "USD", "unit_amount_decimal": "0.001"}]})
+        })
+        .collect();
+    let accounts: Vec<Value> = (0..subs)
+        .map(|i| json!({"code": format!("amplify-team-t{i}")}))
+        .collect();
+    let subscriptions: Vec<Value> = (0..subs)
+        .map(|i| {
+            json!({"plan_code": "amplify-plan-bench", "currency": "USD",
+                   "account": {"code": format!("amplify-team-t{i}")},
+                   "add_ons": quota_ids.iter().map(|q| json!({"code": format!("amplify-quota-{q}")})).collect::<Vec<_>>()})
+        })
+        .collect();
+    let answer = post(
+        http,
+        format!("{sb}/_sandbox/seed"),
+        &json!({"recurly": {
+            "measured_units": [{"name": "transactions", "display_name": "Transactions"}],
+            "accounts": accounts,
+            "plans": [{"code": "amplify-plan-bench", "name": "Bench", "accounting_code": "bench-plan",
+                       "currencies": [{"currency": "USD", "unit_amount": 0}],
+                       "add_ons": add_ons}],
+            "subscriptions": subscriptions}}),
+    )
+    .await;
+    let recurly_ids: Vec<String> = seeded(&answer, "recurly", "subscriptions")
+        .iter()
+        .map(|s| s["id"].as_str().expect("subscription id").to_owned())
+        .collect();
+    assert_eq!(recurly_ids.len(), subs);
+    let linked: Vec<Value> = recurly_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            json!({"kind": "Subscription", "name": format!("sub-{i}"),
+                   "spec": {"product": "bench", "plan": {"name": "bench-plan"}},
+                   "attributes": {"recurlySubscriptionId": id},
+                   "approval": {"state": "approved"}})
+        })
+        .collect();
+    let answer = post(
+        http,
+        format!("{sb}/_sandbox/seed"),
+        &json!({"amplify": {"resources": linked}}),
+    )
+    .await;
+    let amplify_ids: Vec<String> = seeded(&answer, "amplify", "resources")
+        .iter()
+        .map(|s| {
+            s["metadata"]["id"]
+                .as_str()
+                .expect("subscription id")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(amplify_ids.len(), subs);
+    Catalog {
+        product_id,
+        plan_id,
+        quota_ids,
+        subs: amplify_ids.into_iter().zip(recurly_ids).collect(),
+    }
+}
+
+/// Recurly's usage units per (Recurly subscription id, add-on code).
+async fn usage_totals(http: &reqwest::Client, sb: &str) -> BTreeMap<(String, String), u64> {
+    let rows: Value = http
+        .get(format!("{sb}/_sandbox/recurly/usage_totals"))
+        .send()
+        .await
+        .expect("usage totals")
+        .json()
+        .await
+        .expect("usage totals answer");
+    rows.as_array()
+        .expect("usage totals are a list")
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["subscription_id"].as_str().unwrap_or("").to_owned(),
+                    r["add_on_code"].as_str().unwrap_or("").to_owned(),
+                ),
+                r["amount"].as_f64().unwrap_or(0.0).round() as u64,
+            )
+        })
+        .filter(|(_, units)| *units > 0)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge.
+
+struct Bridge {
+    url: String,
+    pid: String,
+    log: PathBuf,
+}
+
+fn start_bridge(children: &Children, config: &Path, log: PathBuf) -> Bridge {
+    let stderr = std::fs::File::create(&log).expect("bridge log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", std::env::var("INGEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("billing-bridge serve starts");
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    *children.bridge.lock().unwrap() = Some(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("billing-bridge: ") {
+                    break rest.split_whitespace().next().unwrap().to_owned();
+                }
+            }
+            _ => panic!(
+                "billing-bridge serve printed no address; its log:\n{}",
+                tail(&log)
+            ),
+        }
+    };
+    // Keep reading so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Bridge { url, pid, log }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// `POST /admin/report` for the window; its summary and wall time.
+async fn report(
+    http: &reqwest::Client,
+    bridge: &Bridge,
+    window: (i64, i64),
+) -> (Value, Duration) {
+    let started = Instant::now();
+    for _ in 0..100 {
+        let response = http
+            .post(format!("{}/admin/report", bridge.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"from": window.0, "to": window.1}))
+            .send()
+            .await
+            .expect("admin report request");
+        let status = response.status().as_u16();
+        let summary: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            200 if summary["complete"] == true => return (summary, started.elapsed()),
+            200 | 409 | 503 => {
+                eprintln!("report: {status} {summary}; again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => panic!(
+                "POST /admin/report: {status} {summary}; bridge log:\n{}",
+                tail(&bridge.log)
+            ),
+        }
+    }
+    panic!("no complete report run in 100 tries")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pushing.
+
+#[derive(Default)]
+struct Tally {
+    received: AtomicU64,
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    ignored: AtomicU64,
+    retries: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The batches of one phase, in order, from the generators' channels.
+struct Feed {
+    rx: Vec<tokio::sync::mpsc::Receiver<Batch>>,
+    next: usize,
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<Batch> {
+        let n = self.rx.len();
+        let batch = self.rx[self.next % n].recv().await;
+        self.next += 1;
+        batch
+    }
+}
+
+fn num(answer: &Value, field: &str) -> u64 {
+    answer[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the answer has no {field}: {answer}"))
+}
+
+/// One request in flight at a time, batches taken from the feed until it runs dry; the accept
+/// latency of every batch, in µs.
+async fn sender(
+    http: reqwest::Client,
+    url: String,
+    gzip: bool,
+    feed: Arc<tokio::sync::Mutex<Feed>>,
+    tally: Arc<Tally>,
+) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    loop {
+        let Some(batch) = feed.lock().await.next().await else {
+            return latencies;
+        };
+        tally
+            .bytes
+            .fetch_add(batch.body.len() as u64, Ordering::Relaxed);
+        let mut request = http
+            .post(&url)
+            .bearer_auth(INGEST_TOKEN)
+            .header("Content-Type", "application/x-ndjson")
+            .body(batch.body);
+        if gzip {
+            request = request.header("Content-Encoding", "gzip");
+        }
+        let (status, text, took) = loop {
+            let started = Instant::now();
+            let response = request
+                .try_clone()
+                .expect("a byte body clones")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("POST /ingest/transactions: {e}"));
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("Retry-After")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let text = response.text().await.unwrap_or_default();
+            let took = started.elapsed();
+            if status == 503 {
+                // Nothing of the batch was taken: the same batch again, as the contract allows.
+                tally.retries.fetch_add(1, Ordering::Relaxed);
+                let wait = Duration::from_secs(retry_after.unwrap_or(1)).min(Duration::from_secs(2));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            break (status, text, took);
+        };
+        let phase = match batch.phase {
+            Phase::OnTime => "on-time",
+            Phase::Late => "late",
+        };
+        assert_eq!(
+            status,
+            200,
+            "{phase} batch {}: {status} {}",
+            batch.index,
+            &text[..text.len().min(1000)]
+        );
+        let answer: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{phase} batch {}: not JSON ({e}): {text}", batch.index));
+        let (received, accepted, duplicates, ignored, refused) = (
+            num(&answer, "received"),
+            num(&answer, "accepted"),
+            num(&answer, "duplicates"),
+            num(&answer, "ignored"),
+            num(&answer, "refused"),
+        );
+        assert_eq!(
+            refused,
+            0,
+            "{phase} batch {}: refusals {}",
+            batch.index,
+            answer["refusals"]
+        );
+        assert_eq!(
+            received, batch.events,
+            "{phase} batch {}: received {answer}",
+            batch.index
+        );
+        assert_eq!(
+            accepted + duplicates + ignored + refused,
+            received,
+            "{phase} batch {}: the outcomes do not add up: {answer}",
+            batch.index
+        );
+        assert_eq!(ignored, 0, "{phase} batch {}: {answer}", batch.index);
+        // A repeat of an id in a batch still in flight may be the copy that is accepted; the
+        // phase's sums must hold exactly, a batch's within the repeats in flight.
+        let _ = batch.repeats;
+        tally.received.fetch_add(received, Ordering::Relaxed);
+        tally.accepted.fetch_add(accepted, Ordering::Relaxed);
+        tally.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        tally.ignored.fetch_add(ignored, Ordering::Relaxed);
+        latencies.push(took.as_micros().min(u32::MAX as u128) as u32);
+    }
+}
+
+struct PhaseResult {
+    wall: Duration,
+    batches: usize,
+    latencies: Vec<u32>,
+    counts: Vec<u64>,
+    server_cpu: f64,
+    harness_cpu: f64,
+    retries: u64,
+    bytes: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push(
+    work: &Arc<Workload>,
+    phase: Phase,
+    http: &reqwest::Client,
+    bridge: &Bridge,
+    settings: &Settings,
+    ticks: f64,
+) -> PhaseResult {
+    let tally = Arc::new(Tally::default());
+    let generators = settings.generators;
+    let mut rx = Vec::new();
+    let mut threads = Vec::new();
+    for g in 0..generators {
+        let (tx, r) = tokio::sync::mpsc::channel(settings.concurrency as usize + 1);
+        rx.push(r);
+        let work = work.clone();
+        let gzip = settings.gzip;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("generator-{g}"))
+                .spawn(move || generate(&work, phase, g, generators, gzip, tx))
+                .expect("generator thread"),
+        );
+    }
+    let feed = Arc::new(tokio::sync::Mutex::new(Feed { rx, next: 0 }));
+    let url = format!("{}/ingest/transactions", bridge.url);
+    let cpu0 = cpu_seconds(&bridge.pid, ticks);
+    let own0 = cpu_seconds("self", ticks);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..settings.concurrency)
+        .map(|_| {
+            tokio::spawn(sender(
+                http.clone(),
+                url.clone(),
+                settings.gzip,
+                feed.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(mut l) => latencies.append(&mut l),
+            Err(e) => {
+                // Stop the generators (their channels close) before failing.
+                drop(feed);
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+    let wall = started.elapsed();
+    let server_cpu = cpu_seconds(&bridge.pid, ticks) - cpu0;
+    let harness_cpu = cpu_seconds("self", ticks) - own0;
+    let mut counts = vec![0u64; work.subs * QUOTAS];
+    for t in threads {
+        for (c, n) in counts.iter_mut().zip(t.join().expect("generator")) {
+            *c += n;
+        }
+    }
+    latencies.sort_unstable();
+    let sent = work.positions(phase);
+    let uniques = sent - work.repeats(phase);
+    let (received, accepted, duplicates) = (
+        tally.received.load(Ordering::Relaxed),
+        tally.accepted.load(Ordering::Relaxed),
+        tally.duplicates.load(Ordering::Relaxed),
+    );
+    assert_eq!(received, sent, "events received");
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        uniques,
+        "the generators' unique events"
+    );
+    let exact = accepted == uniques && duplicates == work.repeats(phase);
+    println!(
+        "  answers: received {received}, accepted {accepted} (expected {uniques}), duplicates {duplicates} (expected {}), ignored {}, refused 0: {}",
+        work.repeats(phase),
+        tally.ignored.load(Ordering::Relaxed),
+        if exact { "exact" } else { "MISMATCH" }
+    );
+    assert!(exact, "the answers' accepted/duplicate sums are not the workload's");
+    PhaseResult {
+        wall,
+        batches: latencies.len(),
+        latencies,
+        counts,
+        server_cpu,
+        harness_cpu,
+        retries: tally.retries.load(Ordering::Relaxed),
+        bytes: tally.bytes.load(Ordering::Relaxed),
+    }
+}
+
+fn print_phase(name: &str, events: u64, r: &PhaseResult) {
+    let l = &r.latencies;
+    println!(
+        "{name}: {events} transactions in {} batches in {:.2} s = {:.0} transactions/s ({:.1} MB/s of bodies{})",
+        r.batches,
+        r.wall.as_secs_f64(),
+        events as f64 / r.wall.as_secs_f64(),
+        r.bytes as f64 / 1e6 / r.wall.as_secs_f64(),
+        if r.retries > 0 {
+            format!(", {} batches retried after 503", r.retries)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  accept latency per batch: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(l, 0.50),
+        percentile(l, 0.90),
+        percentile(l, 0.99),
+        l.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    println!(
+        "  server CPU {:.2} s ({:.2} s per million transactions, {:.0}% of one core); harness CPU {:.2} s (generation, client, in-process sandbox)",
+        r.server_cpu,
+        r.server_cpu / (events as f64 / 1e6),
+        100.0 * r.server_cpu / r.wall.as_secs_f64(),
+        r.harness_cpu
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Settings {
+    total: u64,
+    subs: usize,
+    seed: u64,
+    batch: u64,
+    concurrency: u64,
+    generators: u64,
+    gzip: bool,
+    timeout: Duration,
+    state_file: bool,
+    redis: bool,
+}
+
+fn settings() -> Settings {
+    let full = benching();
+    let flag = |name: &str, default: bool| {
+        std::env::var(name)
+            .map(|v| !matches!(v.as_str(), "0" | "" | "false" | "no"))
+            .unwrap_or(default)
+    };
+    Settings {
+        total: env_or("INGEST_TOTAL", if full { 10_000_000 } else { 20_000 }),
+        subs: env_or("INGEST_SUBS", if full { 1000 } else { 50 }).max(1) as usize,
+        seed: env_or("INGEST_SEED", 7),
+        batch: env_or("INGEST_BATCH", if full { 1000 } else { 500 }).max(1),
+        concurrency: env_or("INGEST_CONCURRENCY", 2).max(1),
+        generators: env_or("INGEST_GENERATORS", 1).max(1),
+        gzip: flag("INGEST_GZIP", false),
+        timeout: Duration::from_secs(env_or("INGEST_TIMEOUT_S", if full { 900 } else { 180 })),
+        state_file: flag("INGEST_STATE_FILE", true),
+        redis: std::env::var("LOAD_STORE").as_deref() == Ok("redis"),
+    }
+}
+
+fn zipf(subs: usize) -> Vec<f64> {
+    // s = 1.1: the busiest subscription takes ~15% of 1,000's traffic, the median one ~0.03%.
+    let weights: Vec<f64> = (0..subs).map(|i| 1.0 / ((i + 1) as f64).powf(1.1)).collect();
+    let sum: f64 = weights.iter().sum();
+    let mut acc = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            acc += w / sum;
+            acc
+        })
+        .collect()
+}
+
+fn main() {
+    let s = settings();
+    let children = Arc::new(Children::default());
+    let _guard = KillOnDrop(children.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        // The time limit: kill the children and fail, whatever the harness is waiting on.
+        let (children, done, timeout) = (children.clone(), done.clone(), s.timeout);
+        std::thread::spawn(move || {
+            let until = Instant::now() + timeout;
+            while Instant::now() < until {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            eprintln!(
+                "ingest_load: over the {} s time limit (INGEST_TIMEOUT_S): killing the bridge and failing",
+                timeout.as_secs()
+            );
+            children.kill_all();
+            std::process::exit(2);
+        });
+    }
+    let ticks = clock_ticks();
+    let dir = std::env::temp_dir().join(format!("bb-ingest-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    children.dirs.lock().unwrap().push(dir.clone());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(&s, &children, &dir, ticks));
+    done.store(true, Ordering::Relaxed);
+}
+
+async fn run(s: &Settings, children: &Children, dir: &Path, ticks: f64) {
+    let total_started = Instant::now();
+    let sandbox = billing_bridge_sandbox::start(support::unlimited_sandbox(), "127.0.0.1:0")
+        .await
+        .expect("sandbox");
+    let sb = sandbox.url();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(s.concurrency as usize + 2)
+        .timeout(Duration::from_secs(600))
+        .build()
+        .expect("http client");
+    let seeding = Instant::now();
+    let catalog = seed_catalog(&http, &sb, s.subs).await;
+    println!(
+        "sandbox: {} billed subscriptions x {QUOTAS} quotas seeded in {:.1} s",
+        s.subs,
+        seeding.elapsed().as_secs_f64()
+    );
+
+    // The store.
+    let redis_url = s.redis.then(|| start_redis(children, dir));
+    let state_file = if s.state_file && redis_url.is_none() {
+        dir.join("state").display().to_string()
+    } else {
+        String::new()
+    };
+    let store = match &redis_url {
+        Some(url) => format!("redis_url = \"{url}\"\nstate_file = \"\""),
+        None => format!("state_file = \"{state_file}\""),
+    };
+    if redis_url.is_none() {
+        println!(
+            "store: memory, {}",
+            if state_file.is_empty() {
+                "no state file (INGEST_STATE_FILE=0): nothing on disk".to_owned()
+            } else {
+                format!("state file {state_file} (ingest log synced before each answer)")
+            }
+        );
+    }
+    let config = dir.join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+[webhook]
+secret = "{WEBHOOK_SECRET}"
+[amplify]
+central_url = "{sb}/amplify"
+auth_url = "{sb}/auth"
+platform_url = "{sb}/platform"
+client_id = "bridge"
+client_secret = "bench-secret"
+requests_per_minute = 6000
+timeout = "30s"
+[recurly]
+base_url = "{sb}/recurly"
+api_key = "recurly-bench-key"
+site = "production"
+requests_per_minute = 1000
+timeout = "30s"
+[provisioning]
+plans = false
+subscriptions = false
+reconcile_every = "24h"
+[reporting]
+source = "push"
+schedule = ""
+window = "1h"
+delay = "1s"
+billed_count = "total"
+concurrency = 16
+[ingest]
+token = "{INGEST_TOKEN}"
+[store]
+{store}
+"#
+        ),
+    )
+    .expect("bridge config");
+    let bridge = start_bridge(children, &config, dir.join("bridge.log"));
+    let ready = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{}/readyz", bridge.url)).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "the bridge is not ready after 30 s; its log:\n{}",
+            tail(&bridge.log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "bridge: {} (pid {}), RSS at start {:.1} MB",
+        bridge.url,
+        bridge.pid,
+        status_mb(&bridge.pid, "VmRSS:")
+    );
+
+    // The workload.
+    let now = chrono::Utc::now().timestamp_millis();
+    let window_start = (now / HOUR_MS - 1) * HOUR_MS;
+    let window = (window_start, window_start + HOUR_MS);
+    let repeats = s.total * REPEATS_PERMILLE / 1000;
+    let late = s.total * LATE_PERMILLE / 1000;
+    let repeats2 = repeats / 4;
+    let work = Arc::new(Workload {
+        seed: s.seed,
+        subs: s.subs,
+        batch: s.batch,
+        window_start,
+        on_time: s.total - repeats - late,
+        late,
+        repeats1: repeats - repeats2,
+        repeats2,
+        lag: 2 * s.concurrency + 1,
+        zipf: zipf(s.subs),
+        fragments: fragments(&catalog),
+        id_prefix: (splitmix(s.seed) >> 32) as u32,
+    });
+    assert!(work.on_time > work.repeats1, "too few events for the repeats");
+    let mut sample = Vec::new();
+    for u in 0..1000 {
+        work.write(&mut sample, u);
+    }
+    println!(
+        "workload: {} transactions (seed {}): {} on time + {} repeats, then {} late + {} repeats of billed ids; window {} – {}; events {:.0} bytes on average; batches of {}, {} in flight, NDJSON{}",
+        s.total,
+        s.seed,
+        work.on_time,
+        work.repeats1,
+        work.late,
+        work.repeats2,
+        billing_bridge_pipeline::usage::rfc3339(window.0),
+        billing_bridge_pipeline::usage::rfc3339(window.1),
+        sample.len() as f64 / 1000.0,
+        s.batch,
+        s.concurrency,
+        if s.gzip { " gzip" } else { "" }
+    );
+
+    // Phase 1: on time.
+    let p1 = push(&work, Phase::OnTime, &http, &bridge, s, ticks).await;
+    print_phase(
+        "phase 1 (on time + repeats)",
+        work.positions(Phase::OnTime),
+        &p1,
+    );
+    let hwm1 = status_mb(&bridge.pid, "VmHWM:");
+    println!(
+        "  server peak RSS (VmHWM) after phase 1: {hwm1:.1} MB; RSS now {:.1} MB",
+        status_mb(&bridge.pid, "VmRSS:")
+    );
+    let cpu0 = cpu_seconds(&bridge.pid, ticks);
+    let (summary1, took1) = report(&http, &bridge, window).await;
+    println!(
+        "report 1: {} records, {} units, unmatched {} in {:.2} s wall, server CPU {:.2} s",
+        summary1["records"],
+        summary1["units"],
+        summary1["unmatched_units"],
+        took1.as_secs_f64(),
+        cpu_seconds(&bridge.pid, ticks) - cpu0
+    );
+    let recurly_ids: Vec<&String> = catalog.subs.iter().map(|(_, r)| r).collect();
+    let expected = |counts: &[u64]| -> BTreeMap<(String, String), u64> {
+        counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| {
+                (
+                    (
+                        recurly_ids[i / QUOTAS].clone(),
+                        format!("amplify-quota-{}", catalog.quota_ids[i % QUOTAS]),
+                    ),
+                    *n,
+                )
+            })
+            .collect()
+    };
+    let mut failures = Vec::new();
+    check(
+        "after report 1",
+        &expected(&p1.counts),
+        &usage_totals(&http, &sb).await,
+        &mut failures,
+    );
+
+    // Phase 2: late.
+    let p2 = push(&work, Phase::Late, &http, &bridge, s, ticks).await;
+    print_phase(
+        "phase 2 (late + repeats of billed ids)",
+        work.positions(Phase::Late),
+        &p2,
+    );
+    let cpu0 = cpu_seconds(&bridge.pid, ticks);
+    let (summary2, took2) = report(&http, &bridge, window).await;
+    println!(
+        "report 2: {} records, {} units, unmatched {} in {:.2} s wall, server CPU {:.2} s",
+        summary2["records"],
+        summary2["units"],
+        summary2["unmatched_units"],
+        took2.as_secs_f64(),
+        cpu_seconds(&bridge.pid, ticks) - cpu0
+    );
+    let all: Vec<u64> = p1.counts.iter().zip(&p2.counts).map(|(a, b)| a + b).collect();
+    let want = expected(&all);
+    let waited = Instant::now();
+    let mut got = usage_totals(&http, &sb).await;
+    while got != want && waited.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        got = usage_totals(&http, &sb).await;
+    }
+    check("at the end", &want, &got, &mut failures);
+    let hwm = status_mb(&bridge.pid, "VmHWM:");
+    println!(
+        "server peak RSS (VmHWM): {hwm1:.1} MB after phase 1, {hwm:.1} MB at the end; server CPU in all {:.2} s; harness CPU in all {:.2} s; wall in all {:.1} s",
+        cpu_seconds(&bridge.pid, ticks),
+        cpu_seconds("self", ticks),
+        total_started.elapsed().as_secs_f64()
+    );
+    let errors = std::fs::read_to_string(&bridge.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .count();
+    if errors > 0 {
+        println!("bridge log: {errors} ERROR lines; the last ones:\n{}", tail(&bridge.log));
+    }
+    sandbox.stop().await;
+    assert!(failures.is_empty(), "Recurly totals mismatch: {failures:?}");
+}
+
+/// Compares Recurly's totals with the expected unique counts; prints "exact" or the mismatches.
+fn check(
+    when: &str,
+    want: &BTreeMap<(String, String), u64>,
+    got: &BTreeMap<(String, String), u64>,
+    failures: &mut Vec<String>,
+) {
+    let units_want: u64 = want.values().sum();
+    let units_got: u64 = got.values().sum();
+    let mut mismatches = Vec::new();
+    for (key, n) in want {
+        let g = got.get(key).copied().unwrap_or(0);
+        if g != *n {
+            mismatches.push(format!("{} {}: expected {n}, Recurly {g}", key.0, key.1));
+        }
+    }
+    for (key, g) in got {
+        if !want.contains_key(key) {
+            mismatches.push(format!("{} {}: expected 0, Recurly {g}", key.0, key.1));
+        }
+    }
+    if mismatches.is_empty() {
+        println!(
+            "Recurly {when}: {units_got} units over {} (subscription, add-on) pairs: exact",
+            want.len()
+        );
+    } else {
+        println!(
+            "Recurly {when}: MISMATCH: {units_got} units, expected {units_want}; {} of {} pairs differ:",
+            mismatches.len(),
+            want.len()
+        );
+        for m in mismatches.iter().take(20) {
+            println!("  mismatch {m}");
+        }
+        failures.push(format!("{when}: {} pairs differ", mismatches.len()));
+    }
+}
