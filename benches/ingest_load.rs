@@ -167,7 +167,6 @@ fn splitmix(mut x: u64) -> u64 {
 
 /// What the catalog gave the harness to put in events.
 struct Catalog {
-    product_id: String,
     plan_id: String,
     quota_ids: Vec<String>,
     /// (Amplify subscription id, Recurly subscription id) per subscription.
@@ -181,8 +180,6 @@ struct Fragments {
     quota: Vec<[Vec<u8>; 2]>,
     /// Per subscription: `"consumerDetails":{…}}}` to the end of the event.
     consumer: Vec<Vec<u8>>,
-    /// Per subscription: the team and dataplane application.
-    team: Vec<Vec<u8>>,
     product: Vec<u8>,
 }
 
@@ -317,7 +314,7 @@ impl Workload {
             [e.method as usize];
         let _ = write!(
             buf,
-            r#"{{"version":"1.0","timestamp":{},"transactionId":"{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}","environmentId":"8a2e8bb67f0a11b6017f0c3f70a10b4c","tenantId":"100000142","type":"transactionSummary","transactionSummary":{{"status":"{status}","statusDetail":"{detail}","duration":{},"#,
+            r#"{{"timestamp":{},"transactionId":"{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}","environmentId":"env-prod-eu1","type":"transactionSummary","transactionSummary":{{"status":"{status}","statusDetail":"{detail}","duration":{},"#,
             e.timestamp,
             self.id_prefix,
             (e.h >> 48) & 0xffff,
@@ -326,10 +323,9 @@ impl Workload {
             u,
             e.duration,
         );
-        buf.extend_from_slice(&f.team[e.sub]);
         let _ = write!(
             buf,
-            r#""proxy":{{"id":"remoteApiId_weather-v2","name":"weather","revision":3}},"entryPoint":{{"type":"http","method":"{method}","path":"/v2/forecast/{}","host":"api.bench.example"}},"#,
+            r#""proxy":{{"id":"remoteApiId_weather-v2","name":"weather"}},"entryPoint":{{"type":"http","method":"{method}","path":"/v2/forecast/{}"}},"#,
             e.path_n
         );
         buf.extend_from_slice(&f.product);
@@ -347,8 +343,7 @@ fn fragments(catalog: &Catalog) -> Fragments {
         .enumerate()
         .map(|(q, id)| {
             let resource = format!(
-                r#""assetResource":{{"id":"8a2e8c0f{:024x}","name":"api/resource-{q}"}},"#,
-                q + 1
+                r#""assetResource":{{"name":"api/resource-{q}"}},"#
             );
             [
                 format!(r#""quota":{{"id":"{id}"}},{resource}"#).into_bytes(),
@@ -362,29 +357,19 @@ fn fragments(catalog: &Catalog) -> Fragments {
         .enumerate()
         .map(|(i, (amplify_id, _))| {
             format!(
-                r#""consumerDetails":{{"subscription":{{"id":"{amplify_id}","name":"sub-{i}"}},"application":{{"id":"app-{i}","name":"Consumer app {i}","consumerOrgId":"6501{i:08}"}}}}}}}}"#
-            )
-            .into_bytes()
-        })
-        .collect();
-    let team = (0..catalog.subs.len())
-        .map(|i| {
-            format!(
-                r#""team":{{"id":"e33e2081-{:04x}-4939-9741-c1dddae11017"}},"application":{{"id":"remoteAppId_{i}","name":"app-{i}"}},"#,
-                i & 0xffff
+                r#""consumerDetails":{{"subscription":{{"id":"{amplify_id}","name":"sub-{i}"}}}}}}}}"#
             )
             .into_bytes()
         })
         .collect();
     let product = format!(
-        r#""product":{{"id":"{}","name":"bench","versionId":"v-1","versionName":"1.0.0"}},"productPlan":{{"id":"{}"}},"#,
-        catalog.product_id, catalog.plan_id
+        r#""productPlan":{{"id":"{}"}},"#,
+        catalog.plan_id
     )
     .into_bytes();
     Fragments {
         quota,
         consumer,
-        team,
         product,
     }
 }
@@ -513,7 +498,6 @@ async fn seed_catalog(http: &reqwest::Client, sb: &str, subs: usize) -> Catalog 
     };
     let quota_ids = id_of("Quota");
     assert_eq!(quota_ids.len(), QUOTAS);
-    let product_id = id_of("Product").remove(0);
     let plan_id = id_of("ProductPlan").remove(0);
     let add_ons: Vec<Value> = quota_ids
         .iter()
@@ -580,7 +564,6 @@ async fn seed_catalog(http: &reqwest::Client, sb: &str, subs: usize) -> Catalog 
         .collect();
     assert_eq!(amplify_ids.len(), subs);
     Catalog {
-        product_id,
         plan_id,
         quota_ids,
         subs: amplify_ids.into_iter().zip(recurly_ids).collect(),
@@ -974,6 +957,7 @@ struct Settings {
     timeout: Duration,
     state_file: bool,
     redis: bool,
+    generate_only: bool,
 }
 
 fn settings() -> Settings {
@@ -994,6 +978,7 @@ fn settings() -> Settings {
         timeout: Duration::from_secs(env_or("INGEST_TIMEOUT_S", if full { 900 } else { 180 })),
         state_file: flag("INGEST_STATE_FILE", true),
         redis: std::env::var("LOAD_STORE").as_deref() == Ok("redis"),
+        generate_only: flag("INGEST_GENERATE_ONLY", false),
     }
 }
 
@@ -1067,6 +1052,58 @@ async fn run(s: &Settings, children: &Children, dir: &Path, ticks: f64) {
         s.subs,
         seeding.elapsed().as_secs_f64()
     );
+
+    // The workload.
+    let now = chrono::Utc::now().timestamp_millis();
+    let window_start = (now / HOUR_MS - 1) * HOUR_MS;
+    let window = (window_start, window_start + HOUR_MS);
+    let repeats = s.total * REPEATS_PERMILLE / 1000;
+    let late = s.total * LATE_PERMILLE / 1000;
+    let repeats2 = repeats / 4;
+    let work = Arc::new(Workload {
+        seed: s.seed,
+        subs: s.subs,
+        batch: s.batch,
+        window_start,
+        on_time: s.total - repeats - late,
+        late,
+        repeats1: repeats - repeats2,
+        repeats2,
+        lag: 2 * s.concurrency + 1,
+        zipf: zipf(s.subs),
+        fragments: fragments(&catalog),
+        id_prefix: (splitmix(s.seed) >> 32) as u32,
+    });
+    assert!(work.on_time > work.repeats1, "too few events for the repeats");
+    let mut sample = Vec::new();
+    for u in 0..1000 {
+        work.write(&mut sample, u);
+    }
+    if std::env::var_os("INGEST_SHOW_EVENT").is_some() {
+        let first = sample.split(|b| *b == b'\n').next().unwrap_or_default();
+        println!("an event: {}", String::from_utf8_lossy(first));
+    }
+    println!(
+        "workload: {} transactions (seed {}): {} on time + {} repeats, then {} late + {} repeats of billed ids; window {} – {}; events {:.0} bytes on average; batches of {}, {} in flight, NDJSON{}",
+        s.total,
+        s.seed,
+        work.on_time,
+        work.repeats1,
+        work.late,
+        work.repeats2,
+        billing_bridge_pipeline::usage::rfc3339(window.0),
+        billing_bridge_pipeline::usage::rfc3339(window.1),
+        sample.len() as f64 / 1000.0,
+        s.batch,
+        s.concurrency,
+        if s.gzip { " gzip" } else { "" }
+    );
+
+    if s.generate_only {
+        generate_only(&work, s).await;
+        sandbox.stop().await;
+        return;
+    }
 
     // The store.
     let redis_url = s.redis.then(|| start_redis(children, dir));
@@ -1152,48 +1189,6 @@ token = "{INGEST_TOKEN}"
         bridge.url,
         bridge.pid,
         status_mb(&bridge.pid, "VmRSS:")
-    );
-
-    // The workload.
-    let now = chrono::Utc::now().timestamp_millis();
-    let window_start = (now / HOUR_MS - 1) * HOUR_MS;
-    let window = (window_start, window_start + HOUR_MS);
-    let repeats = s.total * REPEATS_PERMILLE / 1000;
-    let late = s.total * LATE_PERMILLE / 1000;
-    let repeats2 = repeats / 4;
-    let work = Arc::new(Workload {
-        seed: s.seed,
-        subs: s.subs,
-        batch: s.batch,
-        window_start,
-        on_time: s.total - repeats - late,
-        late,
-        repeats1: repeats - repeats2,
-        repeats2,
-        lag: 2 * s.concurrency + 1,
-        zipf: zipf(s.subs),
-        fragments: fragments(&catalog),
-        id_prefix: (splitmix(s.seed) >> 32) as u32,
-    });
-    assert!(work.on_time > work.repeats1, "too few events for the repeats");
-    let mut sample = Vec::new();
-    for u in 0..1000 {
-        work.write(&mut sample, u);
-    }
-    println!(
-        "workload: {} transactions (seed {}): {} on time + {} repeats, then {} late + {} repeats of billed ids; window {} – {}; events {:.0} bytes on average; batches of {}, {} in flight, NDJSON{}",
-        s.total,
-        s.seed,
-        work.on_time,
-        work.repeats1,
-        work.late,
-        work.repeats2,
-        billing_bridge_pipeline::usage::rfc3339(window.0),
-        billing_bridge_pipeline::usage::rfc3339(window.1),
-        sample.len() as f64 / 1000.0,
-        s.batch,
-        s.concurrency,
-        if s.gzip { " gzip" } else { "" }
     );
 
     // Phase 1: on time.
@@ -1325,4 +1320,64 @@ fn check(
         }
         failures.push(format!("{when}: {} pairs differ", mismatches.len()));
     }
+}
+
+/// `INGEST_GENERATE_ONLY=1`: the workload generated and checked without a bridge: every unique
+/// id is new and every repeat repeats an id sent before (up to 5,000,000 events; beyond, only
+/// the rate), and the rate the generators reach (the harness's own ceiling).
+async fn generate_only(work: &Arc<Workload>, s: &Settings) {
+    let check = s.total <= 5_000_000;
+    let mut seen = std::collections::HashSet::new();
+    for phase in [Phase::OnTime, Phase::Late] {
+        let started = Instant::now();
+        let mut rx = Vec::new();
+        let mut threads = Vec::new();
+        for g in 0..s.generators {
+            let (tx, r) = tokio::sync::mpsc::channel(4);
+            rx.push(r);
+            let (work, generators, gzip) = (work.clone(), s.generators, s.gzip);
+            threads.push(std::thread::spawn(move || {
+                generate(&work, phase, g, generators, gzip, tx)
+            }));
+        }
+        let mut feed = Feed { rx, next: 0 };
+        let (mut bytes, mut events, mut repeats, mut dups, mut new) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut sizes = (usize::MAX, 0usize);
+        while let Some(batch) = feed.next().await {
+            bytes += batch.body.len() as u64;
+            events += batch.events;
+            repeats += batch.repeats;
+            if check && !s.gzip {
+                for line in batch.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    sizes = (sizes.0.min(line.len()), sizes.1.max(line.len()));
+                    let v: Value = serde_json::from_slice(line).expect("an event is JSON");
+                    let id = v["transactionId"].as_str().expect("transactionId").to_owned();
+                    let ts = v["timestamp"].as_i64().expect("timestamp");
+                    assert!(ts >= work.window_start && ts < work.window_start + HOUR_MS);
+                    if seen.insert(id) {
+                        new += 1;
+                    } else {
+                        dups += 1;
+                    }
+                }
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let counts: u64 = threads.into_iter().map(|t| t.join().unwrap().iter().sum::<u64>()).sum();
+        assert_eq!(events, work.positions(phase));
+        assert_eq!(repeats, work.repeats(phase));
+        assert_eq!(counts, events - repeats);
+        if check && !s.gzip {
+            assert_eq!((new, dups), (events - repeats, repeats), "unique and repeated ids");
+        }
+        println!(
+            "generated {events} events ({repeats} repeats{}) in {wall:.2} s = {:.0} events/s, {:.0} bytes each{}",
+            if check && !s.gzip { ", every id checked" } else { "" },
+            events as f64 / wall,
+            bytes as f64 / events.max(1) as f64,
+            if sizes.1 > 0 { format!(" ({} to {} bytes)", sizes.0, sizes.1) } else { String::new() }
+        );
+    }
+    let top = work.zipf[0];
+    println!("the busiest subscription takes {:.1}% of the traffic", top * 100.0);
 }
