@@ -24,6 +24,9 @@
 //! - `LOAD_STORE=redis`: a `redis-server` of the harness's own on loopback,
 //!   `INGEST_REDIS_APPENDFSYNC` (default `everysec`; `always` to sync every write)
 //! - `INGEST_TIMEOUT_S` (default 900): past it the bridge (and redis) are killed and the run fails
+//! - `INGEST_DIR`: where the state file or Redis's append-only file goes (default: the temp dir)
+//! - `INGEST_GENERATE_ONLY=1`: no bridge; the workload generated, its ids checked, and the
+//!   generators' rate printed. `INGEST_BRIDGE_BIN`: another build of the bridge to drive.
 //!
 //! Under `cargo test --benches` it runs a smoke pass: 20,000 events, 50 subscriptions.
 
@@ -607,7 +610,10 @@ struct Bridge {
 
 fn start_bridge(children: &Children, config: &Path, log: PathBuf) -> Bridge {
     let stderr = std::fs::File::create(&log).expect("bridge log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
+    // INGEST_BRIDGE_BIN: another build of the bridge (or a stand-in) taking the same arguments.
+    let bin = std::env::var("INGEST_BRIDGE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_billing-bridge").to_owned());
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", std::env::var("INGEST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -734,8 +740,9 @@ async fn sender(
         if gzip {
             request = request.header("Content-Encoding", "gzip");
         }
+        // From the first send to the 200, retries after a 503 included.
+        let started = Instant::now();
         let (status, text, took) = loop {
-            let started = Instant::now();
             let response = request
                 .try_clone()
                 .expect("a byte body clones")
@@ -917,7 +924,7 @@ async fn push(
 fn print_phase(name: &str, events: u64, r: &PhaseResult) {
     let l = &r.latencies;
     println!(
-        "{name}: {events} transactions in {} batches in {:.2} s = {:.0} transactions/s ({:.1} MB/s of bodies{})",
+        "{name}: {events} transactions in {} batches in {:.2} s = {:.0} transactions/s ({:.1} MB/s of bodies as sent{})",
         r.batches,
         r.wall.as_secs_f64(),
         events as f64 / r.wall.as_secs_f64(),
@@ -1021,7 +1028,12 @@ fn main() {
         });
     }
     let ticks = clock_ticks();
-    let dir = std::env::temp_dir().join(format!("bb-ingest-load-{}", std::process::id()));
+    // INGEST_DIR: where the state file (or Redis's append-only file) goes; it must be a real
+    // disk for "synced" to mean anything.
+    let parent = std::env::var_os("INGEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!("bb-ingest-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     children.dirs.lock().unwrap().push(dir.clone());
 
@@ -1231,12 +1243,9 @@ token = "{INGEST_TOKEN}"
             .collect()
     };
     let mut failures = Vec::new();
-    check(
-        "after report 1",
-        &expected(&p1.counts),
-        &usage_totals(&http, &sb).await,
-        &mut failures,
-    );
+    let want = expected(&p1.counts);
+    let got = settled(&http, &sb, &want, Duration::from_secs(10)).await;
+    check("after report 1", &want, &got, &mut failures);
 
     // Phase 2: late.
     let p2 = push(&work, Phase::Late, &http, &bridge, s, ticks).await;
@@ -1257,12 +1266,7 @@ token = "{INGEST_TOKEN}"
     );
     let all: Vec<u64> = p1.counts.iter().zip(&p2.counts).map(|(a, b)| a + b).collect();
     let want = expected(&all);
-    let waited = Instant::now();
-    let mut got = usage_totals(&http, &sb).await;
-    while got != want && waited.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        got = usage_totals(&http, &sb).await;
-    }
+    let got = settled(&http, &sb, &want, Duration::from_secs(60)).await;
     check("at the end", &want, &got, &mut failures);
     let hwm = status_mb(&bridge.pid, "VmHWM:");
     println!(
@@ -1281,6 +1285,23 @@ token = "{INGEST_TOKEN}"
     }
     sandbox.stop().await;
     assert!(failures.is_empty(), "Recurly totals mismatch: {failures:?}");
+}
+
+/// Recurly's totals once they equal `want`, or as they are after `bound`.
+async fn settled(
+    http: &reqwest::Client,
+    sb: &str,
+    want: &BTreeMap<(String, String), u64>,
+    bound: Duration,
+) -> BTreeMap<(String, String), u64> {
+    let waited = Instant::now();
+    loop {
+        let got = usage_totals(http, sb).await;
+        if &got == want || waited.elapsed() >= bound {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Compares Recurly's totals with the expected unique counts; prints "exact" or the mismatches.
