@@ -990,7 +990,7 @@ fn settings() -> Settings {
 }
 
 fn zipf(subs: usize) -> Vec<f64> {
-    // s = 1.1: the busiest subscription takes ~15% of 1,000's traffic, the median one ~0.03%.
+    // s = 1.1: the busiest of 1,000 subscriptions takes ~18% of the traffic, the median one ~0.03%.
     let weights: Vec<f64> = (0..subs).map(|i| 1.0 / ((i + 1) as f64).powf(1.1)).collect();
     let sum: f64 = weights.iter().sum();
     let mut acc = 0.0;
@@ -1042,7 +1042,23 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(&s, &children, &dir, ticks));
+    runtime.block_on(async {
+        // SIGINT or SIGTERM (from `timeout`, say) to the harness alone: the children go too.
+        let on_signal = children.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("ingest_load: interrupted: killing the bridge");
+            on_signal.kill_all();
+            std::process::exit(130);
+        });
+        run(&s, &children, &dir, ticks).await
+    });
     done.store(true, Ordering::Relaxed);
 }
 
