@@ -437,19 +437,12 @@ fn generate(
 
 /// gzip, fast level, as a log shipper would send it.
 fn gzip_bytes(data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gzip")
-        .args(["-1", "-c", "-n"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("gzip");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().expect("gzip output");
-    writer.join().unwrap().expect("gzip input");
-    assert!(out.status.success(), "gzip failed");
-    out.stdout
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(data).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
 }
 
 // ---------------------------------------------------------------------------------------------
