@@ -157,6 +157,49 @@ fn status_mb(pid: &str, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Bytes under a path (a file, or a directory walked recursively).
+fn disk_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| disk_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// What the store holds on disk (the state file and its ingest log, or Redis's data directory),
+/// and Redis's own peak RSS.
+fn store_line(children: &Children, dir: &Path) -> String {
+    let redis_pid = children
+        .redis
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|c| c.id().to_string());
+    match redis_pid {
+        Some(pid) => format!(
+            "redis-server peak RSS (VmHWM) {:.1} MB, data directory {:.1} MB",
+            status_mb(&pid, "VmHWM:"),
+            disk_bytes(&dir.join("redis")) as f64 / 1e6
+        ),
+        None => {
+            let on_disk: u64 = std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("state"))
+                        .map(|e| disk_bytes(&e.path()))
+                        .sum()
+                })
+                .unwrap_or(0);
+            format!("state file and ingest log on disk {:.1} MB", on_disk as f64 / 1e6)
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The workload: every event is a pure function of its unique number, so repeats are exact copies
 // and generators need no shared state.
@@ -599,6 +642,8 @@ struct Bridge {
     url: String,
     pid: String,
     log: PathBuf,
+    /// The harness's redis-server, whose CPU is the store's share of the work.
+    redis_pid: Option<String>,
 }
 
 fn start_bridge(children: &Children, config: &Path, log: PathBuf) -> Bridge {
@@ -633,7 +678,18 @@ fn start_bridge(children: &Children, config: &Path, log: PathBuf) -> Bridge {
     };
     // Keep reading so the process never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Bridge { url, pid, log }
+    let redis_pid = children
+        .redis
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|c| c.id().to_string());
+    Bridge {
+        url,
+        pid,
+        log,
+        redis_pid,
+    }
 }
 
 fn tail(path: &Path) -> String {
@@ -814,6 +870,7 @@ struct PhaseResult {
     latencies: Vec<u32>,
     counts: Vec<u64>,
     server_cpu: f64,
+    redis_cpu: Option<f64>,
     harness_cpu: f64,
     retries: u64,
     bytes: u64,
@@ -848,6 +905,7 @@ async fn push(
     let url = format!("{}/ingest/transactions", bridge.url);
     let cpu0 = cpu_seconds(&bridge.pid, ticks);
     let own0 = cpu_seconds("self", ticks);
+    let redis0 = bridge.redis_pid.as_ref().map(|p| cpu_seconds(p, ticks));
     let started = Instant::now();
     let tasks: Vec<_> = (0..settings.concurrency)
         .map(|_| {
@@ -874,6 +932,11 @@ async fn push(
     let wall = started.elapsed();
     let server_cpu = cpu_seconds(&bridge.pid, ticks) - cpu0;
     let harness_cpu = cpu_seconds("self", ticks) - own0;
+    let redis_cpu = bridge
+        .redis_pid
+        .as_ref()
+        .zip(redis0)
+        .map(|(p, c0)| cpu_seconds(p, ticks) - c0);
     let mut counts = vec![0u64; work.subs * QUOTAS];
     for t in threads {
         for (c, n) in counts.iter_mut().zip(t.join().expect("generator")) {
@@ -908,6 +971,7 @@ async fn push(
         latencies,
         counts,
         server_cpu,
+        redis_cpu,
         harness_cpu,
         retries: tally.retries.load(Ordering::Relaxed),
         bytes: tally.bytes.load(Ordering::Relaxed),
@@ -936,10 +1000,17 @@ fn print_phase(name: &str, events: u64, r: &PhaseResult) {
         l.last().copied().unwrap_or(0) as f64 / 1000.0
     );
     println!(
-        "  server CPU {:.2} s ({:.2} s per million transactions, {:.0}% of one core); harness CPU {:.2} s (generation, client, in-process sandbox)",
+        "  server CPU {:.2} s ({:.2} s per million transactions, {:.0}% of one core){}; harness CPU {:.2} s (generation, client, in-process sandbox)",
         r.server_cpu,
         r.server_cpu / (events as f64 / 1e6),
         100.0 * r.server_cpu / r.wall.as_secs_f64(),
+        match r.redis_cpu {
+            Some(c) => format!(
+                "; redis-server CPU {c:.2} s ({:.2} s per million)",
+                c / (events as f64 / 1e6)
+            ),
+            None => String::new(),
+        },
         r.harness_cpu
     );
 }
@@ -1221,8 +1292,9 @@ token = "{INGEST_TOKEN}"
     );
     let hwm1 = status_mb(&bridge.pid, "VmHWM:");
     println!(
-        "  server peak RSS (VmHWM) after phase 1: {hwm1:.1} MB; RSS now {:.1} MB",
-        status_mb(&bridge.pid, "VmRSS:")
+        "  server peak RSS (VmHWM) after phase 1: {hwm1:.1} MB; RSS now {:.1} MB; {}",
+        status_mb(&bridge.pid, "VmRSS:"),
+        store_line(children, dir)
     );
     let cpu0 = cpu_seconds(&bridge.pid, ticks);
     let (summary1, took1) = report(&http, &bridge, window).await;
@@ -1284,6 +1356,7 @@ token = "{INGEST_TOKEN}"
         cpu_seconds("self", ticks),
         total_started.elapsed().as_secs_f64()
     );
+    println!("store at the end: {}", store_line(children, dir));
     let errors = std::fs::read_to_string(&bridge.log)
         .unwrap_or_default()
         .lines()
