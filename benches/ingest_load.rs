@@ -1357,6 +1357,15 @@ token = "{INGEST_TOKEN}"
         total_started.elapsed().as_secs_f64()
     );
     println!("store at the end: {}", store_line(children, dir));
+    println!(
+        "machine load average (1, 5, 15 min) at the end: {} (other work on the machine slows every figure)",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let errors = std::fs::read_to_string(&bridge.log)
         .unwrap_or_default()
         .lines()
