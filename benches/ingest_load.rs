@@ -70,7 +70,12 @@ impl Children {
                 let _ = child.wait();
             }
         }
-        for dir in self.dirs.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for dir in self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -195,7 +200,10 @@ fn store_line(children: &Children, dir: &Path) -> String {
                         .sum()
                 })
                 .unwrap_or(0);
-            format!("state file and ingest log on disk {:.1} MB", on_disk as f64 / 1e6)
+            format!(
+                "state file and ingest log on disk {:.1} MB",
+                on_disk as f64 / 1e6
+            )
         }
     }
 }
@@ -356,8 +364,9 @@ impl Workload {
             ("Failure", "404"),
             ("Exception", "0"),
         ][e.status as usize];
-        let method = ["GET", "GET", "GET", "GET", "GET", "GET", "POST", "POST", "PUT", "DELETE"]
-            [e.method as usize];
+        let method = [
+            "GET", "GET", "GET", "GET", "GET", "GET", "POST", "POST", "PUT", "DELETE",
+        ][e.method as usize];
         let _ = write!(
             buf,
             r#"{{"timestamp":{},"transactionId":"{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}","environmentId":"env-prod-eu1","type":"transactionSummary","transactionSummary":{{"status":"{status}","statusDetail":"{detail}","duration":{},"#,
@@ -388,9 +397,7 @@ fn fragments(catalog: &Catalog) -> Fragments {
         .iter()
         .enumerate()
         .map(|(q, id)| {
-            let resource = format!(
-                r#""assetResource":{{"name":"api/resource-{q}"}},"#
-            );
+            let resource = format!(r#""assetResource":{{"name":"api/resource-{q}"}},"#);
             [
                 format!(r#""quota":{{"id":"{id}"}},{resource}"#).into_bytes(),
                 format!(r#""quota":{{"id":"unknown"}},{resource}"#).into_bytes(),
@@ -408,11 +415,7 @@ fn fragments(catalog: &Catalog) -> Fragments {
             .into_bytes()
         })
         .collect();
-    let product = format!(
-        r#""productPlan":{{"id":"{}"}},"#,
-        catalog.plan_id
-    )
-    .into_bytes();
+    let product = format!(r#""productPlan":{{"id":"{}"}},"#, catalog.plan_id).into_bytes();
     Fragments {
         quota,
         consumer,
@@ -659,7 +662,10 @@ fn start_bridge(children: &Children, config: &Path, log: PathBuf) -> Bridge {
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", std::env::var("INGEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("INGEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -704,11 +710,7 @@ fn tail(path: &Path) -> String {
 }
 
 /// `POST /admin/report` for the window; its summary and wall time.
-async fn report(
-    http: &reqwest::Client,
-    bridge: &Bridge,
-    window: (i64, i64),
-) -> (Value, Duration) {
+async fn report(http: &reqwest::Client, bridge: &Bridge, window: (i64, i64)) -> (Value, Duration) {
     let started = Instant::now();
     for _ in 0..100 {
         let response = http
@@ -813,7 +815,8 @@ async fn sender(
             if status == 503 {
                 // Nothing of the batch was taken: the same batch again, as the contract allows.
                 tally.retries.fetch_add(1, Ordering::Relaxed);
-                let wait = Duration::from_secs(retry_after.unwrap_or(1)).min(Duration::from_secs(2));
+                let wait =
+                    Duration::from_secs(retry_after.unwrap_or(1)).min(Duration::from_secs(2));
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -840,11 +843,9 @@ async fn sender(
             num(&answer, "refused"),
         );
         assert_eq!(
-            refused,
-            0,
+            refused, 0,
             "{phase} batch {}: refusals {}",
-            batch.index,
-            answer["refusals"]
+            batch.index, answer["refusals"]
         );
         assert_eq!(
             received, batch.events,
@@ -973,7 +974,10 @@ async fn push(
         tally.ignored.load(Ordering::Relaxed),
         if exact { "exact" } else { "MISMATCH" }
     );
-    assert!(exact, "the answers' accepted/duplicate sums are not the workload's");
+    assert!(
+        exact,
+        "the answers' accepted/duplicate sums are not the workload's"
+    );
     PhaseResult {
         wall,
         batches: latencies.len(),
@@ -1064,7 +1068,9 @@ fn settings() -> Settings {
 
 fn zipf(subs: usize) -> Vec<f64> {
     // s = 1.1: the busiest of 1,000 subscriptions takes ~18% of the traffic, the median one ~0.03%.
-    let weights: Vec<f64> = (0..subs).map(|i| 1.0 / ((i + 1) as f64).powf(1.1)).collect();
+    let weights: Vec<f64> = (0..subs)
+        .map(|i| 1.0 / ((i + 1) as f64).powf(1.1))
+        .collect();
     let sum: f64 = weights.iter().sum();
     let mut acc = 0.0;
     weights
@@ -1175,7 +1181,10 @@ async fn run(s: &Settings, children: &Children, dir: &Path, ticks: f64) {
         fragments: fragments(&catalog),
         id_prefix: (splitmix(s.seed) >> 32) as u32,
     });
-    assert!(work.on_time > work.repeats1, "too few events for the repeats");
+    assert!(
+        work.on_time > work.repeats1,
+        "too few events for the repeats"
+    );
     let mut sample = Vec::new();
     for u in 0..1000 {
         work.write(&mut sample, u);
@@ -1354,7 +1363,12 @@ token = "{INGEST_TOKEN}"
         took2.as_secs_f64(),
         cpu_seconds(&bridge.pid, ticks) - cpu0
     );
-    let all: Vec<u64> = p1.counts.iter().zip(&p2.counts).map(|(a, b)| a + b).collect();
+    let all: Vec<u64> = p1
+        .counts
+        .iter()
+        .zip(&p2.counts)
+        .map(|(a, b)| a + b)
+        .collect();
     let want = expected(&all);
     let got = settled(&http, &sb, &want, Duration::from_secs(60)).await;
     check("at the end", &want, &got, &mut failures);
@@ -1381,7 +1395,10 @@ token = "{INGEST_TOKEN}"
         .filter(|l| l.contains("ERROR"))
         .count();
     if errors > 0 {
-        println!("bridge log: {errors} ERROR lines; the last ones:\n{}", tail(&bridge.log));
+        println!(
+            "bridge log: {errors} ERROR lines; the last ones:\n{}",
+            tail(&bridge.log)
+        );
     }
     sandbox.stop().await;
     assert!(failures.is_empty(), "Recurly totals mismatch: {failures:?}");
@@ -1462,7 +1479,8 @@ async fn generate_only(work: &Arc<Workload>, s: &Settings) {
             }));
         }
         let mut feed = Feed { rx, next: 0 };
-        let (mut bytes, mut events, mut repeats, mut dups, mut new) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut bytes, mut events, mut repeats, mut dups, mut new) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
         let mut sizes = (usize::MAX, 0usize);
         while let Some(batch) = feed.next().await {
             bytes += batch.body.len() as u64;
@@ -1472,7 +1490,10 @@ async fn generate_only(work: &Arc<Workload>, s: &Settings) {
                 for line in batch.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     sizes = (sizes.0.min(line.len()), sizes.1.max(line.len()));
                     let v: Value = serde_json::from_slice(line).expect("an event is JSON");
-                    let id = v["transactionId"].as_str().expect("transactionId").to_owned();
+                    let id = v["transactionId"]
+                        .as_str()
+                        .expect("transactionId")
+                        .to_owned();
                     let ts = v["timestamp"].as_i64().expect("timestamp");
                     assert!(ts >= work.window_start && ts < work.window_start + HOUR_MS);
                     if seen.insert(id) {
@@ -1484,21 +1505,39 @@ async fn generate_only(work: &Arc<Workload>, s: &Settings) {
             }
         }
         let wall = started.elapsed().as_secs_f64();
-        let counts: u64 = threads.into_iter().map(|t| t.join().unwrap().iter().sum::<u64>()).sum();
+        let counts: u64 = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().iter().sum::<u64>())
+            .sum();
         assert_eq!(events, work.positions(phase));
         assert_eq!(repeats, work.repeats(phase));
         assert_eq!(counts, events - repeats);
         if check && !s.gzip {
-            assert_eq!((new, dups), (events - repeats, repeats), "unique and repeated ids");
+            assert_eq!(
+                (new, dups),
+                (events - repeats, repeats),
+                "unique and repeated ids"
+            );
         }
         println!(
             "generated {events} events ({repeats} repeats{}) in {wall:.2} s = {:.0} events/s, {:.0} bytes each{}",
-            if check && !s.gzip { ", every id checked" } else { "" },
+            if check && !s.gzip {
+                ", every id checked"
+            } else {
+                ""
+            },
             events as f64 / wall,
             bytes as f64 / events.max(1) as f64,
-            if sizes.1 > 0 { format!(" ({} to {} bytes)", sizes.0, sizes.1) } else { String::new() }
+            if sizes.1 > 0 {
+                format!(" ({} to {} bytes)", sizes.0, sizes.1)
+            } else {
+                String::new()
+            }
         );
     }
     let top = work.zipf[0];
-    println!("the busiest subscription takes {:.1}% of the traffic", top * 100.0);
+    println!(
+        "the busiest subscription takes {:.1}% of the traffic",
+        top * 100.0
+    );
 }
