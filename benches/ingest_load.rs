@@ -344,7 +344,7 @@ impl Workload {
             sub,
             // Most traffic on the first quota's resource.
             quota: if (h2 >> 10) % 100 < 70 { 0 } else { 1 },
-            by_quota_id: (h2 >> 17) % 10 != 0,
+            by_quota_id: !(h2 >> 17).is_multiple_of(10),
             timestamp: self.window_start + ((h2 >> 24) % HOUR_MS as u64) as i64,
             status,
             duration: 3 + (h1 % 50) * (h1 % 13) + (h2 >> 50) % 9,
@@ -468,7 +468,7 @@ fn generate(
         let body = if gzip {
             gzip_bytes(&plain)
         } else {
-            std::mem::replace(&mut plain, Vec::new())
+            std::mem::take(&mut plain)
         };
         let batch = Batch {
             phase,
@@ -886,7 +886,6 @@ struct PhaseResult {
     bytes: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn push(
     work: &Arc<Workload>,
     phase: Phase,
