@@ -260,7 +260,8 @@ struct Workload {
     late: u64,
     repeats1: u64,
     repeats2: u64,
-    /// Repeats in phase 1 pick ids from batches at least this many before their own.
+    /// Repeats in phase 1 pick ids from batches more than this many before their own (batches
+    /// up to `lag` pick from any earlier position, whose batch may still be in flight).
     lag: u64,
     /// Cumulative Zipf weights over subscriptions.
     zipf: Vec<f64>,
@@ -476,7 +477,7 @@ fn generate(
             body,
             events: to - from,
             repeats,
-            strict: phase == Phase::Late || k >= work.lag,
+            strict: phase == Phase::Late || k > work.lag,
         };
         if tx.blocking_send(batch).is_err() {
             break;
