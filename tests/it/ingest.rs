@@ -1,0 +1,1530 @@
+//! Push ingestion end to end (docs/ingest.md, issue 7): `POST /ingest/transactions` with
+//! `[reporting] source = "push"` takes raw `transactionSummary` events (Amplify reference §5.3)
+//! from gateways and log pipelines; the usual reporting run bills each `transactionId` exactly
+//! once. Written from the contract only: every expectation below is what the test sent, never
+//! what the bridge says it did.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::provisioning::metrics;
+use crate::reporting::{
+    Billed, Expected, Quota, billed, closed_windows, metric_sum, report, report_with,
+    reporting_overrides, rfc3339, span, usage_posts, usage_totals, whole,
+};
+use crate::reporting_cli::{TempDir, binary_config, serve_with};
+use crate::support::{ADMIN_TOKEN, TestSandbox, bridge_sandbox, spawn_bridge};
+
+/// The `[ingest] token` of every push bridge here; it must never show anywhere.
+pub const INGEST_TOKEN: &str = "ingest-token-5d1f0c-never-shown";
+pub const INGEST_PATH: &str = "/ingest/transactions";
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Bridge overrides for push ingestion on top of `reporting_overrides` (on-demand runs,
+/// one-minute windows, no delay, nothing on disk): `reporting` adds `[reporting]` lines,
+/// `ingest` adds `[ingest]` lines after the token.
+pub fn push_overrides(reporting: &str, ingest: &str) -> String {
+    reporting_overrides(
+        &format!("source = \"push\"\n{reporting}"),
+        &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n{ingest}"),
+    )
+}
+
+pub fn bearer() -> String {
+    format!("Bearer {INGEST_TOKEN}")
+}
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// One `transactionSummary` event in the reference §5.3 shape: transaction `id` at `at` (epoch
+/// ms), of Amplify subscription `sub_id` (no `consumerDetails` at all when `None`), naming quota
+/// `quota_id` and asset resource `resource` when given, with `status`.
+pub fn event(
+    id: &str,
+    at: i64,
+    sub_id: Option<&str>,
+    quota_id: Option<&str>,
+    resource: Option<&str>,
+    status: &str,
+) -> Value {
+    let mut summary = json!({
+        "status": status,
+        "statusDetail": if status == "Success" { "200" } else { "500" },
+        "duration": 37,
+        "team": {"id": "provider-team"},
+        "proxy": {"id": "remoteApiId_weather", "name": "weather", "revision": 1},
+        "entryPoint": {"type": "http", "method": "GET", "path": "/v1/forecast", "host": "api.weather.example"},
+        "application": {"id": "remoteAppId_app-1", "name": "app-1"}
+    });
+    if let Some(sub) = sub_id {
+        summary["consumerDetails"] = json!({
+            "subscription": {"id": sub, "name": format!("name-of-{sub}")},
+            "application": {"id": "consumer-app", "name": "Consumer app", "consumerOrgId": "org-9"}
+        });
+    }
+    if let Some(quota) = quota_id {
+        summary["quota"] = json!({"id": quota});
+    }
+    if let Some(resource) = resource {
+        summary["assetResource"] = json!({"id": format!("asset-{resource}"), "name": resource});
+    }
+    json!({"version": "1.0", "timestamp": at, "transactionId": id, "environmentId": "env-1",
+           "tenantId": "100000142", "type": "transactionSummary", "transactionSummary": summary})
+}
+
+/// A successful call of billed `sub` on `quota`, naming both the quota id and its resource.
+pub fn txn(id: &str, sub: &Billed, quota: &Quota, at: i64) -> Value {
+    event(
+        id,
+        at,
+        Some(sub.amplify_id.as_str()),
+        Some(quota.id.as_str()),
+        Some(quota.resource.as_str()),
+        "Success",
+    )
+}
+
+/// `n` successful calls of `sub` on `quota` spread over `window`, ids `{prefix}-{k}`.
+pub fn txns(prefix: &str, sub: &Billed, quota: &Quota, window: (i64, i64), n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|k| {
+            let at = window.0 + (k as i64 * (window.1 - window.0)) / n.max(1) as i64;
+            txn(&format!("{prefix}-{k}"), sub, quota, at)
+        })
+        .collect()
+}
+
+/// A `transactionEvent` (reference §5.2: the other event type Traceability holds).
+pub fn transaction_event(id: &str, at: i64) -> Value {
+    json!({"version": "1.0", "timestamp": at, "transactionId": id, "environmentId": "env-1",
+           "type": "transactionEvent",
+           "transactionEvent": {"id": format!("leg-{id}"), "parentId": null, "source": "gateway",
+                                "destination": "backend", "direction": "outbound", "status": "Pass",
+                                "protocol": {"type": "http", "uri": "/v1/forecast", "method": "GET",
+                                             "status": 200}}})
+}
+
+pub fn array_body(events: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(events).unwrap()
+}
+
+/// NDJSON: one event a line, with a trailing newline.
+pub fn ndjson_body(events: &[Value]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for event in events {
+        body.extend(serde_json::to_vec(event).unwrap());
+        body.push(b'\n');
+    }
+    body
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// What the bridge answered a batch.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn error(&self) -> String {
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a JSON {{\"error\": …}} body: {} {}", self.status, self.text))
+            .to_owned()
+    }
+}
+
+/// `POST {bridge}/ingest/transactions` with `Authorization: auth` (none when `None`), the
+/// `Content-Encoding` and `Content-Type` given, and `body` as is.
+pub async fn post_ingest(
+    sb: &TestSandbox,
+    bridge_url: &str,
+    auth: Option<&str>,
+    encoding: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Answer {
+    let mut request = sb.http.post(format!("{bridge_url}{INGEST_PATH}"));
+    if let Some(auth) = auth {
+        request = request.header("Authorization", auth);
+    }
+    if let Some(encoding) = encoding {
+        request = request.header("Content-Encoding", encoding);
+    }
+    if let Some(content_type) = content_type {
+        request = request.header("Content-Type", content_type);
+    }
+    let response = request.body(body).send().await.expect("ingest request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        text,
+        body,
+    }
+}
+
+/// Posts `body` with the right token; it must be taken (200) and its counts add up to `received`.
+pub async fn push_raw(
+    sb: &TestSandbox,
+    bridge_url: &str,
+    encoding: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    received: usize,
+) -> Value {
+    let answer = post_ingest(sb, bridge_url, Some(&bearer()), encoding, content_type, body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_adds_up(&answer.body, received);
+    answer.body
+}
+
+/// `events` as a JSON array.
+pub async fn push(sb: &TestSandbox, bridge_url: &str, events: &[Value]) -> Value {
+    push_raw(
+        sb,
+        bridge_url,
+        None,
+        Some("application/json"),
+        array_body(events),
+        events.len(),
+    )
+    .await
+}
+
+/// `events` as NDJSON.
+pub async fn push_ndjson(sb: &TestSandbox, bridge_url: &str, events: &[Value]) -> Value {
+    push_raw(
+        sb,
+        bridge_url,
+        None,
+        Some("application/x-ndjson"),
+        ndjson_body(events),
+        events.len(),
+    )
+    .await
+}
+
+/// (received, accepted, duplicates, ignored, refused) of an answer.
+pub fn counts(answer: &Value) -> (u64, u64, u64, u64, u64) {
+    let field = |name: &str| {
+        answer[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a count `{name}` in the answer: {answer}"))
+    };
+    (
+        field("received"),
+        field("accepted"),
+        field("duplicates"),
+        field("ignored"),
+        field("refused"),
+    )
+}
+
+/// `received` is the batch's size and every event has exactly one outcome.
+pub fn assert_adds_up(answer: &Value, received: usize) {
+    let (r, a, d, i, f) = counts(answer);
+    assert_eq!(r, received as u64, "received: {answer}");
+    assert_eq!(a + d + i + f, r, "the outcomes add up to received: {answer}");
+    let listed = answer["refusals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a refusals list: {answer}"));
+    assert_eq!(
+        listed.len() as u64,
+        f.min(100),
+        "every refusal listed, at most 100: {answer}"
+    );
+}
+
+/// (index, reason) of every listed refusal, in order of index.
+pub fn refusals(answer: &Value) -> Vec<(u64, String)> {
+    let mut listed: Vec<(u64, String)> = answer["refusals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a refusals list: {answer}"))
+        .iter()
+        .map(|r| {
+            (
+                r["index"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("an index: {r}")),
+                r["reason"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a reason: {r}"))
+                    .to_owned(),
+            )
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// Usage records the bridge created whose merchant tag ends with `suffix`.
+pub async fn records_tagged(sb: &TestSandbox, suffix: &str) -> Vec<Value> {
+    usage_posts(sb)
+        .await
+        .into_iter()
+        .filter(|p| {
+            p["body"]["merchant_tag"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(suffix))
+        })
+        .map(|p| p["body"].clone())
+        .collect()
+}
+
+/// The value of one sample, 0 when absent.
+pub fn sample(text: &str, name: &str, labels: &str) -> f64 {
+    metric_sum(text, name, labels)
+}
+
+pub const TRANSACTIONS: &str = "billing_bridge_ingest_transactions_total";
+pub const REFUSED: &str = "billing_bridge_ingest_refused_transactions_total";
+pub const BATCHES: &str = "billing_bridge_ingest_batches_total";
+pub const DURATION: &str = "billing_bridge_ingest_batch_duration_seconds";
+
+/// A small deterministic generator (splitmix64), so a failing workload can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication and the switch
+
+#[actix_rt::test]
+async fn ingest_takes_only_its_bearer_token_and_a_refused_batch_is_not_taken() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    let events = txns("auth", sub, quota, window, 3);
+    let wrong = [
+        None,
+        Some("Bearer wrong-token".to_owned()),
+        Some(INGEST_TOKEN.to_owned()),
+        Some(format!("Basic {INGEST_TOKEN}")),
+        Some(format!("Bearer {INGEST_TOKEN}x")),
+        Some(format!("Bearer {}", &INGEST_TOKEN[..INGEST_TOKEN.len() - 1])),
+        Some(format!("Bearer {ADMIN_TOKEN}")),
+        Some("Bearer ".to_owned()),
+    ];
+    for auth in &wrong {
+        let answer = post_ingest(
+            &sb,
+            &b.bridge.url,
+            auth.as_deref(),
+            None,
+            Some("application/json"),
+            array_body(&events),
+        )
+        .await;
+        assert_eq!(answer.status, 401, "Authorization {auth:?}: {}", answer.text);
+        answer.error();
+        assert!(
+            !answer.text.contains(INGEST_TOKEN),
+            "a 401 shows the token: {}",
+            answer.text
+        );
+    }
+    let text = metrics(&sb, &b.bridge).await;
+    assert_eq!(
+        sample(&text, BATCHES, "status=\"unauthorized\""),
+        wrong.len() as f64,
+        "{text}"
+    );
+    assert_eq!(sample(&text, TRANSACTIONS, ""), 0.0, "nothing counted: {text}");
+    // Nothing of the refused batches was taken: the same ids are new to the right token.
+    let answer = push(&sb, &b.bridge.url, &events).await;
+    assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(summary["units"], 3, "{summary}");
+    let mut expected = Expected::default();
+    expected.add(sub, quota, window.0, 3);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn with_another_source_ingest_is_off_and_takes_nothing() {
+    let sb = bridge_sandbox().await;
+    let ingest = format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"");
+    // The default source (summary) with a token configured all the same.
+    let b = billed(&sb, &reporting_overrides("", &ingest), 1).await;
+    let search = spawn_bridge(&sb, &reporting_overrides("source = \"search\"", &ingest)).await;
+    let summary_explicit =
+        spawn_bridge(&sb, &reporting_overrides("source = \"summary\"", &ingest)).await;
+    let window = closed_windows(1)[0];
+    let events = txns("off", &b.subs[0], &b.quotas[0], window, 4);
+    for bridge in [&b.bridge, &search, &summary_explicit] {
+        for body in [array_body(&events), ndjson_body(&events)] {
+            let answer = post_ingest(
+                &sb,
+                &bridge.url,
+                Some(&bearer()),
+                None,
+                Some("application/json"),
+                body,
+            )
+            .await;
+            assert_eq!(answer.status, 409, "{}", answer.text);
+            assert!(
+                answer.error().starts_with("push ingestion is off"),
+                "{}",
+                answer.text
+            );
+            assert!(!answer.text.contains(INGEST_TOKEN), "{}", answer.text);
+        }
+        let text = metrics(&sb, bridge).await;
+        assert_eq!(sample(&text, BATCHES, "status=\"off\""), 2.0, "{text}");
+        assert_eq!(sample(&text, TRANSACTIONS, ""), 0.0, "{text}");
+    }
+    // Nothing was taken: a report bills nothing (Traceability holds no traffic either).
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(
+        (&summary["records"], &summary["units"]),
+        (&json!(0), &json!(0)),
+        "{summary}"
+    );
+    assert!(usage_totals(&sb).await.is_empty());
+}
+
+#[actix_rt::test]
+async fn push_without_a_token_is_refused_at_start() {
+    let sb = bridge_sandbox().await;
+    for ingest in ["", "[ingest]\ntoken = \"\""] {
+        let overrides = reporting_overrides("source = \"push\"", ingest);
+        let config = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::support::bridge_config(&sb, &overrides)
+        }));
+        if let Ok(config) = config {
+            let retry = billing_bridge_upstream::RetryPolicy::new(
+                1,
+                std::time::Duration::from_millis(5),
+                std::time::Duration::from_millis(5),
+            );
+            assert!(
+                billing_bridge_pipeline::Bridge::build(config, retry).is_err(),
+                "source = \"push\" with {ingest:?}: a bridge without an ingest token must not start"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies and encodings
+
+#[actix_rt::test]
+async fn json_arrays_and_ndjson_are_both_taken_and_billed() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 2).await;
+    let windows = closed_windows(2);
+    let (s1, s2) = (&b.subs[0], &b.subs[1]);
+    let (q0, q1) = (&b.quotas[0], &b.quotas[1]);
+    let mut expected = Expected::default();
+
+    // A JSON array, led by blank space: the first non-blank byte decides.
+    let first = txns("array", s1, q0, windows[0], 5);
+    let mut body = b" \r\n\t\n".to_vec();
+    body.extend(array_body(&first));
+    let answer = push_raw(&sb, &b.bridge.url, None, Some("application/json"), body, 5).await;
+    assert_eq!(counts(&answer), (5, 5, 0, 0, 0), "{answer}");
+    expected.add(s1, q0, windows[0].0, 5);
+
+    // NDJSON with blank lines (skipped), CRLF line ends and no newline after the last line.
+    let second = txns("ndjson", s2, q1, windows[1], 4);
+    let lines: Vec<String> = second.iter().map(|e| e.to_string()).collect();
+    let body = format!(
+        "\n{}\r\n\r\n{}\n   \n{}\n\n{}",
+        lines[0], lines[1], lines[2], lines[3]
+    );
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        None,
+        Some("application/x-ndjson"),
+        body.into_bytes(),
+        4,
+    )
+    .await;
+    assert_eq!(counts(&answer), (4, 4, 0, 0, 0), "{answer}");
+    expected.add(s2, q1, windows[1].0, 4);
+
+    // NDJSON sent without a Content-Type, and one with a single line.
+    let third = txns("bare", s1, q1, windows[1], 3);
+    let answer = push_raw(&sb, &b.bridge.url, None, None, ndjson_body(&third), 3).await;
+    assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
+    expected.add(s1, q1, windows[1].0, 3);
+    let single = txns("single", s2, q0, windows[0], 1);
+    let answer = push_ndjson(&sb, &b.bridge.url, &single).await;
+    assert_eq!(counts(&answer), (1, 1, 0, 0, 0), "{answer}");
+    expected.add(s2, q0, windows[0].0, 1);
+
+    // An empty array is a batch of nothing.
+    let answer = push(&sb, &b.bridge.url, &[]).await;
+    assert_eq!(counts(&answer), (0, 0, 0, 0, 0), "{answer}");
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(summary["records"], expected.records(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn gzip_and_identity_are_taken_other_encodings_and_broken_gzip_are_refused_whole() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let (sub, q0, q1, q2) = (&b.subs[0], &b.quotas[0], &b.quotas[1], &b.quotas[2]);
+    let mut expected = Expected::default();
+
+    let zipped_array = txns("gz-array", sub, q0, window, 6);
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        Some("gzip"),
+        Some("application/json"),
+        gzip(&array_body(&zipped_array)),
+        6,
+    )
+    .await;
+    assert_eq!(counts(&answer), (6, 6, 0, 0, 0), "{answer}");
+    expected.add(sub, q0, window.0, 6);
+
+    let zipped_lines = txns("gz-ndjson", sub, q1, window, 4);
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        Some("gzip"),
+        Some("application/x-ndjson"),
+        gzip(&ndjson_body(&zipped_lines)),
+        4,
+    )
+    .await;
+    assert_eq!(counts(&answer), (4, 4, 0, 0, 0), "{answer}");
+    expected.add(sub, q1, window.0, 4);
+
+    let plain = txns("identity", sub, q2, window, 2);
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        Some("identity"),
+        Some("application/json"),
+        array_body(&plain),
+        2,
+    )
+    .await;
+    assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
+    expected.add(sub, q2, window.0, 2);
+
+    // Refused whole: these events are sent again properly at the end and must be new then.
+    let refused = txns("refused", sub, q2, window, 3);
+    for encoding in ["br", "deflate", "zstd", "compress"] {
+        let answer = post_ingest(
+            &sb,
+            &b.bridge.url,
+            Some(&bearer()),
+            Some(encoding),
+            Some("application/json"),
+            array_body(&refused),
+        )
+        .await;
+        assert_eq!(answer.status, 415, "Content-Encoding {encoding}: {}", answer.text);
+    }
+    let zipped = gzip(&array_body(&refused));
+    let truncated = zipped[..zipped.len() / 2].to_vec();
+    let mut bad_checksum = zipped.clone();
+    let n = bad_checksum.len();
+    // The trailer's CRC-32 (the 8 last bytes are CRC-32 and size).
+    bad_checksum[n - 8] ^= 0xff;
+    let mut garbage = vec![0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0xff];
+    garbage.extend(b"this is not deflate data at all, not at all");
+    for (what, body) in [
+        ("not gzip at all", array_body(&refused)),
+        ("truncated gzip", truncated),
+        ("a wrong CRC-32", bad_checksum),
+        ("a gzip header over garbage", garbage),
+    ] {
+        let answer = post_ingest(
+            &sb,
+            &b.bridge.url,
+            Some(&bearer()),
+            Some("gzip"),
+            Some("application/json"),
+            body,
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{what}: {}", answer.text);
+        answer.error();
+    }
+    let answer = push(&sb, &b.bridge.url, &refused).await;
+    assert_eq!(
+        counts(&answer),
+        (3, 3, 0, 0, 0),
+        "nothing of the refused batches was taken: {answer}"
+    );
+    expected.add(sub, q2, window.0, 3);
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn a_body_that_is_not_a_whole_json_array_is_refused_whole() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "")).await;
+    let at = closed_windows(1)[0].0 + 5;
+    let events: Vec<Value> = (0..3)
+        .map(|k| event(&format!("whole-{k}"), at, Some("sub-a"), None, Some("silver/calls"), "Success"))
+        .collect();
+    let array = String::from_utf8(array_body(&events)).unwrap();
+    let bodies = [
+        ("an opening bracket alone", "[".to_owned()),
+        ("a truncated array", array[..array.len() - 20].to_owned()),
+        ("an array without its closing bracket", array[..array.len() - 1].to_owned()),
+        ("text after the array", format!("{array} trailing")),
+        ("a second array after the first", format!("{array}\n{array}")),
+        ("a bracket too many", format!("{array}]")),
+        ("not JSON after the bracket", "[this is not json]".to_owned()),
+    ];
+    for (what, body) in &bodies {
+        let answer = post_ingest(
+            &sb,
+            &bridge.url,
+            Some(&bearer()),
+            None,
+            Some("application/json"),
+            body.clone().into_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{what}: {}", answer.text);
+        answer.error();
+    }
+    let text = metrics(&sb, &bridge).await;
+    assert_eq!(
+        sample(&text, BATCHES, "status=\"bad_request\""),
+        bodies.len() as f64,
+        "{text}"
+    );
+    assert_eq!(sample(&text, TRANSACTIONS, ""), 0.0, "{text}");
+    // None of them took anything.
+    let answer = push(&sb, &bridge.url, &events).await;
+    assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
+}
+
+#[actix_rt::test]
+async fn a_batch_over_a_limit_is_refused_whole_with_413() {
+    let sb = bridge_sandbox().await;
+    let at = closed_windows(1)[0].0 + 5;
+    let small = |prefix: &str, n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|k| event(&format!("{prefix}-{k}"), at, Some("sub-a"), None, Some("silver/calls"), "Success"))
+            .collect()
+    };
+    let mut rng = Rng(9);
+    let padded = |prefix: &str, n: usize, pad: usize, rng: &mut Rng| -> Vec<Value> {
+        small(prefix, n)
+            .into_iter()
+            .map(|mut e| {
+                let noise: String = (0..pad).map(|_| format!("{:x}", rng.below(16))).collect();
+                e["transactionSummary"]["entryPoint"]["path"] = json!(format!("/v1/{noise}"));
+                e
+            })
+            .collect()
+    };
+    let too_many = small("many", 6);
+    // 5 events of ~2.4 KB: over 8 KiB as received.
+    let too_big = padded("big", 5, 2000, &mut rng);
+    assert!(array_body(&too_big).len() > 8192);
+    // Hex noise squeezes to about half: over 8 KiB zipped, under 24 KiB unzipped.
+    let zipped_big = padded("zbig", 5, 3600, &mut rng);
+    let zipped_big_body = gzip(&array_body(&zipped_big));
+    assert!(zipped_big_body.len() > 8192 && array_body(&zipped_big).len() < 24576);
+    // Two events and a lot of blank space: tiny zipped, over 24 KiB unzipped.
+    let bomb = small("bomb", 2);
+    let mut bomb_body = array_body(&bomb);
+    bomb_body.splice(1..1, std::iter::repeat_n(b' ', 40_000));
+    let bomb_zipped = gzip(&bomb_body);
+    assert!(bomb_zipped.len() < 8192);
+    let bridge = spawn_bridge(
+        &sb,
+        &push_overrides(
+            "",
+            "max_body_bytes = 8192\nmax_decoded_bytes = 24576\nmax_events = 5",
+        ),
+    )
+    .await;
+    let cases: [(&str, Option<&str>, Vec<u8>); 5] = [
+        ("six events", None, array_body(&too_many)),
+        ("six NDJSON lines", None, ndjson_body(&too_many)),
+        ("over max_body_bytes", None, array_body(&too_big)),
+        ("over max_body_bytes zipped", Some("gzip"), zipped_big_body),
+        ("over max_decoded_bytes unzipped", Some("gzip"), bomb_zipped),
+    ];
+    let count = cases.len();
+    for (what, encoding, body) in cases {
+        let answer = post_ingest(
+            &sb,
+            &bridge.url,
+            Some(&bearer()),
+            encoding,
+            Some("application/json"),
+            body,
+        )
+        .await;
+        assert_eq!(answer.status, 413, "{what}: {}", answer.text);
+        answer.error();
+    }
+    let text = metrics(&sb, &bridge).await;
+    assert_eq!(
+        sample(&text, BATCHES, "status=\"too_large\""),
+        count as f64,
+        "{text}"
+    );
+    assert_eq!(sample(&text, TRANSACTIONS, ""), 0.0, "{text}");
+    // Nothing of them was taken; within the limits the same events are new.
+    let answer = push(&sb, &bridge.url, &too_many[..5]).await;
+    assert_eq!(counts(&answer), (5, 5, 0, 0, 0), "{answer}");
+    let answer = push(&sb, &bridge.url, &too_many[5..]).await;
+    assert_eq!(counts(&answer), (1, 1, 0, 0, 0), "{answer}");
+    let answer = push(&sb, &bridge.url, &too_big[..2]).await;
+    assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
+    let answer = push(&sb, &bridge.url, &bomb).await;
+    assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each event on its own
+
+#[actix_rt::test]
+async fn each_event_is_judged_on_its_own_and_the_answer_adds_up() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    let now = now_ms();
+    let good = |id: &str, at: i64| txn(id, sub, quota, at);
+    let mut no_id = good("x", window.0 + 1);
+    no_id.as_object_mut().unwrap().remove("transactionId");
+    let mut no_timestamp = good("no-timestamp", window.0 + 2);
+    no_timestamp.as_object_mut().unwrap().remove("timestamp");
+    let mut text_timestamp = good("text-timestamp", window.0 + 3);
+    text_timestamp["timestamp"] = json!(format!("{}", window.0 + 3));
+    let mut fraction_timestamp = good("fraction-timestamp", window.0 + 4);
+    fraction_timestamp["timestamp"] = json!(window.0 as f64 + 4.5);
+    let mut no_summary = good("no-summary", window.0 + 5);
+    no_summary.as_object_mut().unwrap().remove("transactionSummary");
+    let mut text_summary = good("text-summary", window.0 + 6);
+    text_summary["transactionSummary"] = json!("Success");
+    let mut numeric_id = good("x", window.0 + 7);
+    numeric_id["transactionId"] = json!(12345);
+    let batch = vec![
+        good("ok-0", window.0 + 10),                // 0 accepted
+        no_id,                                      // 1 invalid
+        good("", window.0 + 11),                    // 2 invalid: empty id
+        no_timestamp,                               // 3 invalid
+        text_timestamp,                             // 4 invalid
+        no_summary,                                 // 5 invalid
+        text_summary,                               // 6 invalid
+        transaction_event("leg-1", window.0 + 12),  // 7 ignored
+        good("old", now - 13 * HOUR_MS),            // 8 too_old
+        good("future", now + 10 * MINUTE_MS),       // 9 in_future
+        good("ok-1", window.0 + 13),                // 10 accepted
+        good("ok-0", window.0 + 10),                // 11 duplicate
+        numeric_id,                                 // 12 invalid
+        json!(42),                                  // 13 invalid: not an object
+        good("soon", now + MINUTE_MS),              // 14 accepted: within the 5m skew
+        good("eleven-hours", now - 11 * HOUR_MS),   // 15 accepted: within the 12h horizon
+        fraction_timestamp,                         // 16 invalid: not an integer
+        good("ok-2", window.0 + 14),                // 17 accepted
+    ];
+    let answer = push(&sb, &b.bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (18, 5, 1, 1, 11), "{answer:#}");
+    let expected_refusals: Vec<(u64, String)> = [
+        (1, "invalid"),
+        (2, "invalid"),
+        (3, "invalid"),
+        (4, "invalid"),
+        (5, "invalid"),
+        (6, "invalid"),
+        (8, "too_old"),
+        (9, "in_future"),
+        (12, "invalid"),
+        (13, "invalid"),
+        (16, "invalid"),
+    ]
+    .into_iter()
+    .map(|(i, r)| (i, r.to_owned()))
+    .collect();
+    assert_eq!(refusals(&answer), expected_refusals, "{answer:#}");
+    for refusal in answer["refusals"].as_array().unwrap() {
+        assert!(refusal["detail"].is_string(), "a detail: {refusal}");
+        match refusal["index"].as_u64().unwrap() {
+            8 => assert_eq!(refusal["transactionId"], "old", "{refusal}"),
+            9 => assert_eq!(refusal["transactionId"], "future", "{refusal}"),
+            3 => assert_eq!(refusal["transactionId"], "no-timestamp", "{refusal}"),
+            _ => {}
+        }
+    }
+
+    // The refused ones took nothing: fixed, they are accepted.
+    let answer = push(
+        &sb,
+        &b.bridge.url,
+        &[good("no-timestamp", window.0 + 2), good("text-summary", window.0 + 6)],
+    )
+    .await;
+    assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
+
+    // NDJSON: a line that is not JSON is an invalid event; blank lines are not counted.
+    let lines = [
+        good("nd-0", window.0 + 20).to_string(),
+        "".to_owned(),
+        "{\"transactionId\": \"nd-broken\", \"timestamp\": ".to_owned(),
+        good("nd-1", window.0 + 21).to_string(),
+        "   ".to_owned(),
+        "not json at all".to_owned(),
+        transaction_event("nd-leg", window.0 + 22).to_string(),
+        good("nd-old", now - 20 * HOUR_MS).to_string(),
+        good("nd-0", window.0 + 20).to_string(),
+    ];
+    let body = lines.join("\n") + "\n";
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        None,
+        Some("application/x-ndjson"),
+        body.into_bytes(),
+        7,
+    )
+    .await;
+    assert_eq!(counts(&answer), (7, 2, 1, 1, 3), "{answer:#}");
+    let expected_refusals: Vec<(u64, String)> =
+        [(1, "invalid"), (3, "invalid"), (5, "too_old")]
+            .into_iter()
+            .map(|(i, r)| (i, r.to_owned()))
+            .collect();
+    assert_eq!(refusals(&answer), expected_refusals, "{answer:#}");
+
+    // More than 100 refusals: all counted, the first 100 listed.
+    let mut many: Vec<Value> = (0..150)
+        .map(|k| good(&format!("ancient-{k}"), now - 24 * HOUR_MS - k))
+        .collect();
+    many.push(good("ok-3", window.0 + 30));
+    let answer = push(&sb, &b.bridge.url, &many).await;
+    assert_eq!(counts(&answer), (151, 1, 0, 0, 150), "{}", answer["refused"]);
+    assert!(
+        refusals(&answer).iter().all(|(i, r)| *i < 150 && r == "too_old"),
+        "{answer}"
+    );
+
+    // Billed: what was accepted in the closed window, nothing else.
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    let billed_ids = 3 + 2 + 2 + 1; // ok-0..2, the two fixed ones, nd-0/1, ok-3
+    assert_eq!(summary["units"], billed_ids, "{summary}");
+    let mut expected = Expected::default();
+    expected.add(sub, quota, window.0, billed_ids);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn horizon_and_future_skew_are_taken_from_the_settings() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "horizon = \"1h\"\nfuture_skew = \"1m\"")).await;
+    let now = now_ms();
+    let at = |id: &str, t: i64| event(id, t, Some("sub-a"), None, Some("silver/calls"), "Success");
+    let batch = [
+        at("two-hours-ago", now - 2 * HOUR_MS),
+        at("half-an-hour-ago", now - 30 * MINUTE_MS),
+        at("in-three-minutes", now + 3 * MINUTE_MS),
+        at("in-twenty-seconds", now + 20_000),
+        at("a-day-ago", now - 24 * HOUR_MS),
+    ];
+    let answer = push(&sb, &bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (5, 2, 0, 0, 3), "{answer:#}");
+    let expected: Vec<(u64, String)> = [(0, "too_old"), (2, "in_future"), (4, "too_old")]
+        .into_iter()
+        .map(|(i, r)| (i, r.to_owned()))
+        .collect();
+    assert_eq!(refusals(&answer), expected, "{answer:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Duplicates
+
+#[actix_rt::test]
+async fn a_transaction_id_is_counted_once_within_a_batch_across_batches_and_resends() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let windows = closed_windows(2);
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    let e = |id: &str| txn(id, sub, q0, windows[0].0 + 100);
+    let batch_a = [e("a"), e("b"), e("c"), e("a"), e("b")];
+    let answer = push(&sb, &b.bridge.url, &batch_a).await;
+    assert_eq!(counts(&answer), (5, 3, 2, 0, 0), "{answer}");
+    let batch_b = [e("c"), e("d"), e("e")];
+    let answer = push(&sb, &b.bridge.url, &batch_b).await;
+    assert_eq!(counts(&answer), (3, 2, 1, 0, 0), "{answer}");
+    // The whole batch again, as a pipeline retrying would (and zipped NDJSON this time).
+    let answer = push(&sb, &b.bridge.url, &batch_a).await;
+    assert_eq!(counts(&answer), (5, 0, 5, 0, 0), "{answer}");
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        Some("gzip"),
+        Some("application/x-ndjson"),
+        gzip(&ndjson_body(&batch_b)),
+        3,
+    )
+    .await;
+    assert_eq!(counts(&answer), (3, 0, 3, 0, 0), "{answer}");
+    // A repeat naming another quota and window is still the same transaction.
+    let elsewhere = txn("a", sub, q1, windows[1].0 + 100);
+    let answer = push(&sb, &b.bridge.url, &[elsewhere]).await;
+    assert_eq!(counts(&answer), (1, 0, 1, 0, 0), "{answer}");
+
+    // Two copies of one batch at once: each id taken by exactly one of them.
+    let batch_c: Vec<Value> = txns("c", sub, q1, windows[1], 20);
+    let (one, two) = tokio::join!(
+        push(&sb, &b.bridge.url, &batch_c),
+        push(&sb, &b.bridge.url, &batch_c)
+    );
+    let (_, a1, d1, _, _) = counts(&one);
+    let (_, a2, d2, _, _) = counts(&two);
+    assert_eq!((a1 + a2, d1 + d2), (20, 20), "{one}\n{two}");
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    let mut expected = Expected::default();
+    expected.add(sub, q0, windows[0].0, 5);
+    expected.add(sub, q1, windows[1].0, 20);
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Billing
+
+/// A random (seeded) workload over `subs`, `quotas` and `windows`: `unique` transactions (some of
+/// unknown subscriptions, some naming only the quota or only the asset resource), a share of
+/// them sent again (1 to 3 more copies), a few `transactionEvent`s, shuffled; what should be
+/// billed and how many unique unmatched transactions there are.
+pub struct Workload {
+    pub stream: Vec<Value>,
+    pub expected: Expected,
+    pub unmatched: u64,
+    pub ignored: u64,
+}
+
+pub fn workload(
+    seed: u64,
+    unique: usize,
+    subs: &[Billed],
+    quotas: &[Quota],
+    windows: &[(i64, i64)],
+    with_events: bool,
+) -> Workload {
+    let mut rng = Rng(seed);
+    let mut expected = Expected::default();
+    let mut stream = Vec::new();
+    let mut unmatched = 0;
+    let mut ignored = 0;
+    for i in 0..unique {
+        let window = windows[rng.below(windows.len() as u64) as usize];
+        let at = window.0 + rng.below((window.1 - window.0) as u64) as i64;
+        let id = format!("wl{seed}-{i:05}");
+        let status = ["Success", "Success", "Success", "Failure", "Exception", "Unknown"]
+            [rng.below(6) as usize];
+        let event = if rng.chance(8) {
+            unmatched += 1;
+            let who = ["unknown", "0000aaaa1111bbbb2222cccc3333dddd"][rng.below(2) as usize];
+            let quota = &quotas[rng.below(quotas.len() as u64) as usize];
+            event(&id, at, Some(who), Some(quota.id.as_str()), Some(quota.resource.as_str()), status)
+        } else {
+            let sub = &subs[rng.below(subs.len() as u64) as usize];
+            let quota = &quotas[rng.below(quotas.len() as u64) as usize];
+            let resource = &quota.resources[rng.below(quota.resources.len() as u64) as usize];
+            expected.add(sub, quota, window.0, 1);
+            match rng.below(3) {
+                0 => event(&id, at, Some(sub.amplify_id.as_str()), Some(quota.id.as_str()), Some(resource.as_str()), status),
+                1 => event(&id, at, Some(sub.amplify_id.as_str()), Some(quota.id.as_str()), None, status),
+                _ => event(&id, at, Some(sub.amplify_id.as_str()), None, Some(resource.as_str()), status),
+            }
+        };
+        let copies = if rng.chance(35) { 1 + rng.below(3) } else { 0 };
+        for _ in 0..=copies {
+            stream.push(event.clone());
+        }
+        if with_events && rng.chance(3) {
+            ignored += 1;
+            stream.push(transaction_event(&format!("leg-{id}"), at));
+        }
+    }
+    rng.shuffle(&mut stream);
+    Workload {
+        stream,
+        expected,
+        unmatched,
+        ignored,
+    }
+}
+
+#[actix_rt::test]
+async fn a_seeded_random_workload_with_repeats_is_billed_exactly_once() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 3).await;
+    let windows = closed_windows(4);
+    let w = workload(7001, 900, &b.subs, &b.quotas, &windows, true);
+    assert_eq!(w.expected.totals().len(), 9, "every pair got traffic");
+    let mut rng = Rng(7002);
+    let mut seen = BTreeSet::new();
+    let mut offset = 0;
+    let (mut accepted, mut duplicates) = (0, 0);
+    while offset < w.stream.len() {
+        let size = (1 + rng.below(160) as usize).min(w.stream.len() - offset);
+        let batch = &w.stream[offset..offset + size];
+        offset += size;
+        // What this batch must answer, from what was sent before it.
+        let (mut want_accepted, mut want_duplicates, mut want_ignored) = (0, 0, 0);
+        for event in batch {
+            if event["type"] != "transactionSummary" {
+                want_ignored += 1;
+            } else if seen.insert(event["transactionId"].as_str().unwrap().to_owned()) {
+                want_accepted += 1;
+            } else {
+                want_duplicates += 1;
+            }
+        }
+        let (encoding, content_type, body) = match rng.below(4) {
+            0 => (None, "application/json", array_body(batch)),
+            1 => (None, "application/x-ndjson", ndjson_body(batch)),
+            2 => (Some("gzip"), "application/json", gzip(&array_body(batch))),
+            _ => (Some("gzip"), "application/x-ndjson", gzip(&ndjson_body(batch))),
+        };
+        let answer =
+            push_raw(&sb, &b.bridge.url, encoding, Some(content_type), body, batch.len()).await;
+        assert_eq!(
+            counts(&answer),
+            (size as u64, want_accepted, want_duplicates, want_ignored, 0),
+            "batch ending at {offset} ({encoding:?}, {content_type}): {answer}"
+        );
+        accepted += want_accepted;
+        duplicates += want_duplicates;
+    }
+    assert_eq!(accepted, w.expected.units() + w.unmatched);
+    assert!(duplicates > 200, "the workload repeats itself: {duplicates}");
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(summary["units"], w.expected.units(), "{summary}");
+    assert_eq!(summary["records"], w.expected.records(), "{summary}");
+    assert_eq!(summary["unmatched_units"], w.unmatched, "{summary}");
+    assert_eq!(usage_totals(&sb).await, w.expected.totals());
+    assert_eq!(usage_posts(&sb).await.len() as u64, w.expected.records());
+
+    // Again, as a backfill and as a normal run: nothing more.
+    let again = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(
+        (&again["records"], &again["units"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    let normal = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&normal["records"], &normal["units"]),
+        (&json!(0), &json!(0)),
+        "{normal}"
+    );
+    assert_eq!(usage_totals(&sb).await, w.expected.totals());
+    assert_eq!(usage_posts(&sb).await.len() as u64, w.expected.records());
+    let text = metrics(&sb, &b.bridge).await;
+    assert_eq!(
+        sample(&text, TRANSACTIONS, "outcome=\"accepted\""),
+        accepted as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, TRANSACTIONS, "outcome=\"duplicate\""),
+        duplicates as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, TRANSACTIONS, "outcome=\"ignored\""),
+        w.ignored as f64,
+        "{text}"
+    );
+}
+
+#[actix_rt::test]
+async fn pushed_calls_map_to_a_quota_by_its_id_or_else_by_asset_resource() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let sub = &b.subs[0];
+    let (q0, q1, q2) = (&b.quotas[0], &b.quotas[1], &b.quotas[2]);
+    let at = window.0 + 500;
+    let s = Some(sub.amplify_id.as_str());
+    let batch = [
+        // By quota id alone.
+        event("m-0", at, s, Some(q1.id.as_str()), None, "Success"),
+        event("m-1", at, s, Some(q1.id.as_str()), None, "Success"),
+        // By asset resource alone, either of the first quota's resources.
+        event("m-2", at, s, None, Some(q0.resources[0].as_str()), "Success"),
+        event("m-3", at, s, None, Some(q0.resources[1].as_str()), "Success"),
+        // The quota id wins over the resource.
+        event("m-4", at, s, Some(q2.id.as_str()), Some(q0.resource.as_str()), "Success"),
+        // A quota id of no quota of the plan ("unknown", another's): the resource decides.
+        event("m-5", at, s, Some("unknown"), Some(q1.resource.as_str()), "Success"),
+        event("m-6", at, s, Some("ffffeeeeddddccccbbbbaaaa99998888"), Some(q2.resource.as_str()), "Success"),
+        // Matched by the asset resource's id when it has no name.
+        {
+            let mut e = event("m-7", at, s, None, None, "Success");
+            e["transactionSummary"]["assetResource"] = json!({"id": q2.resource});
+            e
+        },
+        // Neither: unmatched (resource), never billed.
+        event("m-8", at, s, None, Some("silver/nowhere"), "Success"),
+        event("m-9", at, s, Some("unknown"), None, "Success"),
+    ];
+    let answer = push(&sb, &b.bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (10, 10, 0, 0, 0), "{answer}");
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    let mut expected = Expected::default();
+    expected.add(sub, q1, window.0, 3);
+    expected.add(sub, q0, window.0, 2);
+    expected.add(sub, q2, window.0, 3);
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(summary["unmatched_units"], 2, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn with_billed_count_success_only_successful_pushed_calls_are_billed() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("billed_count = \"success\"", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let sub = &b.subs[0];
+    let (q0, q2) = (&b.quotas[0], &b.quotas[2]);
+    let mut batch = Vec::new();
+    for (status, n) in [("Success", 5), ("Failure", 3), ("Exception", 2), ("Unknown", 1)] {
+        for k in 0..n {
+            batch.push(event(
+                &format!("{status}-{k}"),
+                window.0 + k as i64 * 1000,
+                Some(sub.amplify_id.as_str()),
+                Some(q0.id.as_str()),
+                Some(q0.resource.as_str()),
+                status,
+            ));
+        }
+    }
+    // Only failures on another quota: nothing to bill there, no record.
+    for k in 0..4 {
+        batch.push(event(
+            &format!("q2-failure-{k}"),
+            window.0 + k,
+            Some(sub.amplify_id.as_str()),
+            Some(q2.id.as_str()),
+            Some(q2.resource.as_str()),
+            "Failure",
+        ));
+    }
+    let answer = push(&sb, &b.bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (15, 15, 0, 0, 0), "{answer}");
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(
+        (&summary["records"], &summary["units"]),
+        (&json!(1), &json!(5)),
+        "{summary}"
+    );
+    let mut expected = Expected::default();
+    expected.add(sub, q0, window.0, 5);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn late_pushed_events_are_billed_at_the_next_run_as_a_late_delta_and_repeats_add_nothing() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(3);
+    // No re-polling asked for: with push, every run reads every window the horizon reaches.
+    let overrides = push_overrides(
+        &format!("repoll_windows = 0\nstart_at = \"{}\"", rfc3339(windows[0].0)),
+        "",
+    );
+    let b = billed(&sb, &overrides, 1).await;
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    let first_batch: Vec<Value> = txns("w0", sub, q0, windows[0], 4)
+        .into_iter()
+        .chain(txns("w2", sub, q0, windows[2], 2))
+        .collect();
+    push(&sb, &b.bridge.url, &first_batch).await;
+    let first = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(first["complete"], true, "{first}");
+    assert_eq!(
+        (&first["records"], &first["units"]),
+        (&json!(2), &json!(6)),
+        "{first}"
+    );
+    let mut totals = BTreeMap::new();
+    let pair0 = (sub.recurly_id.clone(), q0.add_on());
+    totals.insert(pair0.clone(), (2u64, 6u64));
+    assert_eq!(usage_totals(&sb).await, totals);
+
+    // Three new calls of the oldest window, and two already billed ones sent again.
+    let mut late = txns("w0-late", sub, q0, windows[0], 3);
+    late.extend(first_batch[..2].iter().cloned());
+    let answer = push(&sb, &b.bridge.url, &late).await;
+    assert_eq!(counts(&answer), (5, 3, 2, 0, 0), "{answer}");
+    let second = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&second["records"], &second["units"]),
+        (&json!(1), &json!(3)),
+        "{second}"
+    );
+    let tag = format!(
+        "amplify:{} window:{}-{}",
+        sub.amplify_id, windows[0].0, windows[0].1
+    );
+    let delta = records_tagged(&sb, " late#1").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(delta[0]["merchant_tag"], format!("{tag} late#1"));
+    assert_eq!(whole(&delta[0]["amount"]), 3);
+    let at: DateTime<Utc> = delta[0]["usage_timestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        windows[0].0 <= at.timestamp_millis() && at.timestamp_millis() < windows[0].1,
+        "the delta is dated inside its window: {at}"
+    );
+    totals.insert(pair0.clone(), (3, 9));
+    assert_eq!(usage_totals(&sb).await, totals);
+
+    // Nothing new: nothing billed; repeats only: nothing billed either.
+    let third = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&third["records"], &third["units"]),
+        (&json!(0), &json!(0)),
+        "{third}"
+    );
+    let answer = push(&sb, &b.bridge.url, &late).await;
+    assert_eq!(counts(&answer), (5, 0, 5, 0, 0), "{answer}");
+    let fourth = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&fourth["records"], &fourth["units"]),
+        (&json!(0), &json!(0)),
+        "{fourth}"
+    );
+
+    // A second late arrival is a second delta; a late pair the window had none of, its record.
+    let mut more = txns("w0-later", sub, q0, windows[0], 2);
+    more.extend(txns("w2-bulk", sub, q1, windows[2], 4));
+    push(&sb, &b.bridge.url, &more).await;
+    let fifth = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&fifth["records"], &fifth["units"]),
+        (&json!(2), &json!(6)),
+        "{fifth}"
+    );
+    let delta = records_tagged(&sb, " late#2").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(delta[0]["merchant_tag"], format!("{tag} late#2"));
+    assert_eq!(whole(&delta[0]["amount"]), 2);
+    totals.insert(pair0, (4, 11));
+    totals.insert((sub.recurly_id.clone(), q1.add_on()), (1, 4));
+    assert_eq!(usage_totals(&sb).await, totals);
+
+    // Nor does a backfill over the same windows add anything.
+    let backfill = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(
+        (&backfill["records"], &backfill["units"]),
+        (&json!(0), &json!(0)),
+        "{backfill}"
+    );
+    assert_eq!(usage_totals(&sb).await, totals);
+}
+
+#[actix_rt::test]
+async fn pushed_traffic_of_unknown_subscriptions_is_never_billed_and_listed_by_a_dry_run() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let (sub, q0) = (&b.subs[0], &b.quotas[0]);
+    let stranger = "0123456789abcdef0123456789abcdef";
+    let at = window.0 + 700;
+    let mut batch = txns("known", sub, q0, window, 4);
+    for k in 0..2 {
+        batch.push(event(&format!("unknown-{k}"), at, Some("unknown"), Some(q0.id.as_str()), Some(q0.resource.as_str()), "Success"));
+    }
+    for k in 0..3 {
+        batch.push(event(&format!("absent-{k}"), at, None, Some(q0.id.as_str()), Some(q0.resource.as_str()), "Success"));
+    }
+    for k in 0..5 {
+        batch.push(event(&format!("stranger-{k}"), at, Some(stranger), Some(q0.id.as_str()), Some(q0.resource.as_str()), "Failure"));
+    }
+    let answer = push(&sb, &b.bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (14, 14, 0, 0, 0), "{answer}");
+
+    let mut body = span(&[window]);
+    body["dry_run"] = json!(true);
+    let dry = report(&sb, &b.bridge.url, Some(&body)).await;
+    assert_eq!(dry["unmatched_units"], 10, "{dry}");
+    let rows = dry["windows"][0]["unmatched"]
+        .as_array()
+        .unwrap_or_else(|| panic!("unmatched rows in a dry run: {dry}"));
+    let listed: u64 = rows.iter().map(|r| r["units"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(listed, 10, "{dry}");
+    assert!(
+        rows.iter().all(|r| r["reason"] == "subscription"),
+        "unmatched for want of a subscription: {dry}"
+    );
+    let stranger_units: u64 = rows
+        .iter()
+        .filter(|r| r["subscription_id"] == stranger)
+        .map(|r| r["units"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(stranger_units, 5, "{dry}");
+    assert!(usage_totals(&sb).await.is_empty(), "a dry run bills nothing");
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(
+        (&summary["records"], &summary["units"], &summary["unmatched_units"]),
+        (&json!(1), &json!(4), &json!(10)),
+        "{summary}"
+    );
+    let mut expected = Expected::default();
+    expected.add(sub, q0, window.0, 4);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let text = metrics(&sb, &b.bridge).await;
+    assert_eq!(
+        sample(
+            &text,
+            "billing_bridge_usage_unmatched_units_total",
+            "reason=\"subscription\""
+        ),
+        10.0,
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and secrets
+
+#[actix_rt::test]
+async fn ingest_metrics_count_outcomes_refusal_reasons_and_batches() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "max_events = 20")).await;
+    let at = closed_windows(1)[0].0 + 1;
+    let now = now_ms();
+    let e = |id: &str, t: i64| event(id, t, Some("sub-a"), None, Some("silver/calls"), "Success");
+    let mut invalid = e("bad", at);
+    invalid.as_object_mut().unwrap().remove("transactionSummary");
+    let batch = [
+        e("one", at),
+        e("two", at),
+        e("three", at),
+        e("one", at),
+        transaction_event("leg", at),
+        e("old", now - 13 * HOUR_MS),
+        e("future-1", now + 10 * MINUTE_MS),
+        e("future-2", now + 20 * MINUTE_MS),
+        invalid.clone(),
+        invalid,
+        json!("not an event"),
+    ];
+    let answer = push(&sb, &bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (11, 3, 1, 1, 6), "{answer}");
+    let answer = push_ndjson(&sb, &bridge.url, &[e("four", at), e("two", at)]).await;
+    assert_eq!(counts(&answer), (2, 1, 1, 0, 0), "{answer}");
+    // Refused batches: their events are not counted as transactions.
+    for auth in [None, Some("Bearer nope")] {
+        let answer =
+            post_ingest(&sb, &bridge.url, auth, None, None, array_body(&[e("five", at)])).await;
+        assert_eq!(answer.status, 401, "{}", answer.text);
+    }
+    let answer = post_ingest(&sb, &bridge.url, Some(&bearer()), None, None, b"[{".to_vec()).await;
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    let many: Vec<Value> = (0..21).map(|k| e(&format!("many-{k}"), at)).collect();
+    let answer =
+        post_ingest(&sb, &bridge.url, Some(&bearer()), None, None, array_body(&many)).await;
+    assert_eq!(answer.status, 413, "{}", answer.text);
+
+    let text = metrics(&sb, &bridge).await;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("billing_bridge_ingest"))
+        .collect();
+    for (labels, value) in [
+        ("outcome=\"accepted\"", 4.0),
+        ("outcome=\"duplicate\"", 2.0),
+        ("outcome=\"ignored\"", 1.0),
+        ("outcome=\"refused\"", 6.0),
+    ] {
+        assert_eq!(sample(&text, TRANSACTIONS, labels), value, "{labels}: {lines:#?}");
+    }
+    for (labels, value) in [
+        ("reason=\"too_old\"", 1.0),
+        ("reason=\"in_future\"", 2.0),
+        ("reason=\"invalid\"", 3.0),
+    ] {
+        assert_eq!(sample(&text, REFUSED, labels), value, "{labels}: {lines:#?}");
+    }
+    for (labels, value) in [
+        ("status=\"ok\"", 2.0),
+        ("status=\"unauthorized\"", 2.0),
+        ("status=\"bad_request\"", 1.0),
+        ("status=\"too_large\"", 1.0),
+        ("status=\"unavailable\"", 0.0),
+        ("status=\"off\"", 0.0),
+    ] {
+        assert_eq!(sample(&text, BATCHES, labels), value, "{labels}: {lines:#?}");
+    }
+    let count = sample(&text, &format!("{DURATION}_count"), "");
+    assert!(count >= 2.0, "accept latency of each batch taken: {lines:#?}");
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("{DURATION}_bucket"))),
+        "a histogram: {lines:#?}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("# TYPE {DURATION} histogram"))),
+        "typed as a histogram: {lines:#?}"
+    );
+}
+
+#[actix_rt::test]
+async fn the_ingest_token_never_shows_in_metrics_or_any_answer() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "max_events = 3")).await;
+    let at = closed_windows(1)[0].0 + 1;
+    let e = |id: &str| event(id, at, Some("sub-a"), None, Some("silver/calls"), "Success");
+    let mut answers = Vec::new();
+    for (auth, encoding, body) in [
+        (Some(bearer()), None, array_body(&[e("a"), e("b")])),
+        (Some(bearer()), None, array_body(&[e("a"), json!({"nope": 1})])),
+        (Some(format!("Bearer {INGEST_TOKEN}-wrong")), None, array_body(&[e("c")])),
+        (Some(format!("Bearer x{INGEST_TOKEN}")), None, array_body(&[e("c")])),
+        (Some(INGEST_TOKEN.to_owned()), None, array_body(&[e("c")])),
+        (None, None, array_body(&[e("c")])),
+        (Some(bearer()), None, b"[oops".to_vec()),
+        (Some(bearer()), Some("gzip"), b"not gzip".to_vec()),
+        (Some(bearer()), Some("br"), array_body(&[e("d")])),
+        (Some(bearer()), None, array_body(&[e("1"), e("2"), e("3"), e("4")])),
+    ] {
+        let answer = post_ingest(&sb, &bridge.url, auth.as_deref(), encoding, None, body).await;
+        answers.push(answer);
+    }
+    let summary = report(&sb, &bridge.url, Some(&span(&closed_windows(1)))).await;
+    for answer in &answers {
+        assert!(
+            !answer.text.contains(INGEST_TOKEN),
+            "an answer shows the token: {} {}",
+            answer.status,
+            answer.text
+        );
+        for (name, value) in &answer.headers {
+            assert!(
+                !value.to_str().unwrap_or_default().contains(INGEST_TOKEN),
+                "header {name} shows the token"
+            );
+        }
+    }
+    assert!(!summary.to_string().contains(INGEST_TOKEN), "{summary}");
+    let text = metrics(&sb, &bridge).await;
+    assert!(!text.contains(INGEST_TOKEN), "metrics show the token:\n{text}");
+    for path in ["/healthz", "/readyz"] {
+        let body = sb
+            .http
+            .get(format!("{}{path}", bridge.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default();
+        assert!(!body.contains(INGEST_TOKEN), "{path}: {body}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durability
+
+#[actix_rt::test]
+async fn accepted_events_are_in_the_ingest_log_and_survive_a_crash() {
+    let sb = bridge_sandbox().await;
+    // The in-process bridge provisions; a `serve` process with a state file takes the events.
+    let b = billed(&sb, &reporting_overrides("", ""), 1).await;
+    let windows = closed_windows(2);
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    let dir = TempDir::new();
+    let state = dir.path("bridge.state");
+    let push_config = |listen: &str| {
+        binary_config(&sb, listen, &state, "source = \"push\"")
+            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
+    };
+    let mut first = serve_with(&sb, &dir, push_config).await;
+    let batch_a = txns("crash-a", sub, q0, windows[0], 10);
+    let answer = push(&sb, &first.url, &batch_a).await;
+    assert_eq!(counts(&answer), (10, 10, 0, 0, 0), "{answer}\n{}", first.log());
+    let log = dir.path("bridge.state.ingest");
+    let files = std::fs::read_dir(&log)
+        .unwrap_or_else(|e| panic!("the ingest log {}: {e}", log.display()))
+        .count();
+    assert!(files > 0, "the ingest log {} holds the batch", log.display());
+    first.kill();
+
+    let second = serve_with(&sb, &dir, push_config).await;
+    // Acknowledged before the crash: still known.
+    let answer = push(&sb, &second.url, &batch_a).await;
+    assert_eq!(counts(&answer), (10, 0, 10, 0, 0), "{answer}\n{}", second.log());
+    let batch_b = txns("crash-b", sub, q1, windows[1], 3);
+    let answer = push(&sb, &second.url, &batch_b).await;
+    assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
+    let (status, _, summary) =
+        report_with(&sb, &second.url, Some(ADMIN_TOKEN), Some(&span(&windows))).await;
+    assert_eq!(status, 200, "{summary}\n{}", second.log());
+    let mut expected = Expected::default();
+    expected.add(sub, q0, windows[0].0, 10);
+    expected.add(sub, q1, windows[1].0, 3);
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
