@@ -434,17 +434,30 @@ async fn push_without_a_token_is_refused_at_start() {
         let config = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::support::bridge_config(&sb, &overrides)
         }));
-        if let Ok(config) = config {
-            let retry = billing_bridge_upstream::RetryPolicy::new(
-                1,
-                std::time::Duration::from_millis(5),
-                std::time::Duration::from_millis(5),
-            );
-            assert!(
-                billing_bridge_pipeline::Bridge::build(config, retry).is_err(),
-                "source = \"push\" with {ingest:?}: a bridge without an ingest token must not start"
-            );
-        }
+        let refusal = match config {
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+            Ok(config) => {
+                let retry = billing_bridge_upstream::RetryPolicy::new(
+                    1,
+                    std::time::Duration::from_millis(5),
+                    std::time::Duration::from_millis(5),
+                );
+                match billing_bridge_pipeline::Bridge::build(config, retry) {
+                    Ok(_) => panic!(
+                        "source = \"push\" with {ingest:?}: a bridge without an ingest token must not start"
+                    ),
+                    Err(e) => format!("{e:#}"),
+                }
+            }
+        };
+        assert!(
+            refusal.contains("token"),
+            "the refusal names the missing token ({ingest:?}): {refusal}"
+        );
     }
 }
 
