@@ -143,7 +143,12 @@ impl Answer {
     pub fn error(&self) -> String {
         self.body["error"]
             .as_str()
-            .unwrap_or_else(|| panic!("a JSON {{\"error\": …}} body: {} {}", self.status, self.text))
+            .unwrap_or_else(|| {
+                panic!(
+                    "a JSON {{\"error\": …}} body: {} {}",
+                    self.status, self.text
+                )
+            })
             .to_owned()
     }
 }
@@ -190,7 +195,15 @@ pub async fn push_raw(
     body: Vec<u8>,
     received: usize,
 ) -> Value {
-    let answer = post_ingest(sb, bridge_url, Some(&bearer()), encoding, content_type, body).await;
+    let answer = post_ingest(
+        sb,
+        bridge_url,
+        Some(&bearer()),
+        encoding,
+        content_type,
+        body,
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_adds_up(&answer.body, received);
     answer.body
@@ -242,7 +255,11 @@ pub fn counts(answer: &Value) -> (u64, u64, u64, u64, u64) {
 pub fn assert_adds_up(answer: &Value, received: usize) {
     let (r, a, d, i, f) = counts(answer);
     assert_eq!(r, received as u64, "received: {answer}");
-    assert_eq!(a + d + i + f, r, "the outcomes add up to received: {answer}");
+    assert_eq!(
+        a + d + i + f,
+        r,
+        "the outcomes add up to received: {answer}"
+    );
     let listed = answer["refusals"]
         .as_array()
         .unwrap_or_else(|| panic!("a refusals list: {answer}"));
@@ -343,7 +360,10 @@ async fn ingest_takes_only_its_bearer_token_and_a_refused_batch_is_not_taken() {
         Some(INGEST_TOKEN.to_owned()),
         Some(format!("Basic {INGEST_TOKEN}")),
         Some(format!("Bearer {INGEST_TOKEN}x")),
-        Some(format!("Bearer {}", &INGEST_TOKEN[..INGEST_TOKEN.len() - 1])),
+        Some(format!(
+            "Bearer {}",
+            &INGEST_TOKEN[..INGEST_TOKEN.len() - 1]
+        )),
         Some(format!("Bearer {ADMIN_TOKEN}")),
         Some("Bearer ".to_owned()),
     ];
@@ -357,7 +377,11 @@ async fn ingest_takes_only_its_bearer_token_and_a_refused_batch_is_not_taken() {
             array_body(&events),
         )
         .await;
-        assert_eq!(answer.status, 401, "Authorization {auth:?}: {}", answer.text);
+        assert_eq!(
+            answer.status, 401,
+            "Authorization {auth:?}: {}",
+            answer.text
+        );
         answer.error();
         assert!(
             !answer.text.contains(INGEST_TOKEN),
@@ -371,7 +395,11 @@ async fn ingest_takes_only_its_bearer_token_and_a_refused_batch_is_not_taken() {
         wrong.len() as f64,
         "{text}"
     );
-    assert_eq!(sample(&text, TRANSACTIONS, ""), 0.0, "nothing counted: {text}");
+    assert_eq!(
+        sample(&text, TRANSACTIONS, ""),
+        0.0,
+        "nothing counted: {text}"
+    );
     // Nothing of the refused batches was taken: the same ids are new to the right token.
     let answer = push(&sb, &b.bridge.url, &events).await;
     assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
@@ -580,7 +608,11 @@ async fn gzip_and_identity_are_taken_other_encodings_and_broken_gzip_are_refused
             array_body(&refused),
         )
         .await;
-        assert_eq!(answer.status, 415, "Content-Encoding {encoding}: {}", answer.text);
+        assert_eq!(
+            answer.status, 415,
+            "Content-Encoding {encoding}: {}",
+            answer.text
+        );
     }
     let zipped = gzip(&array_body(&refused));
     let truncated = zipped[..zipped.len() / 2].to_vec();
@@ -627,17 +659,35 @@ async fn a_body_that_is_not_a_whole_json_array_is_refused_whole() {
     let bridge = spawn_bridge(&sb, &push_overrides("", "")).await;
     let at = closed_windows(1)[0].0 + 5;
     let events: Vec<Value> = (0..3)
-        .map(|k| event(&format!("whole-{k}"), at, Some("sub-a"), None, Some("silver/calls"), "Success"))
+        .map(|k| {
+            event(
+                &format!("whole-{k}"),
+                at,
+                Some("sub-a"),
+                None,
+                Some("silver/calls"),
+                "Success",
+            )
+        })
         .collect();
     let array = String::from_utf8(array_body(&events)).unwrap();
     let bodies = [
         ("an opening bracket alone", "[".to_owned()),
         ("a truncated array", array[..array.len() - 20].to_owned()),
-        ("an array without its closing bracket", array[..array.len() - 1].to_owned()),
+        (
+            "an array without its closing bracket",
+            array[..array.len() - 1].to_owned(),
+        ),
         ("text after the array", format!("{array} trailing")),
-        ("a second array after the first", format!("{array}\n{array}")),
+        (
+            "a second array after the first",
+            format!("{array}\n{array}"),
+        ),
         ("a bracket too many", format!("{array}]")),
-        ("not JSON after the bracket", "[this is not json]".to_owned()),
+        (
+            "not JSON after the bracket",
+            "[this is not json]".to_owned(),
+        ),
     ];
     for (what, body) in &bodies {
         let answer = post_ingest(
@@ -670,7 +720,16 @@ async fn a_batch_over_a_limit_is_refused_whole_with_413() {
     let at = closed_windows(1)[0].0 + 5;
     let small = |prefix: &str, n: usize| -> Vec<Value> {
         (0..n)
-            .map(|k| event(&format!("{prefix}-{k}"), at, Some("sub-a"), None, Some("silver/calls"), "Success"))
+            .map(|k| {
+                event(
+                    &format!("{prefix}-{k}"),
+                    at,
+                    Some("sub-a"),
+                    None,
+                    Some("silver/calls"),
+                    "Success",
+                )
+            })
             .collect()
     };
     let mut rng = Rng(9);
@@ -765,30 +824,33 @@ async fn each_event_is_judged_on_its_own_and_the_answer_adds_up() {
     let mut fraction_timestamp = good("fraction-timestamp", window.0 + 4);
     fraction_timestamp["timestamp"] = json!(window.0 as f64 + 4.5);
     let mut no_summary = good("no-summary", window.0 + 5);
-    no_summary.as_object_mut().unwrap().remove("transactionSummary");
+    no_summary
+        .as_object_mut()
+        .unwrap()
+        .remove("transactionSummary");
     let mut text_summary = good("text-summary", window.0 + 6);
     text_summary["transactionSummary"] = json!("Success");
     let mut numeric_id = good("x", window.0 + 7);
     numeric_id["transactionId"] = json!(12345);
     let batch = vec![
-        good("ok-0", window.0 + 10),                // 0 accepted
-        no_id,                                      // 1 invalid
-        good("", window.0 + 11),                    // 2 invalid: empty id
-        no_timestamp,                               // 3 invalid
-        text_timestamp,                             // 4 invalid
-        no_summary,                                 // 5 invalid
-        text_summary,                               // 6 invalid
-        transaction_event("leg-1", window.0 + 12),  // 7 ignored
-        good("old", now - 13 * HOUR_MS),            // 8 too_old
-        good("future", now + 10 * MINUTE_MS),       // 9 in_future
-        good("ok-1", window.0 + 13),                // 10 accepted
-        good("ok-0", window.0 + 10),                // 11 duplicate
-        numeric_id,                                 // 12 invalid
-        json!(42),                                  // 13 invalid: not an object
-        good("soon", now + MINUTE_MS),              // 14 accepted: within the 5m skew
-        good("eleven-hours", now - 11 * HOUR_MS),   // 15 accepted: within the 12h horizon
-        fraction_timestamp,                         // 16 invalid: not an integer
-        good("ok-2", window.0 + 14),                // 17 accepted
+        good("ok-0", window.0 + 10),               // 0 accepted
+        no_id,                                     // 1 invalid
+        good("", window.0 + 11),                   // 2 invalid: empty id
+        no_timestamp,                              // 3 invalid
+        text_timestamp,                            // 4 invalid
+        no_summary,                                // 5 invalid
+        text_summary,                              // 6 invalid
+        transaction_event("leg-1", window.0 + 12), // 7 ignored
+        good("old", now - 13 * HOUR_MS),           // 8 too_old
+        good("future", now + 10 * MINUTE_MS),      // 9 in_future
+        good("ok-1", window.0 + 13),               // 10 accepted
+        good("ok-0", window.0 + 10),               // 11 duplicate
+        numeric_id,                                // 12 invalid
+        json!(42),                                 // 13 invalid: not an object
+        good("soon", now + MINUTE_MS),             // 14 accepted: within the 5m skew
+        good("eleven-hours", now - 11 * HOUR_MS),  // 15 accepted: within the 12h horizon
+        fraction_timestamp,                        // 16 invalid: not an integer
+        good("ok-2", window.0 + 14),               // 17 accepted
     ];
     let answer = push(&sb, &b.bridge.url, &batch).await;
     assert_eq!(counts(&answer), (18, 5, 1, 1, 11), "{answer:#}");
@@ -823,7 +885,10 @@ async fn each_event_is_judged_on_its_own_and_the_answer_adds_up() {
     let answer = push(
         &sb,
         &b.bridge.url,
-        &[good("no-timestamp", window.0 + 2), good("text-summary", window.0 + 6)],
+        &[
+            good("no-timestamp", window.0 + 2),
+            good("text-summary", window.0 + 6),
+        ],
     )
     .await;
     assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
@@ -851,11 +916,10 @@ async fn each_event_is_judged_on_its_own_and_the_answer_adds_up() {
     )
     .await;
     assert_eq!(counts(&answer), (7, 2, 1, 1, 3), "{answer:#}");
-    let expected_refusals: Vec<(u64, String)> =
-        [(1, "invalid"), (3, "invalid"), (5, "too_old")]
-            .into_iter()
-            .map(|(i, r)| (i, r.to_owned()))
-            .collect();
+    let expected_refusals: Vec<(u64, String)> = [(1, "invalid"), (3, "invalid"), (5, "too_old")]
+        .into_iter()
+        .map(|(i, r)| (i, r.to_owned()))
+        .collect();
     assert_eq!(refusals(&answer), expected_refusals, "{answer:#}");
 
     // More than 100 refusals: all counted, the first 100 listed.
@@ -864,9 +928,16 @@ async fn each_event_is_judged_on_its_own_and_the_answer_adds_up() {
         .collect();
     many.push(good("ok-3", window.0 + 30));
     let answer = push(&sb, &b.bridge.url, &many).await;
-    assert_eq!(counts(&answer), (151, 1, 0, 0, 150), "{}", answer["refused"]);
+    assert_eq!(
+        counts(&answer),
+        (151, 1, 0, 0, 150),
+        "{}",
+        answer["refused"]
+    );
     assert!(
-        refusals(&answer).iter().all(|(i, r)| *i < 150 && r == "too_old"),
+        refusals(&answer)
+            .iter()
+            .all(|(i, r)| *i < 150 && r == "too_old"),
         "{answer}"
     );
 
@@ -882,7 +953,11 @@ async fn each_event_is_judged_on_its_own_and_the_answer_adds_up() {
 #[actix_rt::test]
 async fn horizon_and_future_skew_are_taken_from_the_settings() {
     let sb = bridge_sandbox().await;
-    let bridge = spawn_bridge(&sb, &push_overrides("", "horizon = \"1h\"\nfuture_skew = \"1m\"")).await;
+    let bridge = spawn_bridge(
+        &sb,
+        &push_overrides("", "horizon = \"1h\"\nfuture_skew = \"1m\""),
+    )
+    .await;
     let now = now_ms();
     let at = |id: &str, t: i64| event(id, t, Some("sub-a"), None, Some("silver/calls"), "Success");
     let batch = [
@@ -984,22 +1059,56 @@ pub fn workload(
         let window = windows[rng.below(windows.len() as u64) as usize];
         let at = window.0 + rng.below((window.1 - window.0) as u64) as i64;
         let id = format!("wl{seed}-{i:05}");
-        let status = ["Success", "Success", "Success", "Failure", "Exception", "Unknown"]
-            [rng.below(6) as usize];
+        let status = [
+            "Success",
+            "Success",
+            "Success",
+            "Failure",
+            "Exception",
+            "Unknown",
+        ][rng.below(6) as usize];
         let event = if rng.chance(8) {
             unmatched += 1;
             let who = ["unknown", "0000aaaa1111bbbb2222cccc3333dddd"][rng.below(2) as usize];
             let quota = &quotas[rng.below(quotas.len() as u64) as usize];
-            event(&id, at, Some(who), Some(quota.id.as_str()), Some(quota.resource.as_str()), status)
+            event(
+                &id,
+                at,
+                Some(who),
+                Some(quota.id.as_str()),
+                Some(quota.resource.as_str()),
+                status,
+            )
         } else {
             let sub = &subs[rng.below(subs.len() as u64) as usize];
             let quota = &quotas[rng.below(quotas.len() as u64) as usize];
             let resource = &quota.resources[rng.below(quota.resources.len() as u64) as usize];
             expected.add(sub, quota, window.0, 1);
             match rng.below(3) {
-                0 => event(&id, at, Some(sub.amplify_id.as_str()), Some(quota.id.as_str()), Some(resource.as_str()), status),
-                1 => event(&id, at, Some(sub.amplify_id.as_str()), Some(quota.id.as_str()), None, status),
-                _ => event(&id, at, Some(sub.amplify_id.as_str()), None, Some(resource.as_str()), status),
+                0 => event(
+                    &id,
+                    at,
+                    Some(sub.amplify_id.as_str()),
+                    Some(quota.id.as_str()),
+                    Some(resource.as_str()),
+                    status,
+                ),
+                1 => event(
+                    &id,
+                    at,
+                    Some(sub.amplify_id.as_str()),
+                    Some(quota.id.as_str()),
+                    None,
+                    status,
+                ),
+                _ => event(
+                    &id,
+                    at,
+                    Some(sub.amplify_id.as_str()),
+                    None,
+                    Some(resource.as_str()),
+                    status,
+                ),
             }
         };
         let copies = if rng.chance(35) { 1 + rng.below(3) } else { 0 };
@@ -1050,10 +1159,21 @@ async fn a_seeded_random_workload_with_repeats_is_billed_exactly_once() {
             0 => (None, "application/json", array_body(batch)),
             1 => (None, "application/x-ndjson", ndjson_body(batch)),
             2 => (Some("gzip"), "application/json", gzip(&array_body(batch))),
-            _ => (Some("gzip"), "application/x-ndjson", gzip(&ndjson_body(batch))),
+            _ => (
+                Some("gzip"),
+                "application/x-ndjson",
+                gzip(&ndjson_body(batch)),
+            ),
         };
-        let answer =
-            push_raw(&sb, &b.bridge.url, encoding, Some(content_type), body, batch.len()).await;
+        let answer = push_raw(
+            &sb,
+            &b.bridge.url,
+            encoding,
+            Some(content_type),
+            body,
+            batch.len(),
+        )
+        .await;
         assert_eq!(
             counts(&answer),
             (size as u64, want_accepted, want_duplicates, want_ignored, 0),
@@ -1063,7 +1183,10 @@ async fn a_seeded_random_workload_with_repeats_is_billed_exactly_once() {
         duplicates += want_duplicates;
     }
     assert_eq!(accepted, w.expected.units() + w.unmatched);
-    assert!(duplicates > 200, "the workload repeats itself: {duplicates}");
+    assert!(
+        duplicates > 200,
+        "the workload repeats itself: {duplicates}"
+    );
 
     let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     assert_eq!(summary["complete"], true, "{summary}");
@@ -1120,13 +1243,48 @@ async fn pushed_calls_map_to_a_quota_by_its_id_or_else_by_asset_resource() {
         event("m-0", at, s, Some(q1.id.as_str()), None, "Success"),
         event("m-1", at, s, Some(q1.id.as_str()), None, "Success"),
         // By asset resource alone, either of the first quota's resources.
-        event("m-2", at, s, None, Some(q0.resources[0].as_str()), "Success"),
-        event("m-3", at, s, None, Some(q0.resources[1].as_str()), "Success"),
+        event(
+            "m-2",
+            at,
+            s,
+            None,
+            Some(q0.resources[0].as_str()),
+            "Success",
+        ),
+        event(
+            "m-3",
+            at,
+            s,
+            None,
+            Some(q0.resources[1].as_str()),
+            "Success",
+        ),
         // The quota id wins over the resource.
-        event("m-4", at, s, Some(q2.id.as_str()), Some(q0.resource.as_str()), "Success"),
+        event(
+            "m-4",
+            at,
+            s,
+            Some(q2.id.as_str()),
+            Some(q0.resource.as_str()),
+            "Success",
+        ),
         // A quota id of no quota of the plan ("unknown", another's): the resource decides.
-        event("m-5", at, s, Some("unknown"), Some(q1.resource.as_str()), "Success"),
-        event("m-6", at, s, Some("ffffeeeeddddccccbbbbaaaa99998888"), Some(q2.resource.as_str()), "Success"),
+        event(
+            "m-5",
+            at,
+            s,
+            Some("unknown"),
+            Some(q1.resource.as_str()),
+            "Success",
+        ),
+        event(
+            "m-6",
+            at,
+            s,
+            Some("ffffeeeeddddccccbbbbaaaa99998888"),
+            Some(q2.resource.as_str()),
+            "Success",
+        ),
         // Matched by the asset resource's id when it has no name.
         {
             let mut e = event("m-7", at, s, None, None, "Success");
@@ -1157,7 +1315,12 @@ async fn with_billed_count_success_only_successful_pushed_calls_are_billed() {
     let sub = &b.subs[0];
     let (q0, q2) = (&b.quotas[0], &b.quotas[2]);
     let mut batch = Vec::new();
-    for (status, n) in [("Success", 5), ("Failure", 3), ("Exception", 2), ("Unknown", 1)] {
+    for (status, n) in [
+        ("Success", 5),
+        ("Failure", 3),
+        ("Exception", 2),
+        ("Unknown", 1),
+    ] {
         for k in 0..n {
             batch.push(event(
                 &format!("{status}-{k}"),
@@ -1199,7 +1362,10 @@ async fn late_pushed_events_are_billed_at_the_next_run_as_a_late_delta_and_repea
     let windows = closed_windows(3);
     // No re-polling asked for: with push, every run reads every window the horizon reaches.
     let overrides = push_overrides(
-        &format!("repoll_windows = 0\nstart_at = \"{}\"", rfc3339(windows[0].0)),
+        &format!(
+            "repoll_windows = 0\nstart_at = \"{}\"",
+            rfc3339(windows[0].0)
+        ),
         "",
     );
     let b = billed(&sb, &overrides, 1).await;
@@ -1306,17 +1472,63 @@ async fn pushed_traffic_of_unknown_subscriptions_is_never_billed_and_listed_by_a
     let at = window.0 + 700;
     let mut batch = txns("known", sub, q0, window, 4);
     for k in 0..2 {
-        batch.push(event(&format!("unknown-{k}"), at, Some("unknown"), Some(q0.id.as_str()), Some(q0.resource.as_str()), "Success"));
+        batch.push(event(
+            &format!("unknown-{k}"),
+            at,
+            Some("unknown"),
+            Some(q0.id.as_str()),
+            Some(q0.resource.as_str()),
+            "Success",
+        ));
     }
     for k in 0..3 {
-        batch.push(event(&format!("absent-{k}"), at, None, Some(q0.id.as_str()), Some(q0.resource.as_str()), "Success"));
+        batch.push(event(
+            &format!("absent-{k}"),
+            at,
+            None,
+            Some(q0.id.as_str()),
+            Some(q0.resource.as_str()),
+            "Success",
+        ));
     }
     for k in 0..5 {
-        batch.push(event(&format!("stranger-{k}"), at, Some(stranger), Some(q0.id.as_str()), Some(q0.resource.as_str()), "Failure"));
+        batch.push(event(
+            &format!("stranger-{k}"),
+            at,
+            Some(stranger),
+            Some(q0.id.as_str()),
+            Some(q0.resource.as_str()),
+            "Failure",
+        ));
     }
     let answer = push(&sb, &b.bridge.url, &batch).await;
     assert_eq!(counts(&answer), (14, 14, 0, 0, 0), "{answer}");
 
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(
+        (
+            &summary["records"],
+            &summary["units"],
+            &summary["unmatched_units"]
+        ),
+        (&json!(1), &json!(4), &json!(10)),
+        "{summary}"
+    );
+    let mut expected = Expected::default();
+    expected.add(sub, q0, window.0, 4);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let text = metrics(&sb, &b.bridge).await;
+    assert_eq!(
+        sample(
+            &text,
+            "billing_bridge_usage_unmatched_units_total",
+            "reason=\"subscription\""
+        ),
+        10.0,
+        "{text}"
+    );
+
+    // A dry run afterwards lists what was not billed.
     let mut body = span(&[window]);
     body["dry_run"] = json!(true);
     let dry = report(&sb, &b.bridge.url, Some(&body)).await;
@@ -1336,26 +1548,10 @@ async fn pushed_traffic_of_unknown_subscriptions_is_never_billed_and_listed_by_a
         .map(|r| r["units"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(stranger_units, 5, "{dry}");
-    assert!(usage_totals(&sb).await.is_empty(), "a dry run bills nothing");
-
-    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
     assert_eq!(
-        (&summary["records"], &summary["units"], &summary["unmatched_units"]),
-        (&json!(1), &json!(4), &json!(10)),
-        "{summary}"
-    );
-    let mut expected = Expected::default();
-    expected.add(sub, q0, window.0, 4);
-    assert_eq!(usage_totals(&sb).await, expected.totals());
-    let text = metrics(&sb, &b.bridge).await;
-    assert_eq!(
-        sample(
-            &text,
-            "billing_bridge_usage_unmatched_units_total",
-            "reason=\"subscription\""
-        ),
-        10.0,
-        "{text}"
+        usage_totals(&sb).await,
+        expected.totals(),
+        "a dry run bills nothing"
     );
 }
 
@@ -1370,7 +1566,10 @@ async fn ingest_metrics_count_outcomes_refusal_reasons_and_batches() {
     let now = now_ms();
     let e = |id: &str, t: i64| event(id, t, Some("sub-a"), None, Some("silver/calls"), "Success");
     let mut invalid = e("bad", at);
-    invalid.as_object_mut().unwrap().remove("transactionSummary");
+    invalid
+        .as_object_mut()
+        .unwrap()
+        .remove("transactionSummary");
     let batch = [
         e("one", at),
         e("two", at),
@@ -1390,15 +1589,37 @@ async fn ingest_metrics_count_outcomes_refusal_reasons_and_batches() {
     assert_eq!(counts(&answer), (2, 1, 1, 0, 0), "{answer}");
     // Refused batches: their events are not counted as transactions.
     for auth in [None, Some("Bearer nope")] {
-        let answer =
-            post_ingest(&sb, &bridge.url, auth, None, None, array_body(&[e("five", at)])).await;
+        let answer = post_ingest(
+            &sb,
+            &bridge.url,
+            auth,
+            None,
+            None,
+            array_body(&[e("five", at)]),
+        )
+        .await;
         assert_eq!(answer.status, 401, "{}", answer.text);
     }
-    let answer = post_ingest(&sb, &bridge.url, Some(&bearer()), None, None, b"[{".to_vec()).await;
+    let answer = post_ingest(
+        &sb,
+        &bridge.url,
+        Some(&bearer()),
+        None,
+        None,
+        b"[{".to_vec(),
+    )
+    .await;
     assert_eq!(answer.status, 400, "{}", answer.text);
     let many: Vec<Value> = (0..21).map(|k| e(&format!("many-{k}"), at)).collect();
-    let answer =
-        post_ingest(&sb, &bridge.url, Some(&bearer()), None, None, array_body(&many)).await;
+    let answer = post_ingest(
+        &sb,
+        &bridge.url,
+        Some(&bearer()),
+        None,
+        None,
+        array_body(&many),
+    )
+    .await;
     assert_eq!(answer.status, 413, "{}", answer.text);
 
     let text = metrics(&sb, &bridge).await;
@@ -1412,14 +1633,22 @@ async fn ingest_metrics_count_outcomes_refusal_reasons_and_batches() {
         ("outcome=\"ignored\"", 1.0),
         ("outcome=\"refused\"", 6.0),
     ] {
-        assert_eq!(sample(&text, TRANSACTIONS, labels), value, "{labels}: {lines:#?}");
+        assert_eq!(
+            sample(&text, TRANSACTIONS, labels),
+            value,
+            "{labels}: {lines:#?}"
+        );
     }
     for (labels, value) in [
         ("reason=\"too_old\"", 1.0),
         ("reason=\"in_future\"", 2.0),
         ("reason=\"invalid\"", 3.0),
     ] {
-        assert_eq!(sample(&text, REFUSED, labels), value, "{labels}: {lines:#?}");
+        assert_eq!(
+            sample(&text, REFUSED, labels),
+            value,
+            "{labels}: {lines:#?}"
+        );
     }
     for (labels, value) in [
         ("status=\"ok\"", 2.0),
@@ -1429,12 +1658,20 @@ async fn ingest_metrics_count_outcomes_refusal_reasons_and_batches() {
         ("status=\"unavailable\"", 0.0),
         ("status=\"off\"", 0.0),
     ] {
-        assert_eq!(sample(&text, BATCHES, labels), value, "{labels}: {lines:#?}");
+        assert_eq!(
+            sample(&text, BATCHES, labels),
+            value,
+            "{labels}: {lines:#?}"
+        );
     }
     let count = sample(&text, &format!("{DURATION}_count"), "");
-    assert!(count >= 2.0, "accept latency of each batch taken: {lines:#?}");
     assert!(
-        text.lines().any(|l| l.starts_with(&format!("{DURATION}_bucket"))),
+        count >= 2.0,
+        "accept latency of each batch taken: {lines:#?}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{DURATION}_bucket"))),
         "a histogram: {lines:#?}"
     );
     assert!(
@@ -1453,15 +1690,31 @@ async fn the_ingest_token_never_shows_in_metrics_or_any_answer() {
     let mut answers = Vec::new();
     for (auth, encoding, body) in [
         (Some(bearer()), None, array_body(&[e("a"), e("b")])),
-        (Some(bearer()), None, array_body(&[e("a"), json!({"nope": 1})])),
-        (Some(format!("Bearer {INGEST_TOKEN}-wrong")), None, array_body(&[e("c")])),
-        (Some(format!("Bearer x{INGEST_TOKEN}")), None, array_body(&[e("c")])),
+        (
+            Some(bearer()),
+            None,
+            array_body(&[e("a"), json!({"nope": 1})]),
+        ),
+        (
+            Some(format!("Bearer {INGEST_TOKEN}-wrong")),
+            None,
+            array_body(&[e("c")]),
+        ),
+        (
+            Some(format!("Bearer x{INGEST_TOKEN}")),
+            None,
+            array_body(&[e("c")]),
+        ),
         (Some(INGEST_TOKEN.to_owned()), None, array_body(&[e("c")])),
         (None, None, array_body(&[e("c")])),
         (Some(bearer()), None, b"[oops".to_vec()),
         (Some(bearer()), Some("gzip"), b"not gzip".to_vec()),
         (Some(bearer()), Some("br"), array_body(&[e("d")])),
-        (Some(bearer()), None, array_body(&[e("1"), e("2"), e("3"), e("4")])),
+        (
+            Some(bearer()),
+            None,
+            array_body(&[e("1"), e("2"), e("3"), e("4")]),
+        ),
     ] {
         let answer = post_ingest(&sb, &bridge.url, auth.as_deref(), encoding, None, body).await;
         answers.push(answer);
@@ -1483,7 +1736,10 @@ async fn the_ingest_token_never_shows_in_metrics_or_any_answer() {
     }
     assert!(!summary.to_string().contains(INGEST_TOKEN), "{summary}");
     let text = metrics(&sb, &bridge).await;
-    assert!(!text.contains(INGEST_TOKEN), "metrics show the token:\n{text}");
+    assert!(
+        !text.contains(INGEST_TOKEN),
+        "metrics show the token:\n{text}"
+    );
     for path in ["/healthz", "/readyz"] {
         let body = sb
             .http
@@ -1517,18 +1773,32 @@ async fn accepted_events_are_in_the_ingest_log_and_survive_a_crash() {
     let mut first = serve_with(&sb, &dir, push_config).await;
     let batch_a = txns("crash-a", sub, q0, windows[0], 10);
     let answer = push(&sb, &first.url, &batch_a).await;
-    assert_eq!(counts(&answer), (10, 10, 0, 0, 0), "{answer}\n{}", first.log());
+    assert_eq!(
+        counts(&answer),
+        (10, 10, 0, 0, 0),
+        "{answer}\n{}",
+        first.log()
+    );
     let log = dir.path("bridge.state.ingest");
     let files = std::fs::read_dir(&log)
         .unwrap_or_else(|e| panic!("the ingest log {}: {e}", log.display()))
         .count();
-    assert!(files > 0, "the ingest log {} holds the batch", log.display());
+    assert!(
+        files > 0,
+        "the ingest log {} holds the batch",
+        log.display()
+    );
     first.kill();
 
     let second = serve_with(&sb, &dir, push_config).await;
     // Acknowledged before the crash: still known.
     let answer = push(&sb, &second.url, &batch_a).await;
-    assert_eq!(counts(&answer), (10, 0, 10, 0, 0), "{answer}\n{}", second.log());
+    assert_eq!(
+        counts(&answer),
+        (10, 0, 10, 0, 0),
+        "{answer}\n{}",
+        second.log()
+    );
     let batch_b = txns("crash-b", sub, q1, windows[1], 3);
     let answer = push(&sb, &second.url, &batch_b).await;
     assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
@@ -1538,6 +1808,229 @@ async fn accepted_events_are_in_the_ingest_log_and_survive_a_crash() {
     let mut expected = Expected::default();
     expected.add(sub, q0, windows[0].0, 10);
     expected.add(sub, q1, windows[1].0, 3);
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis: many instances, and a store that cannot take a batch
+
+/// A `redis-server` on a free loopback port with persistence on (appendfsync always), killed on
+/// drop; `None` (skipped) where it is not installed, except under CI.
+pub struct Redis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Option<Redis> {
+        let found = std::process::Command::new("redis-server")
+            .arg("-v")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed; .ci/run installs it"
+            );
+            eprintln!("SKIPPED: redis-server is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir: TempDir::new(),
+        };
+        redis.spawn().await;
+        Some(redis)
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let port = self.port;
+        crate::support::wait_for(
+            "redis listening",
+            std::time::Duration::from_secs(10),
+            || async move {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .is_ok()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL; the data directory stays for `spawn`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Push overrides with the shared store on `redis` for `instances` instances.
+pub fn push_on_redis(redis: &Redis, instances: usize) -> String {
+    format!(
+        "[reporting]\nschedule = \"\"\nwindow = \"1m\"\ndelay = \"0s\"\nsource = \"push\"\n\
+         [store]\nstate_file = \"\"\nredis_url = \"{}\"\ninstances = {instances}\n\
+         [ingest]\ntoken = \"{INGEST_TOKEN}\"\n",
+        redis.url()
+    )
+}
+
+#[actix_rt::test]
+async fn two_instances_on_one_redis_take_each_transaction_id_once() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let sb = bridge_sandbox().await;
+    let overrides = push_on_redis(&redis, 2);
+    let b = billed(&sb, &overrides, 1).await;
+    let other = spawn_bridge(&sb, &overrides).await;
+    let windows = closed_windows(2);
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    let batch: Vec<Value> = txns("both", sub, q0, windows[0], 30);
+    // The same batch to both instances at once, then each half again to the other one.
+    let (one, two) = tokio::join!(
+        push(&sb, &b.bridge.url, &batch),
+        push(&sb, &other.url, &batch)
+    );
+    let (_, a1, d1, _, _) = counts(&one);
+    let (_, a2, d2, _, _) = counts(&two);
+    assert_eq!((a1 + a2, d1 + d2), (30, 30), "{one}\n{two}");
+    let answer = push(&sb, &other.url, &batch[..15]).await;
+    assert_eq!(counts(&answer), (15, 0, 15, 0, 0), "{answer}");
+    let answer = push(&sb, &b.bridge.url, &batch[15..]).await;
+    assert_eq!(counts(&answer), (15, 0, 15, 0, 0), "{answer}");
+    let more = txns("other", sub, q1, windows[1], 7);
+    let answer = push(&sb, &other.url, &more).await;
+    assert_eq!(counts(&answer), (7, 7, 0, 0, 0), "{answer}");
+
+    // Reported by either instance, billed once.
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    let mut expected = Expected::default();
+    expected.add(sub, q0, windows[0].0, 30);
+    expected.add(sub, q1, windows[1].0, 7);
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let again = report(&sb, &other.url, Some(&span(&windows))).await;
+    assert_eq!(
+        (&again["records"], &again["units"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn a_store_that_cannot_take_a_batch_answers_503_and_sending_it_again_is_safe() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_on_redis(&redis, 1), 1).await;
+    let windows = closed_windows(2);
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    let first = txns("before", sub, q0, windows[0], 6);
+    let answer = push(&sb, &b.bridge.url, &first).await;
+    assert_eq!(counts(&answer), (6, 6, 0, 0, 0), "{answer}");
+
+    redis.kill();
+    let second = txns("during", sub, q1, windows[1], 9);
+    let answer = post_ingest(
+        &sb,
+        &b.bridge.url,
+        Some(&bearer()),
+        None,
+        Some("application/json"),
+        array_body(&second),
+    )
+    .await;
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    answer.error();
+    let retry_after = answer
+        .headers
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("a Retry-After: {:?}", answer.headers));
+    assert!(
+        retry_after.parse::<u64>().is_ok() || DateTime::parse_from_rfc2822(retry_after).is_ok(),
+        "Retry-After is seconds or an HTTP date: {retry_after}"
+    );
+    let text = metrics(&sb, &b.bridge).await;
+    assert!(
+        sample(&text, BATCHES, "status=\"unavailable\"") >= 1.0,
+        "{text}"
+    );
+
+    redis.spawn().await;
+    // Sent again until the store takes it: every event exactly once, taken now or before.
+    let taken = crate::support::wait_for(
+        "the batch taken once Redis is back",
+        std::time::Duration::from_secs(20),
+        || async {
+            let answer = post_ingest(
+                &sb,
+                &b.bridge.url,
+                Some(&bearer()),
+                None,
+                Some("application/json"),
+                array_body(&second),
+            )
+            .await;
+            match answer.status {
+                200 => Some(answer.body),
+                503 => None,
+                other => panic!("{other}: {}", answer.text),
+            }
+        },
+    )
+    .await;
+    assert_adds_up(&taken, 9);
+    let (_, accepted, duplicates, _, _) = counts(&taken);
+    assert_eq!(accepted + duplicates, 9, "{taken}");
+    // What was acknowledged before the outage is still known (persisted in Redis).
+    let answer = push(&sb, &b.bridge.url, &first).await;
+    assert_eq!(counts(&answer), (6, 0, 6, 0, 0), "{answer}");
+
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    let mut expected = Expected::default();
+    expected.add(sub, q0, windows[0].0, 6);
+    expected.add(sub, q1, windows[1].0, 9);
     assert_eq!(summary["units"], expected.units(), "{summary}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
 }

@@ -190,7 +190,12 @@ async fn with_source_search_and_billed_count_success_only_unique_successes_are_b
     let window = closed_windows(1)[0];
     let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
     let mut events = Vec::new();
-    for (status, n) in [("Success", 6), ("Failure", 3), ("Exception", 2), ("Unknown", 2)] {
+    for (status, n) in [
+        ("Success", 6),
+        ("Failure", 3),
+        ("Exception", 2),
+        ("Unknown", 2),
+    ] {
         for k in 0..n {
             let e = event(
                 &format!("{status}-{k}"),
