@@ -292,6 +292,25 @@ pub fn refusals(answer: &Value) -> Vec<(u64, String)> {
     listed
 }
 
+/// Sends only the head of a POST announcing a 10 MB body (none follows) with the header line
+/// `auth` ("" for none); the first bytes of the answer, which must come without the body.
+pub async fn head_only(bridge_url: &str, auth: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = bridge_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {INGEST_PATH} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: 10000000\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer without the body (auth {auth:?})"))
+        .expect("an answer");
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// Usage records the bridge created whose merchant tag ends with `suffix`.
 pub async fn records_tagged(sb: &TestSandbox, suffix: &str) -> Vec<Value> {
     usage_posts(sb)
@@ -389,10 +408,18 @@ async fn ingest_takes_only_its_bearer_token_and_a_refused_batch_is_not_taken() {
             answer.text
         );
     }
+    // The body of an unauthorised request is not read: the answer comes without it.
+    for auth in [
+        "".to_owned(),
+        "Authorization: Bearer wrong-token\r\n".to_owned(),
+    ] {
+        let answer = head_only(&b.bridge.url, &auth).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{auth:?}: {answer}");
+    }
     let text = metrics(&sb, &b.bridge).await;
     assert_eq!(
         sample(&text, BATCHES, "status=\"unauthorized\""),
-        wrong.len() as f64,
+        wrong.len() as f64 + 2.0,
         "{text}"
     );
     assert_eq!(
