@@ -569,6 +569,19 @@ impl AmplifyClient {
         }
     }
 
+    /// One Traceability search (reference §5.2): `body` is posted as is and the answer returned.
+    /// The query and the reading of the answer are the caller's (they are partly inferred).
+    pub async fn traceability_search(&self, body: &Value) -> Result<Value, AmplifyError> {
+        let url = format!(
+            "{}/api/traceability/v1/traceability/search",
+            self.settings.central_url.trim_end_matches('/')
+        );
+        let (answer, _) = self
+            .call("traceability search", Method::POST, &url, Some(body))
+            .await?;
+        Ok(answer.unwrap_or(Value::Null))
+    }
+
     /// Every row of a Traceability summary, paging with `count`/`offset` until a short page,
     /// each row read as `T` page by page (so a large summary is never held as raw JSON).
     /// The parameters are those of §5.1; which `groupBy` fields the real API accepts is unknown.

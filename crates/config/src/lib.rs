@@ -35,6 +35,7 @@ pub struct BridgeConfig {
     pub provisioning: ProvisioningConfig,
     pub notify: NotifyConfig,
     pub reporting: ReportingConfig,
+    pub ingest: IngestConfig,
     pub store: StoreConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -128,10 +129,23 @@ pub enum BilledCount {
     Success,
 }
 
+/// Where traffic comes from (docs/ingest.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficSource {
+    /// Traceability summary rows, counted by Amplify.
+    Summary,
+    /// Raw `transactionSummary` events paged from Traceability search, each id counted once.
+    Search,
+    /// Transactions pushed to `POST /ingest/transactions`, each id counted once.
+    Push,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportingConfig {
     pub enabled: bool,
+    pub source: TrafficSource,
     /// Cron expression (UTC), 5 fields or 6 with seconds first; empty: on demand only.
     pub schedule: String,
     #[serde(with = "humantime_serde")]
@@ -157,6 +171,37 @@ pub struct ReportingConfig {
     /// A run whose instance died is taken over by another after this long.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+}
+
+/// `POST /ingest/transactions` (docs/ingest.md), taken when `reporting.source` is `push`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The bearer token senders present.
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    /// Events older than this are refused (their window may be past re-reporting).
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+    /// Events this far ahead of the clock are refused.
+    #[serde(with = "humantime_serde")]
+    pub future_skew: Duration,
+    /// Largest body as received (gzip or not).
+    pub max_body_bytes: usize,
+    /// Largest body once unzipped.
+    pub max_decoded_bytes: usize,
+    /// Most events in one batch.
+    pub max_events: usize,
+}
+
+impl IngestConfig {
+    /// Windows behind the watermark a push run re-reads, so every event the horizon lets in
+    /// reaches a run: the horizon in windows, plus the window in progress and one for a run that
+    /// comes late.
+    pub fn windows_reached(&self, window: Duration) -> usize {
+        let window = window.as_millis().max(1);
+        self.horizon.as_millis().div_ceil(window) as usize + 2
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -267,6 +312,7 @@ impl BridgeConfig {
             &mut self.notify.mail.sendgrid.api_key,
             &mut self.notify.mail.smtp.password,
             &mut self.store.redis_url,
+            &mut self.ingest.token,
         ] {
             if is_blank(secret) {
                 *secret = None;
@@ -305,6 +351,22 @@ impl BridgeConfig {
         if reporting.page_size == 0 || reporting.concurrency == 0 {
             problems
                 .push("reporting.page_size and reporting.concurrency must be at least 1".into());
+        }
+        if reporting.source == TrafficSource::Push {
+            if is_blank(&self.ingest.token) {
+                problems.push("reporting.source is push but ingest.token (BRIDGE_INGEST__TOKEN) is not set: senders could not be told from anyone else".into());
+            }
+            if self.ingest.horizon.is_zero()
+                || self.ingest.horizon > Duration::from_secs(7 * 86_400)
+            {
+                problems.push("ingest.horizon must be between 1s and 7 days".into());
+            }
+            if self.ingest.max_events == 0
+                || self.ingest.max_body_bytes == 0
+                || self.ingest.max_decoded_bytes == 0
+            {
+                problems.push("ingest.max_events, ingest.max_body_bytes and ingest.max_decoded_bytes must be at least 1".into());
+            }
         }
         if self.store.instances == 0 {
             problems.push("store.instances must be at least 1".into());

@@ -10,4 +10,5 @@ pub mod events;
 pub mod money;
 pub mod plan;
 pub mod tiers;
+pub mod transactions;
 pub mod usage;

@@ -116,6 +116,9 @@ pub fn merchant_tag(window: Window, amplify_subscription: &str, report: u32) -> 
 pub struct TrafficRow {
     pub subscription_id: String,
     pub asset_resource: String,
+    /// The quota the traffic names itself (raw transactions carry `quota.id`); when it is one
+    /// of the subscription's plan's quotas it wins over the asset resource.
+    pub quota: Option<String>,
     pub units: u64,
 }
 
@@ -170,7 +173,12 @@ pub fn aggregate<'a>(
                     .or_insert((Unmatched::Subscription, 0))
                     .1 += row.units;
             }
-            Some(sub) => match sub.quota_by_resource.get(&row.asset_resource) {
+            Some(sub) => match row
+                .quota
+                .as_ref()
+                .filter(|q| sub.quota_by_resource.values().any(|known| known == *q))
+                .or_else(|| sub.quota_by_resource.get(&row.asset_resource))
+            {
                 None => {
                     result.unmatched_resource += row.units;
                     result
@@ -258,6 +266,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_row_naming_a_quota_of_the_plan_is_counted_there_and_any_other_by_its_resource() {
+        let billed = BilledSubscription {
+            quota_by_resource: [
+                ("r0".to_owned(), "q0".to_owned()),
+                ("r1".to_owned(), "q1".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let row = |quota: Option<&str>, resource: &str| TrafficRow {
+            subscription_id: "s".into(),
+            asset_resource: resource.into(),
+            quota: quota.map(str::to_owned),
+            units: 1,
+        };
+        let rows = [
+            row(Some("q1"), "r0"),
+            row(Some("elsewhere"), "r0"),
+            row(None, "r1"),
+            row(Some("elsewhere"), "r9"),
+        ];
+        let got = aggregate(&rows, |_| Some(&billed));
+        assert_eq!(got.units[&("s".to_owned(), "q1".to_owned())], 2);
+        assert_eq!(got.units[&("s".to_owned(), "q0".to_owned())], 1);
+        assert_eq!(got.unmatched_resource, 1);
+    }
+
     proptest! {
         #[test]
         fn usage_is_dated_inside_its_window_and_never_in_the_future(start in 0i64..1_000_000, len in 2_000i64..10_000_000, now_offset in 0i64..20_000_000, skew in 0i64..120_000) {
@@ -277,7 +313,7 @@ mod tests {
                 }))
                 .collect();
             let rows: Vec<TrafficRow> = rows.iter()
-                .map(|(s, r, u)| TrafficRow { subscription_id: format!("s{s}"), asset_resource: format!("r{r}"), units: *u })
+                .map(|(s, r, u)| TrafficRow { subscription_id: format!("s{s}"), asset_resource: format!("r{r}"), quota: None, units: *u })
                 .collect();
             let aggregate = aggregate(&rows, |s| billed.get(s));
             prop_assert_eq!(aggregate.total(), rows.iter().map(|r| r.units).sum::<u64>());

@@ -29,6 +29,8 @@ pub struct Bridge {
     pub recurly: RecurlyClient,
     pub store: Store,
     pub metrics: Metrics,
+    /// Pushed transaction ids of windows starting before this are forgotten (past the horizon).
+    pub ingest_forgotten_before: std::sync::atomic::AtomicI64,
 }
 
 /// The notification channels, owned by the Notifier actor.
@@ -139,6 +141,7 @@ impl Bridge {
             recurly,
             store,
             metrics,
+            ingest_forgotten_before: std::sync::atomic::AtomicI64::new(i64::MIN),
         };
         Ok((bridge, Channels { provider, mailer }))
     }

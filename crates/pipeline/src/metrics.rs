@@ -120,6 +120,34 @@ pub enum RunOutcome {
     Busy,
 }
 
+/// What push ingestion did with a transaction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum IngestOutcomeLabel {
+    Accepted,
+    Duplicate,
+    Ignored,
+    Refused,
+}
+
+/// Why push ingestion refused a transaction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum IngestRefusal {
+    TooOld,
+    InFuture,
+    Invalid,
+}
+
+/// How a pushed batch was answered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum IngestBatchStatus {
+    Ok,
+    Unauthorized,
+    TooLarge,
+    BadRequest,
+    Unavailable,
+    Off,
+}
+
 /// The actors whose mailboxes are watched.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ActorLabel {
@@ -157,6 +185,15 @@ snake_case_labels! {
     WindowKind { First => "first", Repoll => "repoll" }
     RunOutcome {
         Complete => "complete", Incomplete => "incomplete", Failed => "failed", Busy => "busy",
+    }
+    IngestOutcomeLabel {
+        Accepted => "accepted", Duplicate => "duplicate", Ignored => "ignored",
+        Refused => "refused",
+    }
+    IngestRefusal { TooOld => "too_old", InFuture => "in_future", Invalid => "invalid" }
+    IngestBatchStatus {
+        Ok => "ok", Unauthorized => "unauthorized", TooLarge => "too_large",
+        BadRequest => "bad_request", Unavailable => "unavailable", Off => "off",
     }
     ActorLabel {
         PlanProvisioner => "plan_provisioner",
@@ -210,6 +247,21 @@ pub struct NotificationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabels {
     pub resource: ResourceLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestOutcomeLabels {
+    pub outcome: IngestOutcomeLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestRefusalLabels {
+    pub reason: IngestRefusal,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestBatchLabels {
+    pub status: IngestBatchStatus,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -276,6 +328,10 @@ pub struct Metrics {
     pub usage_runs: Family<RunLabels, Counter>,
     pub usage_run_duration: Histogram,
     pub leases_held: Family<LeaseLabels, Gauge>,
+    pub ingest_transactions: Family<IngestOutcomeLabels, Counter>,
+    pub ingest_refused: Family<IngestRefusalLabels, Counter>,
+    pub ingest_batches: Family<IngestBatchLabels, Counter>,
+    pub ingest_batch_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -445,6 +501,41 @@ impl Default for Metrics {
             "Leases this instance holds (1) or not (0)",
             leases_held.clone(),
         );
+        let ingest_transactions = Family::<IngestOutcomeLabels, Counter>::default();
+        registry.register(
+            "ingest_transactions",
+            "Pushed transactions, by what ingestion did with them (duplicate: a transactionId taken before)",
+            ingest_transactions.clone(),
+        );
+        let ingest_refused = Family::<IngestRefusalLabels, Counter>::default();
+        registry.register(
+            "ingest_refused_transactions",
+            "Pushed transactions refused, by reason",
+            ingest_refused.clone(),
+        );
+        let ingest_batches = Family::<IngestBatchLabels, Counter>::default();
+        registry.register(
+            "ingest_batches",
+            "Batches posted to /ingest/transactions, by how they were answered",
+            ingest_batches.clone(),
+        );
+        // 0.5 ms to about 4 s.
+        let ingest_batch_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register_with_unit(
+            "ingest_batch_duration",
+            "Time from a batch's arrival to its answer (durable when accepted)",
+            Unit::Seconds,
+            ingest_batch_duration.clone(),
+        );
+        for &outcome in IngestOutcomeLabel::ALL {
+            let _ = ingest_transactions.get_or_create(&IngestOutcomeLabels { outcome });
+        }
+        for &reason in IngestRefusal::ALL {
+            let _ = ingest_refused.get_or_create(&IngestRefusalLabels { reason });
+        }
+        for &status in IngestBatchStatus::ALL {
+            let _ = ingest_batches.get_or_create(&IngestBatchLabels { status });
+        }
         // Every series of a fixed label set starts at 0: a counter that first appears at 1 shows
         // no increase() in Prometheus, and an alert on the first failure would never fire.
         for &outcome in WebhookOutcome::ALL {
@@ -496,11 +587,40 @@ impl Default for Metrics {
             usage_runs,
             usage_run_duration,
             leases_held,
+            ingest_transactions,
+            ingest_refused,
+            ingest_batches,
+            ingest_batch_duration,
         }
     }
 }
 
 impl Metrics {
+    pub fn ingested(&self, outcome: IngestOutcomeLabel, n: u64) {
+        if n > 0 {
+            self.ingest_transactions
+                .get_or_create(&IngestOutcomeLabels { outcome })
+                .inc_by(n);
+        }
+    }
+
+    pub fn ingest_refused(&self, reason: IngestRefusal, n: u64) {
+        if n > 0 {
+            self.ingest_refused
+                .get_or_create(&IngestRefusalLabels { reason })
+                .inc_by(n);
+        }
+    }
+
+    pub fn ingest_batch(&self, status: IngestBatchStatus, seconds: f64) {
+        self.ingest_batches
+            .get_or_create(&IngestBatchLabels { status })
+            .inc();
+        if status == IngestBatchStatus::Ok {
+            self.ingest_batch_duration.observe(seconds);
+        }
+    }
+
     pub fn webhook(&self, outcome: WebhookOutcome) {
         self.webhooks
             .get_or_create(&WebhookLabels { outcome })

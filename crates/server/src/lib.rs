@@ -2,6 +2,7 @@
 //! and `/readyz`. Intake only checks, dedupes and queues: an event is acknowledged (202) once it
 //! is safely in the store's queue, and refused before anything of it is processed otherwise.
 
+mod ingest;
 mod intake;
 
 use std::net::SocketAddr;
@@ -16,12 +17,22 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+pub use ingest::INGEST_PATH;
 pub use intake::WEBHOOK_PATH;
 
 /// What every handler can reach.
 pub struct AppState {
     pub bridge: Arc<Bridge>,
     pub pipeline: Pipeline,
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&[u8]> {
+    req.headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes)
 }
 
 /// Compares a presented secret with the configured one without leaking where they differ.
@@ -34,6 +45,7 @@ pub(crate) fn secret_matches(given: Option<&[u8]>, expected: &str) -> bool {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(WEBHOOK_PATH, web::post().to(intake::receive))
+        .route(INGEST_PATH, web::post().to(ingest::receive))
         .route("/admin/reconcile", web::post().to(reconcile))
         .route("/admin/report", web::post().to(report))
         .route("/metrics", web::get().to(metrics))
@@ -73,13 +85,7 @@ fn admin_refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
                 .json(json!({"error": "the admin API is off: set server.admin_token"})),
         );
     };
-    let given = req
-        .headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::as_bytes);
-    if !secret_matches(given, token.expose_secret()) {
+    if !secret_matches(bearer(req), token.expose_secret()) {
         return Some(
             HttpResponse::Unauthorized().json(json!({"error": "missing or wrong admin token"})),
         );

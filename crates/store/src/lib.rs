@@ -5,6 +5,7 @@
 //! the Redis implementation, for many instances behind a load balancer, joins this enum with the
 //! same operations.
 
+mod ingest;
 mod journal;
 pub mod ledger;
 mod memory;
@@ -13,11 +14,13 @@ mod redis;
 use std::time::Duration;
 
 use billing_bridge_domain::events::ResourceEvent;
+use billing_bridge_domain::transactions::GroupKey;
 use billing_bridge_domain::usage::Window;
 use thiserror::Error;
 
 use ledger::{Intent, Settled, WindowLedger};
 
+pub use ingest::{IngestOutcome, IngestWindow};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -288,4 +291,59 @@ impl Store {
             Store::Redis(r) => r.queue_depth().await,
         }
     }
+
+    /// Takes a batch of pushed transactions (grouped by window): each id is counted once. Returns
+    /// only once what it accepted is durable.
+    pub async fn ingest(&self, batch: &[IngestWindow]) -> Result<IngestOutcome, StoreError> {
+        match self {
+            Store::Memory(m) => m.ingest.ingest(batch).await,
+            Store::Redis(r) => r.ingest(batch).await,
+        }
+    }
+
+    /// A window's pushed transactions, counted per group.
+    pub async fn ingested(&self, window: Window) -> Result<Vec<(GroupKey, u64)>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.ingest.counts(window.start_ms)),
+            Store::Redis(r) => r.ingested(window).await,
+        }
+    }
+
+    /// Starts of the windows holding pushed transactions, oldest first.
+    pub async fn ingested_windows(&self) -> Result<Vec<i64>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.ingest.windows()),
+            Store::Redis(r) => r.ingested_windows().await,
+        }
+    }
+
+    /// Forgets the transaction ids of windows starting before `before_ms` (past the horizon, so
+    /// none of their events is taken any more); their counts stay.
+    pub async fn forget_ingested_ids(&self, before_ms: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.ingest.forget_ids(before_ms);
+                Ok(())
+            }
+            Store::Redis(r) => r.forget_ingested_ids(before_ms).await,
+        }
+    }
+
+    /// Drops pushed transactions of windows ending at or before `before_ms`.
+    pub async fn prune_ingested(&self, before_ms: i64, len_ms: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.ingest.prune(before_ms, len_ms);
+                Ok(())
+            }
+            Store::Redis(r) => r.prune_ingested(before_ms, len_ms).await,
+        }
+    }
+}
+
+/// Where the memory store keeps pushed transactions, beside its state file.
+pub fn ingest_log_dir(state_file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".ingest");
+    std::path::PathBuf::from(name)
 }

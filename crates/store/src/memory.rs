@@ -8,6 +8,7 @@ use billing_bridge_domain::events::ResourceEvent;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::ingest::Ingest;
 use crate::journal::Journal;
 use crate::ledger::{Intent, Ledger, Op, Settled, WindowLedger};
 use crate::{Claim, Delivery, Lease, StoreError};
@@ -66,6 +67,7 @@ pub struct MemoryStore {
     /// Lease name → (fencing token, held until).
     leases: Mutex<HashMap<String, (u64, Instant)>>,
     next_token: AtomicU64,
+    pub(crate) ingest: Ingest,
 }
 
 impl MemoryStore {
@@ -89,13 +91,15 @@ impl MemoryStore {
             }),
             leases: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(0),
+            ingest: Ingest::new(),
         }
     }
 
     /// A memory store whose ledger is kept in a journal file (see [`Journal`]).
     pub fn with_journal(capacity: usize, path: &std::path::Path) -> Result<Self, StoreError> {
         let (journal, ledger) = Journal::open(path)?;
-        let store = Self::new(capacity);
+        let mut store = Self::new(capacity);
+        store.ingest = Ingest::with_log(&crate::ingest_log_dir(path))?;
         *store.ledger.lock() = LedgerState {
             ledger,
             journal: Some(journal),

@@ -15,6 +15,13 @@
 //!   `{n}\x1f{subscription}\x1f{add-on}`, value the report as JSON) and a hash of their states
 //!   (`ledger-state:…`, `p`/`a`/`s`); done windows in a sorted set scored by their end; pruned
 //!   windows in a set; the watermark moved only forward by a script.
+//! - Pushed transactions (docs/ingest.md), per window: the fingerprints of counted ids in 65,536
+//!   sets (`ingest:{start}:ids:{shard}`, members the 64-bit value as an integer, so Redis keeps
+//!   each small set as a compact intset: about 8 bytes an id), the counts per group in a hash
+//!   (`ingest:{start}:units`, field `{subscription}\x1f{quota}\x1f{resource}\x1f{s|f}`); one
+//!   script per window and chunk adds the new ids and their counts together. Windows with data
+//!   in a sorted set by start; windows whose ids are forgotten (past the horizon) in a set, so
+//!   nothing more is counted into them.
 //! - Links: the directory of billed subscriptions as one snapshot (`links`), shared by every
 //!   instance, so none of them reads all of Amplify's subscriptions again on start.
 //!
@@ -27,12 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use billing_bridge_domain::events::ResourceEvent;
+use billing_bridge_domain::transactions::{Group, GroupKey};
 use billing_bridge_domain::usage::Window;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use crate::ledger::{Intent, Report, ReportState, Settled, WindowLedger};
-use crate::{Claim, Delivery, Lease, StoreError};
+use crate::{Claim, Delivery, IngestOutcome, IngestWindow, Lease, StoreError};
 
 pub const PREFIX: &str = "billing-bridge:";
 const GROUP: &str = "bridge";
@@ -133,6 +141,31 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1";
 
+/// KEYS: windows zset, forgotten set, units hash. ARGV: window start, ids key prefix, group
+/// count G, G group fields, then (shard, value, group index) triples. Returns the ids added.
+const INGEST: &str = r"
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+local g = tonumber(ARGV[3])
+local counts = {}
+local added = 0
+for i = 4 + g, #ARGV, 3 do
+  if redis.call('SADD', ARGV[2] .. ARGV[i], ARGV[i + 1]) == 1 then
+    local group = tonumber(ARGV[i + 2])
+    counts[group] = (counts[group] or 0) + 1
+    added = added + 1
+  end
+end
+for group, n in pairs(counts) do
+  redis.call('HINCRBY', KEYS[3], ARGV[4 + group], n)
+end
+if added > 0 then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1]) end
+return added";
+
+/// Transactions per ingest script: bounds how long one script holds Redis.
+const INGEST_CHUNK: usize = 5_000;
+/// Keys per UNLINK when a window's ids are dropped.
+const UNLINK_CHUNK: usize = 2_048;
+
 // Scripts are hashed once and sent by hash (EVALSHA, falling back to EVAL).
 static ABANDON_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ABANDON));
 static ENQUEUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE));
@@ -143,6 +176,29 @@ static INTENTS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INTENTS))
 static SETTLE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE));
 static MARK_DONE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_DONE));
 static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PRUNE));
+static INGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INGEST));
+
+fn group_field(g: &Group<'_>) -> String {
+    format!(
+        "{}{SEP}{}{SEP}{}{SEP}{}",
+        g.subscription,
+        g.quota,
+        g.resource,
+        if g.success { 's' } else { 'f' }
+    )
+}
+
+fn parse_group_field(field: &str) -> Option<GroupKey> {
+    let mut parts = field.split(SEP);
+    let (subscription, quota, resource, status) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(Group {
+        subscription: subscription.to_owned().into(),
+        quota: quota.to_owned().into(),
+        resource: resource.to_owned().into(),
+        success: status == "s",
+    })
+}
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -654,5 +710,124 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(set.is_some())
+    }
+
+    fn ingest_ids_prefix(start_ms: i64) -> String {
+        key(&["ingest", &start_ms.to_string(), "ids", ""])
+    }
+
+    pub(crate) async fn ingest(&self, batch: &[IngestWindow]) -> Result<IngestOutcome, StoreError> {
+        let mut outcome = IngestOutcome::default();
+        let (windows, forgotten) = (key(&["ingest", "windows"]), key(&["ingest", "forgotten"]));
+        for window in batch {
+            let units = key(&["ingest", &window.start_ms.to_string(), "units"]);
+            let prefix = Self::ingest_ids_prefix(window.start_ms);
+            let fields: Vec<String> = window.groups.iter().map(group_field).collect();
+            for chunk in window.transactions.chunks(INGEST_CHUNK) {
+                let mut script = INGEST_SCRIPT.prepare_invoke();
+                script
+                    .key(&windows)
+                    .key(&forgotten)
+                    .key(&units)
+                    .arg(window.start_ms)
+                    .arg(&prefix)
+                    .arg(fields.len())
+                    .arg(&fields);
+                for (tx, group) in chunk {
+                    script.arg(tx.shard).arg(tx.value as i64).arg(group);
+                }
+                let added: u64 = script
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                outcome.accepted += added;
+                outcome.duplicates += chunk.len() as u64 - added;
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub(crate) async fn ingested(
+        &self,
+        window: Window,
+    ) -> Result<Vec<(GroupKey, u64)>, StoreError> {
+        let units: HashMap<String, u64> = self
+            .conn()
+            .hgetall(key(&["ingest", &window.start_ms.to_string(), "units"]))
+            .await
+            .map_err(unavailable)?;
+        Ok(units
+            .into_iter()
+            .filter_map(|(field, n)| Some((parse_group_field(&field)?, n)))
+            .collect())
+    }
+
+    async fn drop_ids(&self, start_ms: i64) -> Result<(), StoreError> {
+        let prefix = Self::ingest_ids_prefix(start_ms);
+        let shards: Vec<String> = (0..=u16::MAX).map(|s| format!("{prefix}{s}")).collect();
+        for chunk in shards.chunks(UNLINK_CHUNK) {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn ingest_windows_before(&self, before_start_ms: i64) -> Result<Vec<i64>, StoreError> {
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(key(&["ingest", "windows"]))
+            .arg("-inf")
+            .arg(format!("({before_start_ms}"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(crate) async fn ingested_windows(&self) -> Result<Vec<i64>, StoreError> {
+        self.ingest_windows_before(i64::MAX).await
+    }
+
+    /// Stops counting into a window (first, so no id is taken while its set goes), then drops
+    /// its ids, once.
+    async fn forget_window(&self, start: i64) -> Result<(), StoreError> {
+        let added: i64 = self
+            .conn()
+            .sadd(key(&["ingest", "forgotten"]), start)
+            .await
+            .map_err(unavailable)?;
+        if added == 1 {
+            self.drop_ids(start).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn forget_ingested_ids(&self, before_ms: i64) -> Result<(), StoreError> {
+        for start in self.ingest_windows_before(before_ms).await? {
+            self.forget_window(start).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn prune_ingested(
+        &self,
+        before_ms: i64,
+        len_ms: i64,
+    ) -> Result<(), StoreError> {
+        for start in self.ingest_windows_before(before_ms - len_ms + 1).await? {
+            self.forget_window(start).await?;
+            let _: i64 = self
+                .conn()
+                .del(key(&["ingest", &start.to_string(), "units"]))
+                .await
+                .map_err(unavailable)?;
+            let _: i64 = self
+                .conn()
+                .zrem(key(&["ingest", "windows"]), start)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
     }
 }

@@ -557,3 +557,82 @@ async fn the_links_snapshot_is_kept_and_replaced() {
         assert_eq!(store.links().await.unwrap().as_deref(), Some("{\"v\":2}"));
     });
 }
+
+fn ingest_window(start_ms: i64, ids: &[&str]) -> billing_bridge_store::IngestWindow {
+    use billing_bridge_domain::transactions::{Group, tx_key};
+    let group = |sub: &str, success: bool| Group {
+        subscription: sub.to_owned().into(),
+        quota: "q1".into(),
+        resource: "pets/v1".into(),
+        success,
+    };
+    billing_bridge_store::IngestWindow {
+        start_ms,
+        groups: vec![group("s1", true), group("s2", false)],
+        transactions: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (tx_key(id), (i % 2) as u32))
+            .collect(),
+    }
+}
+
+async fn ingested_total(store: &Store, start_ms: i64) -> (u64, Vec<(String, bool, u64)>) {
+    let window = Window {
+        start_ms,
+        end_ms: start_ms + 3_600_000,
+    };
+    let mut groups: Vec<(String, bool, u64)> = store
+        .ingested(window)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(g, n)| (g.subscription.to_string(), g.success, n))
+        .collect();
+    groups.sort();
+    (groups.iter().map(|g| g.2).sum(), groups)
+}
+
+#[tokio::test]
+async fn pushed_transactions_count_each_id_once_per_window_and_forgotten_windows_take_none() {
+    both!(10, |store: Store| async move {
+        let hour = 3_600_000;
+        let first = store
+            .ingest(&[
+                ingest_window(0, &["a", "b", "a"]),
+                ingest_window(hour, &["a"]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((first.accepted, first.duplicates), (3, 1));
+        let again = store
+            .ingest(&[ingest_window(0, &["b", "c", "d"])])
+            .await
+            .unwrap();
+        assert_eq!((again.accepted, again.duplicates), (2, 1));
+        let (total, groups) = ingested_total(&store, 0).await;
+        assert_eq!(total, 4, "{groups:?}");
+        assert_eq!(
+            groups,
+            vec![("s1".to_owned(), true, 2), ("s2".to_owned(), false, 2)],
+            "each transaction under its own group"
+        );
+        // Window 0 goes past the horizon: its counts stay, nothing more is counted into it.
+        store.forget_ingested_ids(hour).await.unwrap();
+        let late = store.ingest(&[ingest_window(0, &["e"])]).await.unwrap();
+        assert_eq!(late.accepted, 0);
+        assert_eq!(ingested_total(&store, 0).await.0, 4);
+        assert_eq!(
+            store
+                .ingest(&[ingest_window(hour, &["b"])])
+                .await
+                .unwrap()
+                .accepted,
+            1,
+            "the next window still takes new ids"
+        );
+        store.prune_ingested(hour, hour).await.unwrap();
+        assert_eq!(ingested_total(&store, 0).await.0, 0);
+        assert_eq!(ingested_total(&store, hour).await.0, 2);
+    });
+}

@@ -7,11 +7,14 @@
 pub mod actors;
 pub mod directory;
 pub mod reporter;
+pub mod search;
 pub mod traffic;
 
 use std::time::Instant;
 
-use billing_bridge_domain::usage::{Window, aggregate, closed_windows};
+use billing_bridge_config::{BilledCount, TrafficSource};
+use billing_bridge_domain::transactions::{Counted, traffic_rows};
+use billing_bridge_domain::usage::{TrafficRow, Window, aggregate, closed_windows};
 use billing_bridge_store::{Lease, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -126,6 +129,58 @@ fn window_len_ms(bridge: &Bridge) -> i64 {
     bridge.config.reporting.window.as_millis() as i64
 }
 
+/// Reported windows every run reads again for late traffic: `repoll_windows`, or with pushed
+/// traffic every window the ingest horizon still lets events into (reading them costs no
+/// upstream call, and a late event is then never left unbilled).
+pub fn repolled_windows(config: &billing_bridge_config::BridgeConfig) -> usize {
+    match config.reporting.source {
+        TrafficSource::Push => config
+            .reporting
+            .repoll_windows
+            .max(config.ingest.windows_reached(config.reporting.window)),
+        _ => config.reporting.repoll_windows,
+    }
+}
+
+/// A window's traffic, from the configured source.
+async fn window_traffic(bridge: &Bridge, window: Window) -> Result<Vec<TrafficRow>, RunError> {
+    let config = &bridge.config.reporting;
+    let polled = match config.source {
+        TrafficSource::Summary => {
+            traffic::poll(
+                &bridge.amplify,
+                window,
+                config.billed_count,
+                config.page_size,
+            )
+            .await
+        }
+        TrafficSource::Search => {
+            search::poll(
+                &bridge.amplify,
+                window,
+                config.billed_count,
+                config.page_size,
+            )
+            .await
+        }
+        TrafficSource::Push => {
+            let groups = bridge.store.ingested(window).await?;
+            let counted = counted(config.billed_count);
+            return Ok(traffic_rows(groups.iter().map(|(g, n)| (g, *n)), counted));
+        }
+    };
+    polled.map_err(|e| RunError::Traffic(e.to_string()))
+}
+
+/// Which of a raw transaction group's calls are billed.
+pub fn counted(billed: BilledCount) -> Counted {
+    match billed {
+        BilledCount::Total => Counted::All,
+        BilledCount::Success => Counted::SuccessOnly,
+    }
+}
+
 /// Which windows a run takes on, oldest first, each marked as a re-poll or not; and the
 /// watermark the store holds.
 async fn plan_windows(
@@ -168,6 +223,17 @@ async fn plan_windows(
         let done = bridge.store.windows_done(&windows).await?;
         return Ok((windows.into_iter().zip(done).collect(), stored));
     }
+    let push = config.source == TrafficSource::Push;
+    // Pushed traffic may sit in windows before the watermark or before the first run: those are
+    // reported too, as long as the horizon still reaches them.
+    let ingested = if push {
+        let reach = now_ms - repolled_windows(&bridge.config) as i64 * len;
+        let mut starts = bridge.store.ingested_windows().await?;
+        starts.retain(|s| *s >= reach);
+        starts
+    } else {
+        Vec::new()
+    };
     let watermark = match stored {
         Some(w) => Some(w),
         None => match &config.start_at {
@@ -175,12 +241,12 @@ async fn plan_windows(
                 Window::containing(parse_instant(start).map_err(RunError::BadRequest)?, len)
                     .start_ms,
             ),
-            None => None,
+            None => ingested.first().copied(),
         },
     };
     let mut windows = Vec::new();
     if let Some(end) = watermark {
-        let k = config.repoll_windows as i64;
+        let k = repolled_windows(&bridge.config) as i64;
         let repoll: Vec<Window> = (1..=k)
             .rev()
             .map(|i| Window {
@@ -193,8 +259,7 @@ async fn plan_windows(
             repoll
                 .into_iter()
                 .zip(done)
-                .filter(|(_, d)| *d)
-                .map(|(w, _)| (w, true)),
+                .filter(|(w, d)| *d || ingested.contains(&w.start_ms)),
         );
     }
     windows.extend(
@@ -297,14 +362,7 @@ async fn run_windows(
             if ledger.pruned {
                 return Ok(reporter::WindowUsage::default());
             }
-            let rows = traffic::poll(
-                &bridge.amplify,
-                window,
-                config.billed_count,
-                config.page_size,
-            )
-            .await
-            .map_err(|e| RunError::Traffic(e.to_string()))?;
+            let rows = window_traffic(bridge, window).await?;
             directory
                 .resolve(
                     &bridge.store,
@@ -392,11 +450,12 @@ async fn run_windows(
             .usage_reporting_lag
             .set((now_ms - end).max(0) / 1000);
         if lease.is_some() {
-            let keep = (config.repoll_windows + config.keep_details_windows) as i64;
-            bridge
-                .store
-                .prune_ledger(end - keep * window_len_ms(bridge))
-                .await?;
+            let len = window_len_ms(bridge);
+            let keep = (repolled_windows(&bridge.config) + config.keep_details_windows) as i64;
+            bridge.store.prune_ledger(end - keep * len).await?;
+            if config.source == TrafficSource::Push {
+                bridge.store.prune_ingested(end - keep * len, len).await?;
+            }
         }
     }
     summary.watermark = watermark.map(rfc3339);

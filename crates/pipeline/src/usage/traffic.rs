@@ -62,6 +62,7 @@ pub fn traffic_row(row: SummaryRow, billed: BilledCount) -> TrafficRow {
         asset_resource: present(row.asset_resource_name)
             .or(present(row.asset_resource_id))
             .unwrap_or_else(|| UNKNOWN.into()),
+        quota: None,
         units,
     }
 }
