@@ -2167,3 +2167,154 @@ async fn a_store_that_cannot_take_a_batch_answers_503_and_sending_it_again_is_sa
     assert_eq!(summary["units"], expected.units(), "{summary}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Edges
+
+#[actix_rt::test]
+async fn a_gzip_body_of_several_members_is_read_whole() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    // A gzip stream is a series of members (RFC 1952 §2.2), as a pipeline appending compressed
+    // chunks sends it.
+    let first = txns("member-1", sub, q0, window, 5);
+    let second = txns("member-2", sub, q1, window, 4);
+    let mut body = gzip(&ndjson_body(&first));
+    body.extend(gzip(&ndjson_body(&second)));
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        Some("gzip"),
+        Some("application/x-ndjson"),
+        body,
+        9,
+    )
+    .await;
+    assert_eq!(counts(&answer), (9, 9, 0, 0, 0), "{answer}");
+    // A JSON array cut across two members.
+    let third = txns("member-3", sub, q1, window, 3);
+    let text = String::from_utf8(array_body(&third)).unwrap();
+    let (head, tail) = text.split_at(text.len() / 2);
+    let mut body = gzip(head.as_bytes());
+    body.extend(gzip(tail.as_bytes()));
+    let answer = push_raw(
+        &sb,
+        &b.bridge.url,
+        Some("gzip"),
+        Some("application/json"),
+        body,
+        3,
+    )
+    .await;
+    assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    let mut expected = Expected::default();
+    expected.add(sub, q0, window.0, 5);
+    expected.add(sub, q1, window.0, 7);
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+/// Calls on the first and last millisecond of each window and the ones next to them, each
+/// window on its own quota, so a call counted in the wrong window shows as a wrong record.
+pub fn boundary_calls(
+    prefix: &str,
+    sub: &Billed,
+    quotas: &[Quota],
+    windows: &[(i64, i64)],
+) -> (Vec<Value>, Expected) {
+    let mut events = Vec::new();
+    let mut expected = Expected::default();
+    for (k, window) in windows.iter().enumerate() {
+        let quota = &quotas[k % quotas.len()];
+        let stamps = [window.0, window.0 + 1, window.1 - 2, window.1 - 1];
+        for (j, at) in stamps.iter().enumerate() {
+            events.push(txn(&format!("{prefix}-{k}-{j}"), sub, quota, *at));
+        }
+        expected.add(sub, quota, window.0, stamps.len() as u64);
+    }
+    (events, expected)
+}
+
+#[actix_rt::test]
+async fn a_pushed_call_falls_in_the_window_its_timestamp_names_start_inclusive_end_exclusive() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let windows = closed_windows(3);
+    let (events, expected) = boundary_calls("edge", &b.subs[0], &b.quotas, &windows);
+    let answer = push(&sb, &b.bridge.url, &events).await;
+    assert_eq!(counts(&answer), (12, 12, 0, 0, 0), "{answer}");
+    // Window by window, so a call read twice or in the wrong window shows.
+    for window in &windows {
+        report(&sb, &b.bridge.url, Some(&span(&[*window]))).await;
+    }
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let amounts: Vec<u64> = usage_posts(&sb)
+        .await
+        .iter()
+        .map(|p| whole(&p["body"]["amount"]))
+        .collect();
+    assert_eq!(amounts, [4, 4, 4], "one record of 4 per window");
+}
+
+#[actix_rt::test]
+async fn a_big_batch_with_far_apart_repeats_and_concurrent_copies_is_counted_exactly() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 2).await;
+    let windows = closed_windows(2);
+    let mut rng = Rng(4242);
+    let mut unique = Vec::new();
+    let mut expected = Expected::default();
+    for i in 0..6000 {
+        let sub = &b.subs[i % 2];
+        let quota = &b.quotas[(i / 2) % 3];
+        let window = windows[(i / 6) % 2];
+        let at = window.0 + rng.below(60_000) as i64;
+        unique.push(txn(&format!("big-{i:05}"), sub, quota, at));
+        expected.add(sub, quota, window.0, 1);
+    }
+    // Every event twice in one batch, the copy 6000 places later.
+    let mut batch = unique.clone();
+    batch.extend(unique.iter().cloned());
+    let answer = push(&sb, &b.bridge.url, &batch).await;
+    assert_eq!(
+        counts(&answer),
+        (12000, 6000, 6000, 0, 0),
+        "{}",
+        answer["accepted"]
+    );
+    // More: 3000 new ones, shuffled with 3000 old ones, sent as three copies at once.
+    let mut more: Vec<Value> = Vec::new();
+    for i in 6000..9000 {
+        let sub = &b.subs[i % 2];
+        let quota = &b.quotas[(i / 2) % 3];
+        let window = windows[(i / 6) % 2];
+        more.push(txn(&format!("big-{i:05}"), sub, quota, window.0 + 7));
+        expected.add(sub, quota, window.0, 1);
+    }
+    more.extend(unique[..3000].iter().cloned());
+    rng.shuffle(&mut more);
+    let mut reversed = more.clone();
+    reversed.reverse();
+    let url = &b.bridge.url;
+    let (one, two, three) = tokio::join!(
+        push_ndjson(&sb, url, &more),
+        push(&sb, url, &reversed),
+        push_raw(
+            &sb,
+            url,
+            Some("gzip"),
+            Some("application/json"),
+            gzip(&array_body(&more)),
+            more.len()
+        )
+    );
+    let accepted: u64 = [&one, &two, &three].iter().map(|a| counts(a).1).sum();
+    let duplicates: u64 = [&one, &two, &three].iter().map(|a| counts(a).2).sum();
+    assert_eq!((accepted, duplicates), (3000, 3 * 6000 - 3000));
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["units"], 9000, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}

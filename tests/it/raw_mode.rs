@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::ingest::{Rng, event, records_tagged, txns, workload};
+use crate::ingest::{Rng, boundary_calls, event, records_tagged, txns, workload};
 use crate::provisioning::sandbox_json;
 use crate::reporting::{
-    Expected, billed, closed_windows, inject, report, reporting_overrides, rfc3339, span,
-    usage_posts, usage_totals, whole,
+    Expected, billed, closed_windows, inject, report, report_until_complete, reporting_overrides,
+    rfc3339, span, usage_posts, usage_totals, whole,
 };
 use crate::support::TestSandbox;
 
@@ -238,4 +238,70 @@ async fn with_source_search_and_billed_count_success_only_unique_successes_are_b
 /// The reporting sandbox (no Amplify request limit).
 async fn bridge_sandbox_for_search() -> TestSandbox {
     crate::support::bridge_sandbox().await
+}
+
+#[actix_rt::test]
+async fn with_source_search_a_call_falls_in_the_window_its_timestamp_names() {
+    let sb = bridge_sandbox_for_search().await;
+    let b = billed(&sb, &reporting_overrides("source = \"search\"", ""), 1).await;
+    let windows = closed_windows(3);
+    let (events, expected) = boundary_calls("edge", &b.subs[0], &b.quotas, &windows);
+    inject_all(&sb, &events).await;
+    for window in &windows {
+        report(&sb, &b.bridge.url, Some(&span(&[*window]))).await;
+    }
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let amounts: Vec<u64> = usage_posts(&sb)
+        .await
+        .iter()
+        .map(|p| whole(&p["body"]["amount"]))
+        .collect();
+    assert_eq!(amounts, [4, 4, 4], "one record of 4 per window");
+}
+
+/// Sets Amplify faults in the sandbox (README "Fault settings").
+async fn amplify_faults(sb: &TestSandbox, settings: Value) {
+    let status = sb
+        .http
+        .put(sb.at("/_sandbox/faults/amplify"))
+        .json(&settings)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204, "faults {settings}");
+}
+
+#[actix_rt::test]
+async fn with_source_search_failing_pages_are_read_again_and_the_count_stays_exact() {
+    let sb = bridge_sandbox_for_search().await;
+    let b = billed(
+        &sb,
+        &reporting_overrides("source = \"search\"\npage_size = 40", ""),
+        2,
+    )
+    .await;
+    let windows = closed_windows(2);
+    let w = workload(9301, 700, &b.subs, &b.quotas, &windows, false);
+    inject_all(&sb, &w.stream).await;
+    // A third of the searches fail (503, time-outs, hang-ups), whatever page they ask for.
+    amplify_faults(
+        &sb,
+        json!({"error_rate": 0.2, "error_status": 503, "hangup_rate": 0.1,
+               "path_contains": "/traceability/search", "seed": 17}),
+    )
+    .await;
+    let summaries = report_until_complete(&sb, &b.bridge.url, Some(&span(&windows)), 12).await;
+    let units: u64 = summaries
+        .iter()
+        .map(|s| s["units"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(units, w.expected.units(), "{summaries:#?}");
+    assert_eq!(usage_totals(&sb).await, w.expected.totals());
+    assert_eq!(usage_posts(&sb).await.len() as u64, w.expected.records());
+    let faults = sandbox_json(&sb, "/_sandbox/faults").await;
+    let injected = &faults["amplify"]["injected"];
+    let failed =
+        injected["errors"].as_u64().unwrap_or(0) + injected["hangups"].as_u64().unwrap_or(0);
+    assert!(failed > 0, "searches failed on the way: {faults}");
 }
