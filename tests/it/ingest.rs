@@ -1943,6 +1943,142 @@ async fn accepted_events_are_in_the_ingest_log_and_survive_a_crash() {
     expected.add(sub, q1, windows[1].0, 3);
     assert_eq!(summary["units"], expected.units(), "{summary}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
+
+    // Late calls of the reported window, taken, then another crash: billed once, as a delta.
+    let mut late = txns("crash-late", sub, q0, windows[0], 4);
+    late.extend(batch_a[..3].iter().cloned());
+    let answer = push(&sb, &second.url, &late).await;
+    assert_eq!(counts(&answer), (7, 4, 3, 0, 0), "{answer}");
+    let mut second = second;
+    second.kill();
+    let third = serve_with(&sb, &dir, push_config).await;
+    let (status, _, summary) =
+        report_with(&sb, &third.url, Some(ADMIN_TOKEN), Some(&span(&windows))).await;
+    assert_eq!(status, 200, "{summary}\n{}", third.log());
+    assert_eq!(
+        (&summary["records"], &summary["units"]),
+        (&json!(1), &json!(4)),
+        "{summary}"
+    );
+    let delta = records_tagged(&sb, " late#1").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(whole(&delta[0]["amount"]), 4);
+    let (status, _, again) =
+        report_with(&sb, &third.url, Some(ADMIN_TOKEN), Some(&span(&windows))).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (&again["records"], &again["units"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    let mut totals = expected.totals();
+    let pair = (sub.recurly_id.clone(), q0.add_on());
+    totals.get_mut(&pair).unwrap().0 += 1;
+    totals.get_mut(&pair).unwrap().1 += 4;
+    assert_eq!(usage_totals(&sb).await, totals);
+}
+
+/// Posts `body` to `url` with the right token; the answer when one came (None when the
+/// connection broke).
+async fn try_push(http: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<(u16, Value)> {
+    let response = http
+        .post(format!("{url}{INGEST_PATH}"))
+        .header("Authorization", bearer())
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.json().await.ok()?;
+    Some((status, body))
+}
+
+#[actix_rt::test]
+async fn every_batch_acknowledged_before_a_crash_under_load_is_kept() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &reporting_overrides("", ""), 2).await;
+    let windows = closed_windows(2);
+    let dir = TempDir::new();
+    let state = dir.path("bridge.state");
+    let push_config = |listen: &str| {
+        binary_config(&sb, listen, &state, "source = \"push\"")
+            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
+    };
+    let mut first = serve_with(&sb, &dir, push_config).await;
+    // Six senders, each with 40 batches of 50 new calls.
+    let mut expected = Expected::default();
+    let mut batches: Vec<Vec<Vec<Value>>> = Vec::new();
+    for sender in 0..6 {
+        let mut mine = Vec::new();
+        for n in 0..40 {
+            let sub = &b.subs[(sender + n) % 2];
+            let quota = &b.quotas[n % 3];
+            let window = windows[n % 2];
+            mine.push(txns(&format!("load-{sender}-{n}"), sub, quota, window, 50));
+            expected.add(sub, quota, window.0, 50);
+        }
+        batches.push(mine);
+    }
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<Value>>::new()));
+    let mut handles = Vec::new();
+    for mine in batches.clone() {
+        let (http, url, acknowledged) = (sb.http.clone(), first.url.clone(), acknowledged.clone());
+        handles.push(actix_rt::spawn(async move {
+            for batch in mine {
+                match try_push(&http, &url, array_body(&batch)).await {
+                    Some((200, body)) => {
+                        assert_eq!(counts(&body).1, 50, "{body}");
+                        acknowledged.lock().unwrap().push(batch);
+                    }
+                    Some((503, _)) | None => {}
+                    Some((status, body)) => panic!("{status}: {body}"),
+                }
+            }
+        }));
+    }
+    crate::support::wait_for(
+        "some batches acknowledged",
+        std::time::Duration::from_secs(20),
+        || {
+            let done = acknowledged.lock().unwrap().len();
+            async move { (done >= 30).then_some(()) }
+        },
+    )
+    .await;
+    first.kill();
+    for handle in handles {
+        handle.await.expect("a sender");
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() < 240,
+        "killed under load: {}",
+        acknowledged.len()
+    );
+
+    let second = serve_with(&sb, &dir, push_config).await;
+    for batch in &acknowledged {
+        let answer = push(&sb, &second.url, batch).await;
+        assert_eq!(
+            counts(&answer),
+            (50, 0, 50, 0, 0),
+            "acknowledged before the crash, kept: {answer}"
+        );
+    }
+    // Every batch again, as the senders would retry what had no answer.
+    for mine in &batches {
+        for batch in mine {
+            let answer = push(&sb, &second.url, batch).await;
+            let (_, accepted, duplicates, _, _) = counts(&answer);
+            assert_eq!(accepted + duplicates, 50, "{answer}");
+        }
+    }
+    let (status, _, summary) =
+        report_with(&sb, &second.url, Some(ADMIN_TOKEN), Some(&span(&windows))).await;
+    assert_eq!(status, 200, "{summary}\n{}", second.log());
+    assert_eq!(summary["units"], 6 * 40 * 50, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
 }
 
 // ---------------------------------------------------------------------------------------------
