@@ -2454,3 +2454,193 @@ async fn a_big_batch_with_far_apart_repeats_and_concurrent_copies_is_counted_exa
     assert_eq!(summary["units"], 9000, "{summary}");
     assert_eq!(usage_totals(&sb).await, expected.totals());
 }
+
+/// `events` as a JSON array padded with blank space to exactly `length` bytes.
+pub fn padded_array(events: &[Value], length: usize) -> Vec<u8> {
+    let mut body = array_body(events);
+    assert!(body.len() <= length, "{} > {length}", body.len());
+    let pad = length - body.len();
+    body.splice(1..1, std::iter::repeat_n(b' ', pad));
+    assert_eq!(body.len(), length);
+    body
+}
+
+/// POSTs `body` with `Transfer-Encoding: chunked` (no Content-Length), `chunk` bytes a chunk,
+/// over a fresh connection; the status and JSON answer.
+pub async fn chunked_post(
+    bridge_url: &str,
+    encoding: Option<&str>,
+    body: &[u8],
+    chunk: usize,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = bridge_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let encoding = encoding
+        .map(|e| format!("Content-Encoding: {e}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {INGEST_PATH} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\n{encoding}Transfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n",
+        bearer()
+    );
+    let mut wire = head.into_bytes();
+    for piece in body.chunks(chunk) {
+        wire.extend(format!("{:x}\r\n", piece.len()).into_bytes());
+        wire.extend(piece);
+        wire.extend(b"\r\n");
+    }
+    wire.extend(b"0\r\n\r\n");
+    // The server may answer before it read everything; that is its right.
+    let _ = stream.write_all(&wire).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {answer:?}"));
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, rest)| rest.find('{').map(|i| &rest[i..]))
+        .and_then(|rest| {
+            serde_json::Deserializer::from_str(rest)
+                .into_iter::<Value>()
+                .next()?
+                .ok()
+        })
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[actix_rt::test]
+async fn limits_are_exact_and_hold_for_chunked_bodies_too() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(
+        &sb,
+        &push_overrides(
+            "",
+            "max_body_bytes = 8192\nmax_decoded_bytes = 24576\nmax_events = 5",
+        ),
+    )
+    .await;
+    let at = closed_windows(1)[0].0 + 5;
+    let two = |prefix: &str| -> Vec<Value> {
+        (0..2)
+            .map(|k| {
+                event(
+                    &format!("{prefix}-{k}"),
+                    at,
+                    Some("sub-a"),
+                    None,
+                    Some("silver/calls"),
+                    "Success",
+                )
+            })
+            .collect()
+    };
+    // As received: 8192 bytes are taken, 8193 are not.
+    let answer = push_raw(
+        &sb,
+        &bridge.url,
+        None,
+        Some("application/json"),
+        padded_array(&two("at-limit"), 8192),
+        2,
+    )
+    .await;
+    assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
+    let over = two("over-limit");
+    let answer = post_ingest(
+        &sb,
+        &bridge.url,
+        Some(&bearer()),
+        None,
+        Some("application/json"),
+        padded_array(&over, 8193),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.text);
+    // Unzipped: 24576 bytes are taken, 24577 are not.
+    let answer = push_raw(
+        &sb,
+        &bridge.url,
+        Some("gzip"),
+        Some("application/json"),
+        gzip(&padded_array(&two("unzipped-at-limit"), 24576)),
+        2,
+    )
+    .await;
+    assert_eq!(counts(&answer), (2, 2, 0, 0, 0), "{answer}");
+    let zipped_over = two("unzipped-over-limit");
+    let answer = post_ingest(
+        &sb,
+        &bridge.url,
+        Some(&bearer()),
+        Some("gzip"),
+        Some("application/json"),
+        gzip(&padded_array(&zipped_over, 24577)),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.text);
+
+    // Chunked, with no length announced: the same limits.
+    let (status, body) = chunked_post(
+        &bridge.url,
+        None,
+        &padded_array(&two("chunked-at-limit"), 8192),
+        1000,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&body), (2, 2, 0, 0, 0), "{body}");
+    let chunked_over = two("chunked-over-limit");
+    let (status, body) = chunked_post(
+        &bridge.url,
+        None,
+        &padded_array(&chunked_over, 20_000),
+        1000,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let chunked_bomb = two("chunked-bomb");
+    let (status, body) = chunked_post(
+        &bridge.url,
+        Some("gzip"),
+        &gzip(&padded_array(&chunked_bomb, 100_000)),
+        64,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = chunked_post(
+        &bridge.url,
+        Some("gzip"),
+        &gzip(&ndjson_body(&two("chunked-zipped"))),
+        16,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counts(&body), (2, 2, 0, 0, 0), "{body}");
+
+    // The refused ones took nothing.
+    let mut refused = over;
+    refused.extend(zipped_over);
+    refused.extend(chunked_over);
+    refused.extend(chunked_bomb);
+    let answer = push(&sb, &bridge.url, &refused[..4]).await;
+    assert_eq!(counts(&answer), (4, 4, 0, 0, 0), "{answer}");
+    let answer = push(&sb, &bridge.url, &refused[4..]).await;
+    assert_eq!(counts(&answer), (4, 4, 0, 0, 0), "{answer}");
+    let text = metrics(&sb, &bridge).await;
+    assert_eq!(
+        sample(&text, BATCHES, "status=\"too_large\""),
+        4.0,
+        "{text}"
+    );
+}
