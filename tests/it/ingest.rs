@@ -2223,6 +2223,42 @@ async fn two_instances_on_one_redis_take_each_transaction_id_once() {
         "{again}"
     );
     assert_eq!(usage_totals(&sb).await, expected.totals());
+
+    // Late calls taken by one instance, billed once by whichever reports next.
+    let mut late = txns("late", sub, q0, windows[0], 5);
+    late.extend(batch[..4].iter().cloned());
+    let (one, two) = tokio::join!(
+        push(&sb, &other.url, &late),
+        push(&sb, &b.bridge.url, &late)
+    );
+    assert_eq!(counts(&one).1 + counts(&two).1, 5, "{one}\n{two}");
+    let whole_span = span(&windows);
+    let (first, second) = tokio::join!(
+        report_with(&sb, &b.bridge.url, Some(ADMIN_TOKEN), Some(&whole_span)),
+        report_with(&sb, &other.url, Some(ADMIN_TOKEN), Some(&whole_span))
+    );
+    for (status, _, summary) in [&first, &second] {
+        assert!(*status == 200 || *status == 409, "{status}: {summary}");
+    }
+    let late_units: u64 = [&first, &second]
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .map(|(_, _, s)| s["units"].as_u64().unwrap_or(0))
+        .sum();
+    let last = report(&sb, &other.url, Some(&span(&windows))).await;
+    assert_eq!(
+        late_units + last["units"].as_u64().unwrap_or(0),
+        5,
+        "{first:?}\n{second:?}\n{last}"
+    );
+    let delta = records_tagged(&sb, " late#1").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(whole(&delta[0]["amount"]), 5);
+    let mut totals = expected.totals();
+    let pair = (sub.recurly_id.clone(), q0.add_on());
+    totals.get_mut(&pair).unwrap().0 += 1;
+    totals.get_mut(&pair).unwrap().1 += 5;
+    assert_eq!(usage_totals(&sb).await, totals);
 }
 
 #[actix_rt::test]
