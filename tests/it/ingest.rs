@@ -2680,3 +2680,198 @@ async fn limits_are_exact_and_hold_for_chunked_bodies_too() {
         "{text}"
     );
 }
+
+#[actix_rt::test]
+async fn after_a_backfill_a_normal_run_bills_late_pushed_calls_once() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let windows = closed_windows(3);
+    let (sub, q0) = (&b.subs[0], &b.quotas[0]);
+    let first = txns("bf", sub, q0, windows[0], 6);
+    push(&sb, &b.bridge.url, &first).await;
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["units"], 6, "{summary}");
+    // Late calls of the oldest window; the next run is a normal one (no bounds, no start_at).
+    let mut late = txns("bf-late", sub, q0, windows[0], 2);
+    late.push(first[0].clone());
+    let answer = push(&sb, &b.bridge.url, &late).await;
+    assert_eq!(counts(&answer), (3, 2, 1, 0, 0), "{answer}");
+    let normal = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&normal["records"], &normal["units"]),
+        (&json!(1), &json!(2)),
+        "{normal}"
+    );
+    let delta = records_tagged(&sb, " late#1").await;
+    assert_eq!(delta.len(), 1, "{delta:#?}");
+    assert_eq!(
+        delta[0]["merchant_tag"],
+        format!(
+            "amplify:{} window:{}-{} late#1",
+            sub.amplify_id, windows[0].0, windows[0].1
+        )
+    );
+    let again = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&again["records"], &again["units"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    let mut totals = BTreeMap::new();
+    totals.insert((sub.recurly_id.clone(), q0.add_on()), (2u64, 8u64));
+    assert_eq!(usage_totals(&sb).await, totals);
+}
+
+#[actix_rt::test]
+async fn a_dry_run_of_pushed_traffic_bills_nothing_and_takes_nothing_from_the_next_run() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 2).await;
+    let windows = closed_windows(2);
+    let mut expected = Expected::default();
+    let mut events = Vec::new();
+    for (i, sub) in b.subs.iter().enumerate() {
+        for (j, quota) in b.quotas.iter().enumerate() {
+            for (k, window) in windows.iter().enumerate() {
+                let n = 1 + (i * 5 + j * 3 + k) % 4;
+                events.extend(txns(&format!("dry-{i}-{j}-{k}"), sub, quota, *window, n));
+                expected.add(sub, quota, window.0, n as u64);
+            }
+        }
+    }
+    push(&sb, &b.bridge.url, &events).await;
+    let mut body = span(&windows);
+    body["dry_run"] = json!(true);
+    for _ in 0..2 {
+        let dry = report(&sb, &b.bridge.url, Some(&body)).await;
+        assert_eq!(dry["dry_run"], true, "{dry}");
+        assert_eq!(dry["units"], expected.units(), "{dry}");
+        assert_eq!(dry["records"], expected.records(), "{dry}");
+    }
+    assert!(
+        usage_totals(&sb).await.is_empty(),
+        "a dry run bills nothing"
+    );
+    let real = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(real["units"], expected.units(), "{real}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    // A dry run now has nothing left to report.
+    let dry = report(&sb, &b.bridge.url, Some(&body)).await;
+    assert_eq!(
+        (&dry["records"], &dry["units"]),
+        (&json!(0), &json!(0)),
+        "{dry}"
+    );
+}
+
+#[actix_rt::test]
+async fn with_billed_count_success_late_failures_add_no_record_and_late_successes_do() {
+    let sb = bridge_sandbox().await;
+    let windows = closed_windows(2);
+    let b = billed(
+        &sb,
+        &push_overrides(
+            &format!(
+                "billed_count = \"success\"\nstart_at = \"{}\"",
+                rfc3339(windows[0].0)
+            ),
+            "",
+        ),
+        1,
+    )
+    .await;
+    let (sub, q0) = (&b.subs[0], &b.quotas[0]);
+    let at = windows[1].0 + 10;
+    let s = Some(sub.amplify_id.as_str());
+    let q = Some(q0.id.as_str());
+    push(
+        &sb,
+        &b.bridge.url,
+        &[
+            event("ok-1", at, s, q, None, "Success"),
+            event("ok-2", at, s, q, None, "Success"),
+            event("ko-1", at, s, q, None, "Failure"),
+        ],
+    )
+    .await;
+    let first = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&first["records"], &first["units"]),
+        (&json!(1), &json!(2)),
+        "{first}"
+    );
+    push(
+        &sb,
+        &b.bridge.url,
+        &[
+            event("ko-2", at, s, q, None, "Failure"),
+            event("ko-3", at, s, q, None, "Exception"),
+            event("ko-4", at, s, q, None, "Unknown"),
+        ],
+    )
+    .await;
+    let second = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&second["records"], &second["units"]),
+        (&json!(0), &json!(0)),
+        "late failures bill nothing: {second}"
+    );
+    push(
+        &sb,
+        &b.bridge.url,
+        &[
+            event("ok-3", at, s, q, None, "Success"),
+            event("ko-5", at, s, q, None, "Failure"),
+        ],
+    )
+    .await;
+    let third = report(&sb, &b.bridge.url, None).await;
+    assert_eq!(
+        (&third["records"], &third["units"]),
+        (&json!(1), &json!(1)),
+        "{third}"
+    );
+    assert_eq!(records_tagged(&sb, " late#1").await.len(), 1);
+    let mut totals = BTreeMap::new();
+    totals.insert((sub.recurly_id.clone(), q0.add_on()), (2u64, 3u64));
+    assert_eq!(usage_totals(&sb).await, totals);
+}
+
+#[actix_rt::test]
+async fn transaction_ids_are_compared_as_json_strings() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "")).await;
+    let at = closed_windows(1)[0].0 + 5;
+    let line = |id_json: &str| {
+        let mut e = event(
+            "x",
+            at,
+            Some("sub-a"),
+            None,
+            Some("silver/calls"),
+            "Success",
+        );
+        e["transactionId"] = json!("PLACEHOLDER");
+        e.to_string().replace("\"PLACEHOLDER\"", id_json)
+    };
+    let lines = [
+        line("\"abc\""),
+        line("\"ABC\""),        // case matters
+        line("\"\\u0061bc\""),  // "abc" escaped: the same id
+        line("\"abc \""),       // a trailing space matters
+        line("\"caf\u{e9}\""),  // UTF-8
+        line("\"caf\\u00e9\""), // the same, escaped
+        line("\"abcd\""),
+        line("\"ab\""),
+    ];
+    let body = lines.join("\n").into_bytes();
+    let answer = push_raw(
+        &sb,
+        &bridge.url,
+        None,
+        Some("application/x-ndjson"),
+        body,
+        8,
+    )
+    .await;
+    assert_eq!(counts(&answer), (8, 6, 2, 0, 0), "{answer}");
+}
