@@ -305,3 +305,44 @@ async fn with_source_search_failing_pages_are_read_again_and_the_count_stays_exa
         injected["errors"].as_u64().unwrap_or(0) + injected["hangups"].as_u64().unwrap_or(0);
     assert!(failed > 0, "searches failed on the way: {faults}");
 }
+
+#[actix_rt::test]
+async fn with_source_search_a_window_of_many_pages_is_read_whole_with_the_tenant_header() {
+    let sb = bridge_sandbox_for_search().await;
+    // The default page size; the tenant header the reference (§5.2) lists for search.
+    let b = billed(
+        &sb,
+        &reporting_overrides(
+            "source = \"search\"",
+            "[amplify]\ntenant_id = \"100000142\"",
+        ),
+        2,
+    )
+    .await;
+    let window = closed_windows(1)[0];
+    let w = workload(9401, 3200, &b.subs, &b.quotas, &[window], false);
+    assert!(w.stream.len() > 4000, "{}", w.stream.len());
+    inject_all(&sb, &w.stream).await;
+    forget_requests(&sb).await;
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(summary["units"], w.expected.units(), "{summary}");
+    assert_eq!(summary["unmatched_units"], w.unmatched, "{summary}");
+    assert_eq!(usage_totals(&sb).await, w.expected.totals());
+    let (searches, _) = traceability_requests(&sb).await;
+    assert!(!searches.is_empty());
+    for search in &searches {
+        assert_eq!(
+            search["headers"]["x-axway-tenant-id"], "100000142",
+            "X-Axway-Tenant-Id on every search: {}",
+            search["headers"]
+        );
+        assert!(
+            search["headers"]["content-type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{}",
+            search["headers"]
+        );
+        assert!(search["body"].is_object(), "a JSON body: {search}");
+    }
+}
