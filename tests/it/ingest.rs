@@ -2875,3 +2875,68 @@ async fn transaction_ids_are_compared_as_json_strings() {
     .await;
     assert_eq!(counts(&answer), (8, 6, 2, 0, 0), "{answer}");
 }
+
+#[actix_rt::test]
+async fn the_first_non_blank_byte_decides_whatever_the_content_type_says() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "")).await;
+    let at = closed_windows(1)[0].0 + 5;
+    let three = |prefix: &str| -> Vec<Value> {
+        (0..3)
+            .map(|k| {
+                event(
+                    &format!("{prefix}-{k}"),
+                    at,
+                    Some("sub-a"),
+                    None,
+                    Some("silver/calls"),
+                    "Success",
+                )
+            })
+            .collect()
+    };
+    for (prefix, content_type, ndjson) in [
+        ("ndjson-as-json", "application/json", true),
+        ("array-as-ndjson", "application/x-ndjson", false),
+        ("array-as-text", "text/plain", false),
+        ("ndjson-as-octets", "application/octet-stream", true),
+    ] {
+        let events = three(prefix);
+        let body = if ndjson {
+            ndjson_body(&events)
+        } else {
+            array_body(&events)
+        };
+        let answer = push_raw(&sb, &bridge.url, None, Some(content_type), body, 3).await;
+        assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{prefix}: {answer}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_refused_copy_takes_nothing_so_a_later_good_copy_in_the_batch_is_accepted() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, &push_overrides("", "")).await;
+    let at = closed_windows(1)[0].0 + 5;
+    let now = now_ms();
+    let e = |id: &str, t: i64| event(id, t, Some("sub-a"), None, Some("silver/calls"), "Success");
+    let mut no_summary = e("z", at);
+    no_summary
+        .as_object_mut()
+        .unwrap()
+        .remove("transactionSummary");
+    let batch = [
+        e("x", now - 20 * HOUR_MS),
+        e("x", at),
+        e("y", now + HOUR_MS),
+        e("y", at),
+        no_summary,
+        e("z", at),
+    ];
+    let answer = push(&sb, &bridge.url, &batch).await;
+    assert_eq!(counts(&answer), (6, 3, 0, 0, 3), "{answer:#}");
+    let expected: Vec<(u64, String)> = [(0, "too_old"), (2, "in_future"), (4, "invalid")]
+        .into_iter()
+        .map(|(i, r)| (i, r.to_owned()))
+        .collect();
+    assert_eq!(refusals(&answer), expected, "{answer:#}");
+}

@@ -346,3 +346,30 @@ async fn with_source_search_a_window_of_many_pages_is_read_whole_with_the_tenant
         assert!(search["body"].is_object(), "a JSON body: {search}");
     }
 }
+
+#[actix_rt::test]
+async fn with_source_search_a_transaction_id_found_in_two_windows_is_counted_once() {
+    let sb = bridge_sandbox_for_search().await;
+    let b = billed(&sb, &reporting_overrides("source = \"search\"", ""), 1).await;
+    let windows = closed_windows(2);
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    let first = txns("twice", sub, quota, windows[0], 4);
+    // The same transactions stored again with a time in the next window (an agent's clock
+    // corrected between two sends), plus two of that window's own.
+    let mut events = first.clone();
+    for e in &first[..2] {
+        let mut copy = e.clone();
+        copy["timestamp"] = json!(windows[1].0 + 123);
+        events.push(copy);
+    }
+    events.extend(txns("own", sub, quota, windows[1], 2));
+    inject_all(&sb, &events).await;
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(
+        summary["units"], 6,
+        "each transactionId counted once: {summary}"
+    );
+    let mut totals = BTreeMap::new();
+    totals.insert((sub.recurly_id.clone(), quota.add_on()), (2u64, 6u64));
+    assert_eq!(usage_totals(&sb).await, totals);
+}
