@@ -2936,3 +2936,47 @@ async fn a_refused_copy_takes_nothing_so_a_later_good_copy_in_the_batch_is_accep
         .collect();
     assert_eq!(refusals(&answer), expected, "{answer:#}");
 }
+
+#[actix_rt::test]
+async fn with_source_push_traceability_is_not_read_so_its_copies_are_not_billed() {
+    let sb = bridge_sandbox().await;
+    let b = billed(&sb, &push_overrides("", ""), 1).await;
+    let windows = closed_windows(2);
+    let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
+    let pushed = txns("both-ways", sub, q0, windows[0], 5);
+    // The same calls (and more) as Amplify's agents would have recorded them.
+    let mut recorded = pushed.clone();
+    recorded.extend(txns("only-in-traceability", sub, q1, windows[1], 7));
+    crate::reporting::inject(&sb, &recorded).await;
+    push(&sb, &b.bridge.url, &pushed).await;
+    let status = sb
+        .http
+        .delete(sb.at("/_sandbox/requests"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
+    assert_eq!(summary["units"], 5, "only what was pushed: {summary}");
+    let mut expected = Expected::default();
+    expected.add(sub, q0, windows[0].0, 5);
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+    let reads: Vec<Value> =
+        crate::provisioning::sandbox_json(&sb, "/_sandbox/requests?upstream=amplify")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/traceability/"))
+            })
+            .cloned()
+            .collect();
+    assert!(
+        reads.is_empty(),
+        "no Traceability read with source = \"push\": {reads:#?}"
+    );
+}
