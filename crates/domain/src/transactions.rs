@@ -220,6 +220,22 @@ impl WindowCounts {
         true
     }
 
+    /// Records an id without counting it (the caller adds the counts per group with
+    /// [`add`](Self::add)); says whether it is new.
+    pub fn mark(&mut self, key: TxKey) -> bool {
+        match &mut self.seen {
+            Some(seen) => seen[key.shard as usize % SHARDS].insert(key.value),
+            None => false,
+        }
+    }
+
+    /// Forgets an id [`mark`](Self::mark) recorded (a write that failed).
+    pub fn unmark(&mut self, key: TxKey) {
+        if let Some(seen) = &mut self.seen {
+            seen[key.shard as usize % SHARDS].remove(&key.value);
+        }
+    }
+
     /// Takes back a transaction counted by [`insert`](Self::insert) (a write that failed).
     pub fn remove(&mut self, key: TxKey, group: &Group<'_>) {
         if let Some(seen) = &mut self.seen

@@ -26,6 +26,10 @@ use serde_json::value::RawValue;
 
 use crate::{AppState, bearer, secret_matches};
 
+/// A batch's groups by value (a fast hash: the keys are short ids, not attacker-chosen keys
+/// that could collide on purpose to any effect beyond one slow batch).
+type GroupIndex<'a> = HashMap<Group<'a>, u32, foldhash::fast::RandomState>;
+
 pub const INGEST_PATH: &str = "/ingest/transactions";
 /// Refusals listed in an answer; `refused` counts them all.
 const LISTED_REFUSALS: usize = 100;
@@ -230,7 +234,7 @@ pub(crate) async fn receive(
         ..Answer::default()
     };
     let (mut too_old, mut in_future, mut invalid) = (0u64, 0u64, 0u64);
-    let mut windows: Vec<(IngestWindow, HashMap<Group<'_>, u32>)> = Vec::new();
+    let mut windows: Vec<(IngestWindow, GroupIndex<'_>)> = Vec::new();
     let refusal = |answer: &mut Answer<'_>, r: Refusal<'_>| {
         answer.refused += 1;
         if answer.refusals.len() < LISTED_REFUSALS {
@@ -303,7 +307,7 @@ pub(crate) async fn receive(
                         start_ms: start,
                         ..IngestWindow::default()
                     },
-                    HashMap::new(),
+                    GroupIndex::default(),
                 ));
                 windows.len() - 1
             }

@@ -235,14 +235,11 @@ impl Ingest {
                     .transactions
                     .iter()
                     .enumerate()
-                    .filter(|(_, (key, group))| {
-                        counts.insert(*key, &window.groups[*group as usize])
-                    })
+                    .filter(|(_, (key, _))| counts.mark(*key))
                     .map(|(i, _)| i)
                     .collect();
-                outcome.accepted += accepted.len() as u64;
-                outcome.duplicates += (window.transactions.len() - accepted.len()) as u64;
                 if accepted.is_empty() {
+                    outcome.duplicates += window.transactions.len() as u64;
                     continue;
                 }
                 if let Some(log) = &mut state.log {
@@ -262,13 +259,24 @@ impl Ingest {
                         Err(e) => {
                             // Not written: not counted either, so a resend is taken.
                             for &i in &accepted {
-                                let (key, group) = window.transactions[i];
-                                counts.remove(key, &window.groups[group as usize]);
+                                counts.unmark(window.transactions[i].0);
                             }
                             return Err(e);
                         }
                     }
                 }
+                // Counted per group once, not per transaction.
+                let mut per_group = vec![0u64; window.groups.len()];
+                for &i in &accepted {
+                    per_group[window.transactions[i].1 as usize] += 1;
+                }
+                for (group, n) in window.groups.iter().zip(per_group) {
+                    if n > 0 {
+                        counts.add(group, n);
+                    }
+                }
+                outcome.accepted += accepted.len() as u64;
+                outcome.duplicates += (window.transactions.len() - accepted.len()) as u64;
             }
             if state.log.is_none() || outcome.accepted == 0 {
                 return Ok(outcome);

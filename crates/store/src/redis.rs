@@ -141,22 +141,26 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1";
 
-/// KEYS: windows zset, forgotten set, units hash. ARGV: window start, ids key prefix, group
-/// count G, G group fields, then (shard, value, group index) triples. Returns the ids added.
+/// KEYS: windows zset, forgotten set, units hash, then the id set of each transaction. ARGV:
+/// window start, group count G, G group fields, then (value, group index) pairs, one per id set.
+/// Returns the ids added. (Full key names come from the caller: building them in Lua costs more
+/// than sending them.)
 const INGEST: &str = r"
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
-local g = tonumber(ARGV[3])
+local g = tonumber(ARGV[2])
 local counts = {}
 local added = 0
-for i = 4 + g, #ARGV, 3 do
-  if redis.call('SADD', ARGV[2] .. ARGV[i], ARGV[i + 1]) == 1 then
-    local group = tonumber(ARGV[i + 2])
+local k = 4
+for i = 3 + g, #ARGV, 2 do
+  if redis.call('SADD', KEYS[k], ARGV[i]) == 1 then
+    local group = ARGV[i + 1]
     counts[group] = (counts[group] or 0) + 1
     added = added + 1
   end
+  k = k + 1
 end
 for group, n in pairs(counts) do
-  redis.call('HINCRBY', KEYS[3], ARGV[4 + group], n)
+  redis.call('HINCRBY', KEYS[3], ARGV[3 + tonumber(group)], n)
 end
 if added > 0 then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1]) end
 return added";
@@ -730,11 +734,14 @@ impl RedisStore {
                     .key(&forgotten)
                     .key(&units)
                     .arg(window.start_ms)
-                    .arg(&prefix)
                     .arg(fields.len())
                     .arg(&fields);
+                let mut set = String::with_capacity(prefix.len() + 5);
                 for (tx, group) in chunk {
-                    script.arg(tx.shard).arg(tx.value as i64).arg(group);
+                    set.clear();
+                    set.push_str(&prefix);
+                    set.push_str(&tx.shard.to_string());
+                    script.key(set.as_str()).arg(tx.value as i64).arg(group);
                 }
                 let added: u64 = script
                     .invoke_async(&mut self.conn())
