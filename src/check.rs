@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use billing_bridge_config::BridgeConfig;
+use billing_bridge_config::{BridgeConfig, TrafficSource};
 use billing_bridge_notify::MailBackend;
 use billing_bridge_pipeline::Bridge;
 use billing_bridge_upstream::RetryPolicy;
@@ -143,6 +143,25 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
             status: Status::Ok,
             detail: "embedded (one instance); state file left to serve".into(),
         }
+    });
+    let reporting = &bridge.config.reporting;
+    rows.push(Row {
+        what: "traffic source",
+        status: if reporting.enabled {
+            Status::Ok
+        } else {
+            Status::Off
+        },
+        detail: match reporting.source {
+            TrafficSource::Summary => "Traceability summary counts".to_owned(),
+            TrafficSource::Search => {
+                "raw transactions from Traceability search, each transactionId once".to_owned()
+            }
+            TrafficSource::Push => format!(
+                "pushed to POST /ingest/transactions, each transactionId once; horizon {}",
+                humantime::format_duration(bridge.config.ingest.horizon)
+            ),
+        },
     });
     rows.push(if teams {
         Row {
