@@ -3,6 +3,7 @@
 mod amplify_conformance;
 mod cli;
 mod dashboards;
+mod ingest;
 mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;
@@ -10,6 +11,7 @@ mod provisioning;
 mod provisioning_plans;
 mod provisioning_reliability;
 mod provisioning_subscriptions;
+mod raw_mode;
 mod recurly_client;
 mod recurly_conformance;
 mod reporting;
