@@ -189,6 +189,40 @@ type NoHash = BuildHasherDefault<NoHashHasher<u64>>;
 /// once), few enough that an empty window costs little (24 KiB).
 const SHARDS: usize = 1024;
 
+/// A set of transaction id fingerprints, sharded so that no single table grows (and doubles) to
+/// the size of the whole set.
+#[derive(Debug)]
+pub struct IdSet(Vec<HashSet<u64, NoHash>>);
+
+impl Default for IdSet {
+    fn default() -> Self {
+        IdSet((0..SHARDS).map(|_| HashSet::default()).collect())
+    }
+}
+
+impl IdSet {
+    /// Adds the id; says whether it is new.
+    pub fn insert(&mut self, key: TxKey) -> bool {
+        self.0[key.shard as usize % SHARDS].insert(key.value)
+    }
+
+    pub fn remove(&mut self, key: TxKey) {
+        self.0[key.shard as usize % SHARDS].remove(&key.value);
+    }
+
+    pub fn contains(&self, key: TxKey) -> bool {
+        self.0[key.shard as usize % SHARDS].contains(&key.value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(HashSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(HashSet::is_empty)
+    }
+}
+
 /// One window's counts and the ids it has counted.
 #[derive(Debug)]
 pub struct WindowCounts {
@@ -209,6 +243,15 @@ impl Default for WindowCounts {
 }
 
 impl WindowCounts {
+    /// Counts only: the ids are kept elsewhere (by the store, across windows).
+    pub fn counts_only() -> Self {
+        WindowCounts {
+            seen: None,
+            groups: HashMap::default(),
+            transactions: 0,
+        }
+    }
+
     /// Counts a transaction unless its id was counted before; says whether it counted.
     pub fn insert(&mut self, key: TxKey, group: &Group<'_>) -> bool {
         if let Some(seen) = &mut self.seen

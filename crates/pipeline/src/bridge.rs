@@ -29,7 +29,7 @@ pub struct Bridge {
     pub recurly: RecurlyClient,
     pub store: Store,
     pub metrics: Metrics,
-    /// Pushed transaction ids of windows starting before this are forgotten (past the horizon).
+    /// Pushed transaction ids of generations before this are forgotten (past the horizon).
     pub ingest_forgotten_before: std::sync::atomic::AtomicI64,
 }
 

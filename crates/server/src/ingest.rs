@@ -17,7 +17,7 @@ use billing_bridge_config::TrafficSource;
 use billing_bridge_domain::transactions::{Group, Parsed, parse_event, tx_key};
 use billing_bridge_domain::usage::Window;
 use billing_bridge_pipeline::metrics::{IngestBatchStatus, IngestOutcomeLabel, IngestRefusal};
-use billing_bridge_store::IngestWindow;
+use billing_bridge_store::{IngestWindow, ingest_generation};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -326,10 +326,12 @@ pub(crate) async fn receive(
     }
     let batch: Vec<IngestWindow> = windows.into_iter().map(|(w, _)| w).collect();
     let metrics = &state.bridge.metrics;
+    let skew = config.ingest.future_skew.as_millis() as i64;
+    let generation = ingest_generation(now, horizon, skew);
     let stored = if batch.is_empty() {
         Ok(Default::default())
     } else {
-        state.bridge.store.ingest(&batch).await
+        state.bridge.store.ingest(generation, &batch).await
     };
     let outcome = match stored {
         Ok(outcome) => outcome,
@@ -354,14 +356,14 @@ pub(crate) async fn receive(
     metrics.ingest_refused(IngestRefusal::InFuture, in_future);
     metrics.ingest_refused(IngestRefusal::Invalid, invalid);
     metrics.ingest_batch(IngestBatchStatus::Ok, started.elapsed().as_secs_f64());
-    forget_expired_ids(&state, oldest, len);
+    forget_expired_ids(&state, generation);
     HttpResponse::Ok().json(answer)
 }
 
-/// Windows wholly before the horizon take no more events: their ids are dropped (their counts
-/// stay for reporting), once per window, in the background.
-fn forget_expired_ids(state: &web::Data<AppState>, oldest: i64, len: i64) {
-    let before = Window::containing(oldest, len).start_ms;
+/// Ids of generations before the previous one can repeat no event the horizon admits: they
+/// are dropped, once per generation, in the background.
+fn forget_expired_ids(state: &web::Data<AppState>, generation: i64) {
+    let before = generation - 1;
     let previous = state.bridge.ingest_forgotten_before.load(Ordering::Acquire);
     if before <= previous
         || state

@@ -1,9 +1,16 @@
-//! Pushed transactions (docs/ingest.md) in the embedded store: per window, the aggregation
-//! core's counts and the fingerprints of the ids it counted (`domain::transactions`), and, when
-//! the store has a state file, a log beside it (`<state_file>.ingest/<window start>.log`) that
-//! every accepted transaction is appended to and synced before the batch is acknowledged.
+//! Pushed transactions (docs/ingest.md) in the embedded store: per window, the counts per group
+//! (`domain::transactions::WindowCounts`); per generation, the fingerprints of the ids taken
+//! (`IdSet`); and, when the store has a state file, a log beside it
+//! (`<state_file>.ingest/<window start>.log`) that every accepted transaction is appended to and
+//! synced before the batch is acknowledged.
 //!
-//! A log record is `u32 length` then: `u32 groups`, each `(u16 len, subscription)(u16 len,
+//! Generations: ids are kept by when they arrived, in generations as long as the horizon (plus
+//! the allowed clock skew), not by the window of their timestamp, so a `transactionId` sent again
+//! with another timestamp is still a duplicate. An id is new when neither the current nor the
+//! previous generation holds it: any event the horizon still admits arrived first no earlier than
+//! the previous generation's start, so older generations are dropped.
+//!
+//! A log record is `u32 length` then: `i64 generation`, `u32 groups`, each `(u16 len, subscription)(u16 len,
 //! quota)(u16 len, resource)(u8 success)`; `u32 transactions`, each `(u16 shard)(u64 value)(u32
 //! group)`; little-endian. A record cut short by a crash is ignored on replay (its batch was
 //! never acknowledged). A window's file is deleted when the window is pruned.
@@ -16,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use billing_bridge_domain::transactions::{Group, GroupKey, TxKey, WindowCounts};
+use billing_bridge_domain::transactions::{Group, GroupKey, IdSet, TxKey, WindowCounts};
 use parking_lot::Mutex;
 
 use crate::StoreError;
@@ -74,6 +81,8 @@ impl Log {
 
 struct State {
     windows: BTreeMap<i64, WindowCounts>,
+    /// Ids taken, by generation of arrival.
+    generations: BTreeMap<i64, IdSet>,
     log: Option<Log>,
     /// Increments with every logged write.
     written: u64,
@@ -88,9 +97,10 @@ pub(crate) struct Ingest {
     failed: AtomicBool,
 }
 
-fn encode(window: &IngestWindow, accepted: &[usize]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + window.groups.len() * 64 + accepted.len() * 14);
+fn encode(generation: i64, window: &IngestWindow, accepted: &[usize]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + window.groups.len() * 64 + accepted.len() * 14);
     out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&(window.groups.len() as u32).to_le_bytes());
     for g in &window.groups {
         for part in [&g.subscription, &g.quota, &g.resource] {
@@ -112,8 +122,13 @@ fn encode(window: &IngestWindow, accepted: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Reads a record's payload into `counts`; `None` when it is malformed.
-fn replay_record(payload: &[u8], counts: &mut WindowCounts) -> Option<()> {
+/// Reads a record's payload into `counts` and the ids into their generation; `None` when it is
+/// malformed.
+fn replay_record(
+    payload: &[u8],
+    counts: &mut WindowCounts,
+    generations: &mut BTreeMap<i64, IdSet>,
+) -> Option<()> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Option<&[u8]> {
         let part = payload.get(at..at + n)?;
@@ -122,6 +137,7 @@ fn replay_record(payload: &[u8], counts: &mut WindowCounts) -> Option<()> {
     };
     let u16_of = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let generation = i64::from_le_bytes(take(8)?.try_into().ok()?);
     let groups_n = u32_of(take(4)?) as usize;
     let mut groups = Vec::with_capacity(groups_n.min(65_536));
     for _ in 0..groups_n {
@@ -139,18 +155,24 @@ fn replay_record(payload: &[u8], counts: &mut WindowCounts) -> Option<()> {
             success,
         });
     }
+    let ids = generations.entry(generation).or_default();
     let txs = u32_of(take(4)?) as usize;
     for _ in 0..txs {
         let shard = u16_of(take(2)?);
         let value = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let group = groups.get(u32_of(take(4)?) as usize)?;
-        counts.insert(TxKey { shard, value }, group);
+        if ids.insert(TxKey { shard, value }) {
+            counts.add(group, 1);
+        }
     }
     Some(())
 }
 
-fn replay(dir: &Path) -> Result<BTreeMap<i64, WindowCounts>, StoreError> {
+type Replayed = (BTreeMap<i64, WindowCounts>, BTreeMap<i64, IdSet>);
+
+fn replay(dir: &Path) -> Result<Replayed, StoreError> {
     let mut windows = BTreeMap::new();
+    let mut generations = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| io(dir, "cannot list", e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -166,7 +188,9 @@ fn replay(dir: &Path) -> Result<BTreeMap<i64, WindowCounts>, StoreError> {
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| io(&path, "cannot read", e))?;
-        let counts: &mut WindowCounts = windows.entry(start).or_default();
+        let counts = windows
+            .entry(start)
+            .or_insert_with(WindowCounts::counts_only);
         let mut at = 0usize;
         while let Some(len) = bytes.get(at..at + 4) {
             let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
@@ -174,13 +198,13 @@ fn replay(dir: &Path) -> Result<BTreeMap<i64, WindowCounts>, StoreError> {
                 tracing::warn!(path = %path.display(), "ingest log: a record cut short by a crash is ignored");
                 break;
             };
-            if replay_record(payload, counts).is_none() {
+            if replay_record(payload, counts, &mut generations).is_none() {
                 tracing::warn!(path = %path.display(), "ingest log: an unreadable record is ignored");
             }
             at += 4 + len;
         }
     }
-    Ok(windows)
+    Ok((windows, generations))
 }
 
 impl Ingest {
@@ -188,6 +212,7 @@ impl Ingest {
         Ingest {
             state: Mutex::new(State {
                 windows: BTreeMap::new(),
+                generations: BTreeMap::new(),
                 log: None,
                 written: 0,
             }),
@@ -200,11 +225,12 @@ impl Ingest {
     /// The ingest state kept in `dir` (created if need be), replayed.
     pub(crate) fn with_log(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, "cannot create", e))?;
-        let windows = replay(dir)?;
+        let (windows, generations) = replay(dir)?;
         let ingest = Self::new();
         {
             let mut state = ingest.state.lock();
             state.windows = windows;
+            state.generations = generations;
             state.log = Some(Log {
                 dir: dir.to_owned(),
                 files: BTreeMap::new(),
@@ -214,7 +240,12 @@ impl Ingest {
         Ok(ingest)
     }
 
-    pub(crate) async fn ingest(&self, batch: &[IngestWindow]) -> Result<IngestOutcome, StoreError> {
+    /// Takes a batch: ids new to generations `generation` and `generation - 1` are counted.
+    pub(crate) async fn ingest(
+        &self,
+        generation: i64,
+        batch: &[IngestWindow],
+    ) -> Result<IngestOutcome, StoreError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
                 "the ingest log could not be synced earlier; restart to recover".to_owned(),
@@ -224,60 +255,10 @@ impl Ingest {
         let written = {
             let mut state = self.state.lock();
             let state = &mut *state;
-            for window in batch {
-                let counts = state.windows.entry(window.start_ms).or_default();
-                if !counts.remembers_ids() {
-                    // Past the horizon (the caller refuses those): never counted twice.
-                    outcome.duplicates += window.transactions.len() as u64;
-                    continue;
-                }
-                let accepted: Vec<usize> = window
-                    .transactions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (key, _))| counts.mark(*key))
-                    .map(|(i, _)| i)
-                    .collect();
-                if accepted.is_empty() {
-                    outcome.duplicates += window.transactions.len() as u64;
-                    continue;
-                }
-                if let Some(log) = &mut state.log {
-                    let record = encode(window, &accepted);
-                    let wrote = log.file(window.start_ms).and_then(|f| {
-                        (&*f)
-                            .write_all(&record)
-                            .map_err(|e| io(&log.path(window.start_ms), "cannot write", e))?;
-                        Ok(f)
-                    });
-                    match wrote {
-                        Ok(f) => {
-                            if !log.dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
-                                log.dirty.push(f);
-                            }
-                        }
-                        Err(e) => {
-                            // Not written: not counted either, so a resend is taken.
-                            for &i in &accepted {
-                                counts.unmark(window.transactions[i].0);
-                            }
-                            return Err(e);
-                        }
-                    }
-                }
-                // Counted per group once, not per transaction.
-                let mut per_group = vec![0u64; window.groups.len()];
-                for &i in &accepted {
-                    per_group[window.transactions[i].1 as usize] += 1;
-                }
-                for (group, n) in window.groups.iter().zip(per_group) {
-                    if n > 0 {
-                        counts.add(group, n);
-                    }
-                }
-                outcome.accepted += accepted.len() as u64;
-                outcome.duplicates += (window.transactions.len() - accepted.len()) as u64;
-            }
+            let mut current = state.generations.remove(&generation).unwrap_or_default();
+            let result = Self::take(state, generation, &mut current, batch, &mut outcome);
+            state.generations.insert(generation, current);
+            result?;
             if state.log.is_none() || outcome.accepted == 0 {
                 return Ok(outcome);
             }
@@ -286,6 +267,71 @@ impl Ingest {
         };
         self.sync_up_to(written).await?;
         Ok(outcome)
+    }
+
+    fn take(
+        state: &mut State,
+        generation: i64,
+        current: &mut IdSet,
+        batch: &[IngestWindow],
+        outcome: &mut IngestOutcome,
+    ) -> Result<(), StoreError> {
+        let previous = state.generations.get(&(generation - 1));
+        for window in batch {
+            let accepted: Vec<usize> = window
+                .transactions
+                .iter()
+                .enumerate()
+                .filter(|(_, (key, _))| {
+                    !previous.is_some_and(|p| p.contains(*key)) && current.insert(*key)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if accepted.is_empty() {
+                outcome.duplicates += window.transactions.len() as u64;
+                continue;
+            }
+            if let Some(log) = &mut state.log {
+                let record = encode(generation, window, &accepted);
+                let wrote = log.file(window.start_ms).and_then(|f| {
+                    (&*f)
+                        .write_all(&record)
+                        .map_err(|e| io(&log.path(window.start_ms), "cannot write", e))?;
+                    Ok(f)
+                });
+                match wrote {
+                    Ok(f) => {
+                        if !log.dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
+                            log.dirty.push(f);
+                        }
+                    }
+                    Err(e) => {
+                        // Not written: not counted either, so a resend is taken.
+                        for &i in &accepted {
+                            current.remove(window.transactions[i].0);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            // Counted per group once, not per transaction.
+            let counts = state
+                .windows
+                .entry(window.start_ms)
+                .or_insert_with(WindowCounts::counts_only);
+            let mut per_group = vec![0u64; window.groups.len()];
+            for &i in &accepted {
+                per_group[window.transactions[i].1 as usize] += 1;
+            }
+            for (group, n) in window.groups.iter().zip(per_group) {
+                if n > 0 {
+                    counts.add(group, n);
+                }
+            }
+            outcome.accepted += accepted.len() as u64;
+            outcome.duplicates += (window.transactions.len() - accepted.len()) as u64;
+        }
+        Ok(())
     }
 
     /// Returns once every write up to `written` is on disk; one sync covers many batches.
@@ -341,13 +387,11 @@ impl Ingest {
             .collect()
     }
 
-    /// Forgets the ids of windows starting before `before_ms` (no event for them is taken any
-    /// more), keeping their counts.
-    pub(crate) fn forget_ids(&self, before_ms: i64) {
+    /// Drops the ids of generations before `generation`.
+    pub(crate) fn forget_generations(&self, generation: i64) {
         let mut state = self.state.lock();
-        for (_, w) in state.windows.range_mut(..before_ms) {
-            w.forget_ids();
-        }
+        let keep = state.generations.split_off(&generation);
+        state.generations = keep;
     }
 
     /// Drops windows ending at or before `before_ms`, and their log files.
@@ -390,6 +434,10 @@ mod tests {
         }]
     }
 
+    fn total(ingest: &Ingest, start_ms: i64) -> u64 {
+        ingest.counts(start_ms).iter().map(|(_, n)| n).sum()
+    }
+
     #[tokio::test]
     async fn accepted_transactions_survive_a_restart_and_repeats_stay_duplicates() {
         let dir = std::env::temp_dir().join(format!("bb-ingest-{}", std::process::id()));
@@ -397,7 +445,7 @@ mod tests {
         {
             let ingest = Ingest::with_log(&dir).unwrap();
             let got = ingest
-                .ingest(&batch(0, &["a", "b", "a", "c"]))
+                .ingest(7, &batch(0, &["a", "b", "a", "c"]))
                 .await
                 .unwrap();
             assert_eq!((got.accepted, got.duplicates), (3, 1));
@@ -410,9 +458,8 @@ mod tests {
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
         let ingest = Ingest::with_log(&dir).unwrap();
-        let total: u64 = ingest.counts(0).iter().map(|(_, n)| n).sum();
-        assert_eq!(total, 3);
-        let again = ingest.ingest(&batch(0, &["c", "d"])).await.unwrap();
+        assert_eq!(total(&ingest, 0), 3);
+        let again = ingest.ingest(7, &batch(0, &["c", "d"])).await.unwrap();
         assert_eq!((again.accepted, again.duplicates), (1, 1));
         ingest.prune(3_600_000, 3_600_000);
         assert!(ingest.counts(0).is_empty());
@@ -421,12 +468,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn forgotten_windows_take_nothing_new() {
+    async fn an_id_is_a_duplicate_in_any_window_while_its_generation_or_the_next_is_current() {
         let ingest = Ingest::new();
-        ingest.ingest(&batch(0, &["a"])).await.unwrap();
-        ingest.forget_ids(1);
-        let got = ingest.ingest(&batch(0, &["b"])).await.unwrap();
-        assert_eq!((got.accepted, got.duplicates), (0, 1));
-        assert_eq!(ingest.counts(0).iter().map(|(_, n)| n).sum::<u64>(), 1);
+        ingest.ingest(1, &batch(0, &["a"])).await.unwrap();
+        // The same id in another window, one generation later: still a duplicate.
+        let got = ingest
+            .ingest(2, &batch(3_600_000, &["a", "b"]))
+            .await
+            .unwrap();
+        assert_eq!((got.accepted, got.duplicates), (1, 1));
+        assert_eq!(total(&ingest, 3_600_000), 1);
+        // Two generations later the first copy is forgotten (the horizon refuses it by then).
+        ingest.forget_generations(2);
+        let got = ingest.ingest(3, &batch(0, &["a"])).await.unwrap();
+        assert_eq!(got.accepted, 1);
+        assert_eq!(total(&ingest, 0), 2);
     }
 }

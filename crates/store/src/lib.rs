@@ -292,12 +292,17 @@ impl Store {
         }
     }
 
-    /// Takes a batch of pushed transactions (grouped by window): each id is counted once. Returns
-    /// only once what it accepted is durable.
-    pub async fn ingest(&self, batch: &[IngestWindow]) -> Result<IngestOutcome, StoreError> {
+    /// Takes a batch of pushed transactions (grouped by window), arriving in `generation` (see
+    /// [`ingest_generation`]): an id is counted unless this generation or the previous one
+    /// holds it already. Returns only once what it accepted is durable.
+    pub async fn ingest(
+        &self,
+        generation: i64,
+        batch: &[IngestWindow],
+    ) -> Result<IngestOutcome, StoreError> {
         match self {
-            Store::Memory(m) => m.ingest.ingest(batch).await,
-            Store::Redis(r) => r.ingest(batch).await,
+            Store::Memory(m) => m.ingest.ingest(generation, batch).await,
+            Store::Redis(r) => r.ingest(generation, batch).await,
         }
     }
 
@@ -317,15 +322,15 @@ impl Store {
         }
     }
 
-    /// Forgets the transaction ids of windows starting before `before_ms` (past the horizon, so
-    /// none of their events is taken any more); their counts stay.
-    pub async fn forget_ingested_ids(&self, before_ms: i64) -> Result<(), StoreError> {
+    /// Forgets the transaction ids of generations before `generation` (no event the horizon
+    /// admits can repeat them any more).
+    pub async fn forget_ingested_ids(&self, generation: i64) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
-                m.ingest.forget_ids(before_ms);
+                m.ingest.forget_generations(generation);
                 Ok(())
             }
-            Store::Redis(r) => r.forget_ingested_ids(before_ms).await,
+            Store::Redis(r) => r.forget_generations(generation).await,
         }
     }
 
@@ -339,6 +344,13 @@ impl Store {
             Store::Redis(r) => r.prune_ingested(before_ms, len_ms).await,
         }
     }
+}
+
+/// The generation an arrival at `now_ms` belongs to: generations are `horizon + skew` long, so
+/// any event the horizon admits (timestamp at most `horizon` old, at most `skew` ahead) arrived
+/// first in the current generation or the one before.
+pub fn ingest_generation(now_ms: i64, horizon_ms: i64, skew_ms: i64) -> i64 {
+    now_ms.div_euclid((horizon_ms + skew_ms).max(1))
 }
 
 /// Where the memory store keeps pushed transactions, beside its state file.

@@ -15,13 +15,13 @@
 //!   `{n}\x1f{subscription}\x1f{add-on}`, value the report as JSON) and a hash of their states
 //!   (`ledger-state:…`, `p`/`a`/`s`); done windows in a sorted set scored by their end; pruned
 //!   windows in a set; the watermark moved only forward by a script.
-//! - Pushed transactions (docs/ingest.md), per window: the fingerprints of counted ids in 65,536
-//!   sets (`ingest:{start}:ids:{shard}`, members the 64-bit value as an integer, so Redis keeps
-//!   each small set as a compact intset: about 8 bytes an id), the counts per group in a hash
-//!   (`ingest:{start}:units`, field `{subscription}\x1f{quota}\x1f{resource}\x1f{s|f}`); one
-//!   script per window and chunk adds the new ids and their counts together. Windows with data
-//!   in a sorted set by start; windows whose ids are forgotten (past the horizon) in a set, so
-//!   nothing more is counted into them.
+//! - Pushed transactions (docs/ingest.md): the fingerprints of taken ids per generation of
+//!   arrival (see `ingest.rs`) in 65,536 sets (`ingest:gen:{g}:ids:{shard}`, members the 64-bit
+//!   value as an integer, so Redis keeps each small set as a compact intset: about 8 bytes an
+//!   id); the counts per window and group in a hash (`ingest:{start}:units`, field
+//!   `{subscription}\x1f{quota}\x1f{resource}\x1f{s|f}`). One script per window and chunk adds
+//!   the ids new to this generation and the previous one, and their counts, together. Windows
+//!   and generations with data are kept in sorted sets, for pruning.
 //! - Links: the directory of billed subscriptions as one snapshot (`links`), shared by every
 //!   instance, so none of them reads all of Amplify's subscriptions again on start.
 //!
@@ -141,28 +141,31 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1";
 
-/// KEYS: windows zset, forgotten set, units hash, then the id set of each transaction. ARGV:
-/// window start, group count G, G group fields, then (value, group index) pairs, one per id set.
-/// Returns the ids added. (Full key names come from the caller: building them in Lua costs more
-/// than sending them.)
+/// KEYS: windows zset, generations zset, units hash, then for each transaction its id set in
+/// the current generation and in the previous one. ARGV: window start, generation, group count
+/// G, G group fields, then (value, group index) pairs. Returns the ids added. (Full key names
+/// come from the caller: building them in Lua costs more than sending them.)
 const INGEST: &str = r"
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
-local g = tonumber(ARGV[2])
+local g = tonumber(ARGV[3])
 local counts = {}
 local added = 0
 local k = 4
-for i = 3 + g, #ARGV, 2 do
-  if redis.call('SADD', KEYS[k], ARGV[i]) == 1 then
+for i = 4 + g, #ARGV, 2 do
+  if redis.call('SISMEMBER', KEYS[k + 1], ARGV[i]) == 0
+     and redis.call('SADD', KEYS[k], ARGV[i]) == 1 then
     local group = ARGV[i + 1]
     counts[group] = (counts[group] or 0) + 1
     added = added + 1
   end
-  k = k + 1
+  k = k + 2
 end
 for group, n in pairs(counts) do
-  redis.call('HINCRBY', KEYS[3], ARGV[3 + tonumber(group)], n)
+  redis.call('HINCRBY', KEYS[3], ARGV[4 + tonumber(group)], n)
 end
-if added > 0 then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1]) end
+if added > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+end
 return added";
 
 /// Transactions per ingest script: bounds how long one script holds Redis.
@@ -716,32 +719,44 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
-    fn ingest_ids_prefix(start_ms: i64) -> String {
-        key(&["ingest", &start_ms.to_string(), "ids", ""])
+    fn ingest_ids_prefix(generation: i64) -> String {
+        key(&["ingest", "gen", &generation.to_string(), "ids", ""])
     }
 
-    pub(crate) async fn ingest(&self, batch: &[IngestWindow]) -> Result<IngestOutcome, StoreError> {
+    pub(crate) async fn ingest(
+        &self,
+        generation: i64,
+        batch: &[IngestWindow],
+    ) -> Result<IngestOutcome, StoreError> {
         let mut outcome = IngestOutcome::default();
-        let (windows, forgotten) = (key(&["ingest", "windows"]), key(&["ingest", "forgotten"]));
+        let (windows, generations) = (key(&["ingest", "windows"]), key(&["ingest", "gens"]));
+        let (current, previous) = (
+            Self::ingest_ids_prefix(generation),
+            Self::ingest_ids_prefix(generation - 1),
+        );
         for window in batch {
             let units = key(&["ingest", &window.start_ms.to_string(), "units"]);
-            let prefix = Self::ingest_ids_prefix(window.start_ms);
             let fields: Vec<String> = window.groups.iter().map(group_field).collect();
             for chunk in window.transactions.chunks(INGEST_CHUNK) {
                 let mut script = INGEST_SCRIPT.prepare_invoke();
                 script
                     .key(&windows)
-                    .key(&forgotten)
+                    .key(&generations)
                     .key(&units)
                     .arg(window.start_ms)
+                    .arg(generation)
                     .arg(fields.len())
                     .arg(&fields);
-                let mut set = String::with_capacity(prefix.len() + 5);
+                let mut set = String::with_capacity(current.len() + 5);
                 for (tx, group) in chunk {
-                    set.clear();
-                    set.push_str(&prefix);
-                    set.push_str(&tx.shard.to_string());
-                    script.key(set.as_str()).arg(tx.value as i64).arg(group);
+                    let shard = tx.shard.to_string();
+                    for prefix in [&current, &previous] {
+                        set.clear();
+                        set.push_str(prefix);
+                        set.push_str(&shard);
+                        script.key(set.as_str());
+                    }
+                    script.arg(tx.value as i64).arg(group);
                 }
                 let added: u64 = script
                     .invoke_async(&mut self.conn())
@@ -769,8 +784,8 @@ impl RedisStore {
             .collect())
     }
 
-    async fn drop_ids(&self, start_ms: i64) -> Result<(), StoreError> {
-        let prefix = Self::ingest_ids_prefix(start_ms);
+    async fn drop_generation(&self, generation: i64) -> Result<(), StoreError> {
+        let prefix = Self::ingest_ids_prefix(generation);
         let shards: Vec<String> = (0..=u16::MAX).map(|s| format!("{prefix}{s}")).collect();
         for chunk in shards.chunks(UNLINK_CHUNK) {
             let _: i64 = redis::cmd("UNLINK")
@@ -779,40 +794,31 @@ impl RedisStore {
                 .await
                 .map_err(unavailable)?;
         }
+        let _: i64 = self
+            .conn()
+            .zrem(key(&["ingest", "gens"]), generation)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn ingest_windows_before(&self, before_start_ms: i64) -> Result<Vec<i64>, StoreError> {
+    async fn scored_before(&self, zset: &str, before: i64) -> Result<Vec<i64>, StoreError> {
         redis::cmd("ZRANGEBYSCORE")
-            .arg(key(&["ingest", "windows"]))
+            .arg(key(&["ingest", zset]))
             .arg("-inf")
-            .arg(format!("({before_start_ms}"))
+            .arg(format!("({before}"))
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)
     }
 
     pub(crate) async fn ingested_windows(&self) -> Result<Vec<i64>, StoreError> {
-        self.ingest_windows_before(i64::MAX).await
+        self.scored_before("windows", i64::MAX).await
     }
 
-    /// Stops counting into a window (first, so no id is taken while its set goes), then drops
-    /// its ids, once.
-    async fn forget_window(&self, start: i64) -> Result<(), StoreError> {
-        let added: i64 = self
-            .conn()
-            .sadd(key(&["ingest", "forgotten"]), start)
-            .await
-            .map_err(unavailable)?;
-        if added == 1 {
-            self.drop_ids(start).await?;
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn forget_ingested_ids(&self, before_ms: i64) -> Result<(), StoreError> {
-        for start in self.ingest_windows_before(before_ms).await? {
-            self.forget_window(start).await?;
+    pub(crate) async fn forget_generations(&self, generation: i64) -> Result<(), StoreError> {
+        for old in self.scored_before("gens", generation).await? {
+            self.drop_generation(old).await?;
         }
         Ok(())
     }
@@ -822,8 +828,10 @@ impl RedisStore {
         before_ms: i64,
         len_ms: i64,
     ) -> Result<(), StoreError> {
-        for start in self.ingest_windows_before(before_ms - len_ms + 1).await? {
-            self.forget_window(start).await?;
+        for start in self
+            .scored_before("windows", before_ms - len_ms + 1)
+            .await?
+        {
             let _: i64 = self
                 .conn()
                 .del(key(&["ingest", &start.to_string(), "units"]))

@@ -13,7 +13,7 @@ pub mod traffic;
 use std::time::Instant;
 
 use billing_bridge_config::{BilledCount, TrafficSource};
-use billing_bridge_domain::transactions::{Counted, traffic_rows};
+use billing_bridge_domain::transactions::{Counted, IdSet, traffic_rows};
 use billing_bridge_domain::usage::{TrafficRow, Window, aggregate, closed_windows};
 use billing_bridge_store::{Lease, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -143,7 +143,11 @@ pub fn repolled_windows(config: &billing_bridge_config::BridgeConfig) -> usize {
 }
 
 /// A window's traffic, from the configured source.
-async fn window_traffic(bridge: &Bridge, window: Window) -> Result<Vec<TrafficRow>, RunError> {
+async fn window_traffic(
+    bridge: &Bridge,
+    window: Window,
+    seen: &mut IdSet,
+) -> Result<Vec<TrafficRow>, RunError> {
     let config = &bridge.config.reporting;
     let polled = match config.source {
         TrafficSource::Summary => {
@@ -161,6 +165,7 @@ async fn window_traffic(bridge: &Bridge, window: Window) -> Result<Vec<TrafficRo
                 window,
                 config.billed_count,
                 config.page_size,
+                seen,
             )
             .await
         }
@@ -348,6 +353,8 @@ async fn run_windows(
         complete: true,
         ..RunSummary::default()
     };
+    // Raw transaction ids read so far in this run (source = "search"), oldest window first.
+    let mut seen = IdSet::default();
     for (window, repoll) in windows {
         let mut line = WindowSummary {
             start: rfc3339(window.start_ms),
@@ -362,7 +369,7 @@ async fn run_windows(
             if ledger.pruned {
                 return Ok(reporter::WindowUsage::default());
             }
-            let rows = window_traffic(bridge, window).await?;
+            let rows = window_traffic(bridge, window, &mut seen).await?;
             directory
                 .resolve(
                     &bridge.store,

@@ -4,13 +4,20 @@
 //! it is stored or paged. The request follows §5.2's documented example; what §5.2 leaves open
 //! (how `find` sorts, the answer's shape) is guessed here, in one place.
 //!
+//! A run keeps the ids it has read across its windows (oldest first), so a transaction Amplify
+//! holds twice with times in two windows counts once, in the older window, whenever both are
+//! read in one run; a run reads the last `repoll_windows` reported windows again, so that holds
+//! across runs for windows up to that far apart.
+//!
 //! Paging is by offset over a sorted result, so an event stored while the window is paged may
 //! shift a page: it can be read twice (counted once) or missed by this poll, in which case the
 //! window's next re-poll counts it and reports the difference.
 
 use billing_bridge_amplify::{AmplifyClient, AmplifyError};
 use billing_bridge_config::BilledCount;
-use billing_bridge_domain::transactions::{Aggregator, Parsed, parse_event, traffic_rows};
+use billing_bridge_domain::transactions::{
+    IdSet, Parsed, WindowCounts, parse_event, traffic_rows, tx_key,
+};
 use billing_bridge_domain::usage::{TrafficRow, Window};
 use serde_json::{Value, json};
 
@@ -58,15 +65,17 @@ pub fn events_of(answer: &Value) -> Option<Vec<&Value>> {
     )
 }
 
-/// Every `transactionSummary` of the window, each id once, as rows for the aggregator.
+/// Every `transactionSummary` of the window whose id `seen` does not hold yet (it holds the ids
+/// of the run's earlier windows), each id once, as rows for the aggregator.
 pub async fn poll(
     amplify: &AmplifyClient,
     window: Window,
     billed: BilledCount,
     page_size: u32,
+    seen: &mut IdSet,
 ) -> Result<Vec<TrafficRow>, AmplifyError> {
     let page_size = page_size.max(1);
-    let mut aggregator = Aggregator::new(window.end_ms - window.start_ms);
+    let mut counts = WindowCounts::counts_only();
     let mut offset = 0u64;
     let mut unreadable = 0u64;
     loop {
@@ -84,7 +93,9 @@ pub async fn poll(
                 Ok(Parsed::Transaction(tx))
                     if tx.timestamp_ms >= window.start_ms && tx.timestamp_ms < window.end_ms =>
                 {
-                    aggregator.insert(&tx);
+                    if seen.insert(tx_key(&tx.id)) {
+                        counts.add(&tx.group, 1);
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => unreadable += 1,
@@ -102,10 +113,7 @@ pub async fn poll(
             "traceability search: events without a transactionId or timestamp are not counted"
         );
     }
-    Ok(aggregator
-        .window(window.start_ms)
-        .map(|w| traffic_rows(w.groups(), super::counted(billed)))
-        .unwrap_or_default())
+    Ok(traffic_rows(counts.groups(), super::counted(billed)))
 }
 
 #[cfg(test)]
