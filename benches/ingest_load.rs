@@ -811,7 +811,8 @@ async fn sender(
         tally
             .bytes
             .fetch_add(batch.body.len() as u64, Ordering::Relaxed);
-        let strict = batch.strict && (batch.phase == Phase::Late || tally.repeats_settled(batch.index));
+        let strict =
+            batch.strict && (batch.phase == Phase::Late || tally.repeats_settled(batch.index));
         let mut request = http
             .post(&url)
             .bearer_auth(INGEST_TOKEN)
