@@ -47,7 +47,7 @@ fn workload(n: usize) -> Workload {
     let mut picks = Vec::with_capacity(n);
     for i in 0..n {
         let r = mix(i as u64);
-        let id = if r % 50 == 0 && i > 0 {
+        let id = if r.is_multiple_of(50) && i > 0 {
             ids[(r as usize / 50) % i].clone()
         } else {
             format!("{:016x}-{:08x}", mix(r), i)
@@ -58,7 +58,7 @@ fn workload(n: usize) -> Workload {
         picks.push((
             sub,
             sub * 2 + (r as usize >> 8) % 2,
-            r % 10 != 0,
+            !r.is_multiple_of(10),
             START + (r % HOUR as u64) as i64,
         ));
     }
