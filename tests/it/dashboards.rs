@@ -297,7 +297,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_over_a_provisionin
     }
     let rules_text = std::fs::read_to_string(dashboards_dir().join("alerts.yml")).unwrap();
     let alerts = alert_expressions(&rules_text);
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
     for expr in queries.iter().chain(alerts.iter().map(|(_, e)| e)) {
         assert!(!expr.contains('$'), "an unreplaced variable in {expr}");
     }
