@@ -2,10 +2,10 @@
 //! read into compact records, and the aggregation core that counts them per (window,
 //! subscription, quota, asset resource, success), each `transactionId` once.
 //!
-//! The core keeps, per window, an 80-bit fingerprint of every transaction id it has counted
-//! (xxh3-128, split into a 16-bit shard and a 64-bit value kept in that shard's set), so ten
+//! The core keeps a fingerprint of every transaction id it has counted (xxh3-128: a 16-bit shard
+//! and a 64-bit value kept in that shard's set, 74 bits in all in memory, 80 in Redis), so ten
 //! million ids take about 150 MB rather than the gigabyte their strings would; two different ids
-//! are mistaken for each other with a probability of about n²/2⁷⁵ (10⁻⁸ for 10⁷ ids in a window).
+//! are mistaken for each other with a probability of about n²/2⁷⁵ (10⁻⁸ for 10⁷ ids).
 //! The same fingerprint keys the Redis store's sets.
 
 use std::borrow::Cow;
@@ -185,8 +185,8 @@ pub fn tx_key(id: &str) -> TxKey {
 
 type NoHash = BuildHasherDefault<NoHashHasher<u64>>;
 
-/// Sets per window: enough that each stays small (a set doubling never needs much memory at
-/// once), few enough that an empty window costs little (24 KiB).
+/// Sets per [`IdSet`]: enough that each stays small (a set doubling never needs much memory at
+/// once), few enough that an empty one costs little (24 KiB).
 const SHARDS: usize = 1024;
 
 /// A set of transaction id fingerprints, sharded so that no single table grows (and doubles) to
@@ -223,75 +223,15 @@ impl IdSet {
     }
 }
 
-/// One window's counts and the ids it has counted.
-#[derive(Debug)]
+/// One window's counts per group (the ids are kept apart, in an [`IdSet`]).
+#[derive(Debug, Default)]
 pub struct WindowCounts {
-    /// `None` once the window is past the horizon: no id can arrive any more.
-    seen: Option<Vec<HashSet<u64, NoHash>>>,
     groups: HashMap<u64, Vec<(GroupKey, u64)>, NoHash>,
     transactions: u64,
 }
 
-impl Default for WindowCounts {
-    fn default() -> Self {
-        WindowCounts {
-            seen: Some((0..SHARDS).map(|_| HashSet::default()).collect()),
-            groups: HashMap::default(),
-            transactions: 0,
-        }
-    }
-}
-
 impl WindowCounts {
-    /// Counts only: the ids are kept elsewhere (by the store, across windows).
-    pub fn counts_only() -> Self {
-        WindowCounts {
-            seen: None,
-            groups: HashMap::default(),
-            transactions: 0,
-        }
-    }
-
-    /// Counts a transaction unless its id was counted before; says whether it counted.
-    pub fn insert(&mut self, key: TxKey, group: &Group<'_>) -> bool {
-        if let Some(seen) = &mut self.seen
-            && !seen[key.shard as usize % SHARDS].insert(key.value)
-        {
-            return false;
-        }
-        self.add(group, 1);
-        true
-    }
-
-    /// Records an id without counting it (the caller adds the counts per group with
-    /// [`add`](Self::add)); says whether it is new.
-    pub fn mark(&mut self, key: TxKey) -> bool {
-        match &mut self.seen {
-            Some(seen) => seen[key.shard as usize % SHARDS].insert(key.value),
-            None => false,
-        }
-    }
-
-    /// Forgets an id [`mark`](Self::mark) recorded (a write that failed).
-    pub fn unmark(&mut self, key: TxKey) {
-        if let Some(seen) = &mut self.seen {
-            seen[key.shard as usize % SHARDS].remove(&key.value);
-        }
-    }
-
-    /// Takes back a transaction counted by [`insert`](Self::insert) (a write that failed).
-    pub fn remove(&mut self, key: TxKey, group: &Group<'_>) {
-        if let Some(seen) = &mut self.seen
-            && seen[key.shard as usize % SHARDS].remove(&key.value)
-            && let Some(entry) = self.groups.get_mut(&group.fingerprint())
-            && let Some((_, n)) = entry.iter_mut().find(|(k, _)| k == group)
-        {
-            *n -= 1;
-            self.transactions -= 1;
-        }
-    }
-
-    /// Adds `n` to a group's count (`n` = 0 makes the group known).
+    /// Adds `n` to a group's count.
     pub fn add(&mut self, group: &Group<'_>, n: u64) {
         let entry = self.groups.entry(group.fingerprint()).or_default();
         match entry.iter_mut().find(|(k, _)| k == group) {
@@ -299,22 +239,6 @@ impl WindowCounts {
             None => entry.push((group.to_owned_key(), n)),
         }
         self.transactions += n;
-    }
-
-    /// Whether the id was counted (always false once the ids are forgotten).
-    pub fn contains(&self, key: TxKey) -> bool {
-        self.seen
-            .as_ref()
-            .is_some_and(|seen| seen[key.shard as usize % SHARDS].contains(&key.value))
-    }
-
-    /// Drops the ids (the window is past the horizon), keeping the counts.
-    pub fn forget_ids(&mut self) {
-        self.seen = None;
-    }
-
-    pub fn remembers_ids(&self) -> bool {
-        self.seen.is_some()
     }
 
     /// Transactions counted.
@@ -330,10 +254,12 @@ impl WindowCounts {
     }
 }
 
-/// The aggregation core: transactions counted per window, each id once.
+/// The aggregation core: transactions counted per window, each id once (in the window it first
+/// came with).
 #[derive(Debug, Default)]
 pub struct Aggregator {
     len_ms: i64,
+    ids: IdSet,
     windows: BTreeMap<i64, WindowCounts>,
 }
 
@@ -341,17 +267,18 @@ impl Aggregator {
     pub fn new(len_ms: i64) -> Self {
         Aggregator {
             len_ms,
-            windows: BTreeMap::new(),
+            ..Aggregator::default()
         }
     }
 
     /// Counts the transaction unless its id was counted before; says whether it counted.
     pub fn insert(&mut self, tx: &Transaction<'_>) -> bool {
+        if !self.ids.insert(tx_key(&tx.id)) {
+            return false;
+        }
         let start = Window::containing(tx.timestamp_ms, self.len_ms).start_ms;
-        self.windows
-            .entry(start)
-            .or_default()
-            .insert(tx_key(&tx.id), &tx.group)
+        self.windows.entry(start).or_default().add(&tx.group, 1);
+        true
     }
 
     pub fn window(&self, start_ms: i64) -> Option<&WindowCounts> {
@@ -470,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn an_id_counts_once_per_window_and_forgetting_ids_keeps_counts() {
+    fn an_id_counts_once_and_a_removed_id_counts_again() {
         let hour = 3_600_000;
         let mut agg = Aggregator::new(hour);
         let a = event("same", 10, "s1", "q1", "Success");
@@ -479,18 +406,14 @@ mod tests {
         };
         assert!(agg.insert(&tx));
         assert!(!agg.insert(&tx), "a repeat is not counted");
-        let w = agg.window(0).unwrap();
-        assert_eq!(w.transactions(), 1);
-        assert!(w.contains(tx_key("same")));
-        let mut w = WindowCounts::default();
-        let g = tx.group.to_owned_key();
-        assert!(w.insert(tx_key("a"), &g));
-        assert!(w.insert(tx_key("b"), &g));
-        w.remove(tx_key("b"), &g);
-        assert_eq!(w.transactions(), 1);
-        assert!(w.insert(tx_key("b"), &g), "a removed id counts again");
-        w.forget_ids();
-        assert_eq!(w.groups().map(|(_, n)| n).sum::<u64>(), 2);
+        assert_eq!(agg.window(0).unwrap().transactions(), 1);
+        let mut ids = IdSet::default();
+        assert!(ids.insert(tx_key("a")));
+        assert!(ids.insert(tx_key("b")));
+        assert!(ids.contains(tx_key("b")));
+        ids.remove(tx_key("b"));
+        assert_eq!(ids.len(), 1);
+        assert!(ids.insert(tx_key("b")), "a removed id counts again");
     }
 
     proptest! {

@@ -53,6 +53,16 @@ struct Answer<'a> {
     refusals: Vec<Refusal<'a>>,
 }
 
+impl<'a> Answer<'a> {
+    /// Counts a refused event; the first [`LISTED_REFUSALS`] are listed.
+    fn refuse(&mut self, refusal: Refusal<'a>) {
+        self.refused += 1;
+        if self.refusals.len() < LISTED_REFUSALS {
+            self.refusals.push(refusal);
+        }
+    }
+}
+
 fn refuse(
     state: &AppState,
     status: IngestBatchStatus,
@@ -235,15 +245,6 @@ pub(crate) async fn receive(
     };
     let (mut too_old, mut in_future, mut invalid) = (0u64, 0u64, 0u64);
     let mut windows: Vec<(IngestWindow, GroupIndex<'_>)> = Vec::new();
-    let refusal = |answer: &mut Answer<'_>, r: Refusal<'_>| {
-        answer.refused += 1;
-        if answer.refusals.len() < LISTED_REFUSALS {
-            answer.refusals.push(Refusal {
-                transaction_id: r.transaction_id.map(|id| Cow::Owned(id.into_owned())),
-                ..r
-            });
-        }
-    };
     for (index, event) in events.iter().enumerate() {
         let tx = match parse_event(event) {
             Ok(Parsed::Transaction(tx)) => tx,
@@ -253,15 +254,12 @@ pub(crate) async fn receive(
             }
             Err(detail) => {
                 invalid += 1;
-                refusal(
-                    &mut answer,
-                    Refusal {
-                        index,
-                        transaction_id: None,
-                        reason: "invalid",
-                        detail,
-                    },
-                );
+                answer.refuse(Refusal {
+                    index,
+                    transaction_id: None,
+                    reason: "invalid",
+                    detail,
+                });
                 continue;
             }
         };
@@ -287,15 +285,12 @@ pub(crate) async fn receive(
                     ),
                 )
             };
-            refusal(
-                &mut answer,
-                Refusal {
-                    index,
-                    transaction_id: Some(tx.id),
-                    reason,
-                    detail,
-                },
-            );
+            answer.refuse(Refusal {
+                index,
+                transaction_id: Some(tx.id),
+                reason,
+                detail,
+            });
             continue;
         }
         let start = Window::containing(tx.timestamp_ms, len).start_ms;

@@ -188,9 +188,7 @@ fn replay(dir: &Path) -> Result<Replayed, StoreError> {
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| io(&path, "cannot read", e))?;
-        let counts = windows
-            .entry(start)
-            .or_insert_with(WindowCounts::counts_only);
+        let counts = windows.entry(start).or_default();
         let mut at = 0usize;
         while let Some(len) = bytes.get(at..at + 4) {
             let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
@@ -315,10 +313,7 @@ impl Ingest {
                 }
             }
             // Counted per group once, not per transaction.
-            let counts = state
-                .windows
-                .entry(window.start_ms)
-                .or_insert_with(WindowCounts::counts_only);
+            let counts = state.windows.entry(window.start_ms).or_default();
             let mut per_group = vec![0u64; window.groups.len()];
             for &i in &accepted {
                 per_group[window.transactions[i].1 as usize] += 1;

@@ -75,7 +75,7 @@ pub async fn poll(
     seen: &mut IdSet,
 ) -> Result<Vec<TrafficRow>, AmplifyError> {
     let page_size = page_size.max(1);
-    let mut counts = WindowCounts::counts_only();
+    let mut counts = WindowCounts::default();
     let mut offset = 0u64;
     let mut unreadable = 0u64;
     loop {
