@@ -8,9 +8,10 @@
 //! The workload is seeded and known: `INGEST_SUBS` billed subscriptions × 2 quotas with skewed
 //! (Zipf-like) traffic; every event has its own `transactionId`, except 2% of what is sent that
 //! repeats an id sent in an earlier batch. All on-time traffic lies in one closed window (the
-//! previous full hour), so the memory figure is for N transactions in one window. 3% of the
-//! events are late: timestamped in the same window but sent only after its first report, with
-//! some repeats of already-billed ids; a second report bills them as delta records.
+//! full hour before the previous one, so it is closed whatever the time of day), so the memory
+//! figure is for N transactions in one window. 3% of the events are late: timestamped in the
+//! same window but sent only after its first report, with some repeats of already-billed ids; a
+//! second report bills them as delta records.
 //!
 //! Phase 1: on-time events and repeats → report. Phase 2: late events and repeats of billed ids
 //! → report. Then Recurly must hold exactly the unique events per (subscription, add-on).
@@ -21,7 +22,7 @@
 //!   `INGEST_GZIP=1` gzips every body, `INGEST_GENERATORS` generator threads (1)
 //! - `INGEST_STATE_FILE=0`: the memory store with no state file (default: a temporary one, so an
 //!   answer means synced to disk)
-//! - `LOAD_STORE=redis`: a `redis-server` of the harness's own on loopback,
+//! - `LOAD_STORE=redis`: a `redis-server` of the harness's own on a unix socket,
 //!   `INGEST_REDIS_APPENDFSYNC` (default `everysec`; `always` to sync every write)
 //! - `INGEST_TIMEOUT_S` (default 900): past it the bridge (and redis) are killed and the run fails
 //! - `INGEST_DIR`: where the state file or Redis's append-only file goes (default: the temp dir)
@@ -90,37 +91,21 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `redis-server` on loopback, in the children's keeping; its URL.
+/// A `redis-server` on a unix socket, in the children's keeping; its URL.
 fn start_redis(children: &Children, dir: &Path) -> String {
-    let port = free_port();
     let fsync = std::env::var("INGEST_REDIS_APPENDFSYNC").unwrap_or_else(|_| "everysec".into());
     let data = dir.join("redis");
     std::fs::create_dir_all(&data).expect("redis dir");
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "yes", "--appendfsync", &fsync])
-        .arg("--dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (apt-get install redis-server)");
+    let (child, socket) = support::spawn_redis(
+        &data,
+        &["--save", "", "--appendonly", "yes", "--appendfsync", &fsync],
+    );
     *children.redis.lock().unwrap() = Some(child);
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            println!("store: redis-server on 127.0.0.1:{port}, appendonly, appendfsync {fsync}");
-            return format!("redis://127.0.0.1:{port}/");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
+    println!(
+        "store: redis-server on {}, appendonly, appendfsync {fsync}",
+        socket.display()
+    );
+    support::redis_url(&socket)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1114,23 +1099,14 @@ fn main() {
     let _guard = KillOnDrop(children.clone());
     let done = Arc::new(AtomicBool::new(false));
     {
-        // The time limit: kill the children and fail, whatever the harness is waiting on.
-        let (children, done, timeout) = (children.clone(), done.clone(), s.timeout);
-        std::thread::spawn(move || {
-            let until = Instant::now() + timeout;
-            while Instant::now() < until {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            eprintln!(
-                "ingest_load: over the {} s time limit (INGEST_TIMEOUT_S): killing the bridge and failing",
-                timeout.as_secs()
-            );
-            children.kill_all();
-            std::process::exit(2);
-        });
+        let children = children.clone();
+        support::watchdog(
+            "ingest_load",
+            "INGEST_TIMEOUT_S",
+            s.timeout,
+            done.clone(),
+            move || children.kill_all(),
+        );
     }
     let ticks = clock_ticks();
     // INGEST_DIR: where the state file (or Redis's append-only file) goes; it must be a real
@@ -1187,8 +1163,11 @@ async fn run(s: &Settings, children: &Children, dir: &Path, ticks: f64) {
     );
 
     // The workload.
+    // A window that closed at least an hour ago (past the report's delay whatever the time of
+    // day, so a run starting just after the hour reports it too) and began at most three hours
+    // ago (inside the 12 h ingest horizon for the whole run).
     let now = chrono::Utc::now().timestamp_millis();
-    let window_start = (now / HOUR_MS - 1) * HOUR_MS;
+    let window_start = (now.div_euclid(HOUR_MS) - 2) * HOUR_MS;
     let window = (window_start, window_start + HOUR_MS);
     let repeats = s.total * REPEATS_PERMILLE / 1000;
     let late = s.total * LATE_PERMILLE / 1000;

@@ -8,7 +8,7 @@
 //! each scenario gets `LOAD_SECONDS` in all, in `LOAD_ROUNDS` slices taken in turn).
 //!
 //! `LOAD_STORE=redis` puts the bridge on the Redis store: the bench starts its own
-//! `redis-server` on a loopback port (`appendonly yes`, `appendfsync` from
+//! `redis-server` on a unix socket (`appendonly yes`, `appendfsync` from
 //! `LOAD_REDIS_APPENDFSYNC`, default `always`, as the deployment guide asks), and afterwards runs
 //! `redis-benchmark` against the same server for the commands one new webhook costs (the
 //! processing mark, the enqueue script, the done mark), to print the ceiling Redis itself puts on
@@ -21,9 +21,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
+use billing_bridge_pipeline::Bridge;
 use billing_bridge_pipeline::metrics::{WebhookLabels, WebhookOutcome};
-use billing_bridge_pipeline::{Bridge, Pipeline};
-use billing_bridge_server::{AppState, WEBHOOK_PATH};
+use billing_bridge_server::{Application, Options, WEBHOOK_PATH};
 use serde_json::json;
 use support::{MakeRequest, Measured, env_or};
 
@@ -167,23 +167,16 @@ fn serve(queue_capacity: u64, redis: Option<String>, ready: mpsc::Sender<Servers
             Duration::from_millis(5),
             Duration::from_millis(200),
         );
-        let (bridge, channels) = Bridge::build(
+        let app = Application::start(
             bridge_config(&sandbox.url(), queue_capacity, redis.as_deref()),
-            retry,
-        )
-        .expect("bridge builds");
-        let pipeline = Pipeline::start(bridge, channels);
-        let state = pipeline.bridge.clone();
-        let (bridge_handle, bridge_server) = billing_bridge_server::start(
-            AppState {
-                bridge: state.clone(),
-                pipeline,
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener"),
+            Options {
+                retry,
+                workers: Some(1),
             },
-            "127.0.0.1:0",
-            Some(1),
         )
-        .expect("bridge server binds");
-        actix_rt::spawn(bridge_server);
+        .expect("the bridge starts");
+        let state = app.bridge().clone();
         let bare = HttpServer::new(|| {
             App::new().route(
                 WEBHOOK_PATH,
@@ -204,14 +197,14 @@ fn serve(queue_capacity: u64, redis: Option<String>, ready: mpsc::Sender<Servers
         ready
             .send(Servers {
                 bare: bare_addr,
-                bridge: bridge_handle.addr,
+                bridge: app.addr(),
                 state,
                 stop,
             })
             .expect("client waits");
         let _ = stopped.await;
         bare_handle.stop(false).await;
-        bridge_handle.server.stop(false).await;
+        app.stop(false).await;
         sandbox.stop().await;
     });
 }
@@ -322,57 +315,38 @@ fn main() {
 
 /// A `redis-server` of the bench's own, and `redis-benchmark` against it.
 mod redis {
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Child, Command};
 
     pub struct Server {
         child: Child,
-        port: u16,
+        socket: std::path::PathBuf,
         dir: std::path::PathBuf,
     }
 
     impl Server {
         pub fn start() -> Server {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
             let dir = std::env::temp_dir().join(format!("bb-intake-redis-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let fsync = std::env::var("LOAD_REDIS_APPENDFSYNC").unwrap_or_else(|_| "always".into());
-            let child = Command::new("redis-server")
-                .args([
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--save",
-                    "",
-                ])
-                .args(["--appendonly", "yes", "--appendfsync", &fsync])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server (apt-get install redis-server)");
-            let server = Server { child, port, dir };
-            for _ in 0..300 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    println!("redis store: redis-server on 127.0.0.1:{port}, appendfsync {fsync}");
-                    return server;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            panic!("redis-server did not start");
+            let (child, socket) = crate::support::spawn_redis(
+                &dir,
+                &["--save", "", "--appendonly", "yes", "--appendfsync", &fsync],
+            );
+            println!(
+                "redis store: redis-server on {}, appendfsync {fsync}",
+                socket.display()
+            );
+            Server { child, socket, dir }
         }
 
         pub fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}/", self.port)
+            crate::support::redis_url(&self.socket)
         }
 
         fn cli(&self, args: &[&str]) -> String {
             let out = Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("-s")
+                .arg(&self.socket)
                 .args(args)
                 .output()
                 .expect("redis-cli");
@@ -382,7 +356,8 @@ mod redis {
         /// requests/s `redis-benchmark` reaches for one command.
         fn bench(&self, connections: u64, command: &[&str]) -> f64 {
             let out = Command::new("redis-benchmark")
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("-s")
+                .arg(&self.socket)
                 .args([
                     "-c",
                     &connections.to_string(),

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use billing_bridge_pipeline::Bridge;
 use billing_bridge_pipeline::hooks::{HookSpec, install_hooks};
 use billing_bridge_pipeline::metrics::{
     ProvisioningLabels, ProvisioningOutcome, ResourceLabel, WebhookLabels, WebhookOutcome,
 };
-use billing_bridge_pipeline::{Bridge, Pipeline};
-use billing_bridge_server::{AppState, WEBHOOK_PATH};
+use billing_bridge_server::{Application, Options, WEBHOOK_PATH};
 use serde_json::{Value, json};
 use support::{env_or, percentile};
 
@@ -86,20 +86,16 @@ fn serve(ready: mpsc::Sender<Servers>) {
             Duration::from_millis(5),
             Duration::from_millis(200),
         );
-        let (bridge, channels) =
-            Bridge::build(bridge_config(&sandbox.url()), retry).expect("bridge builds");
-        let pipeline = Pipeline::start(bridge, channels);
-        let state = pipeline.bridge.clone();
-        let (handle, server) = billing_bridge_server::start(
-            AppState {
-                bridge: state.clone(),
-                pipeline,
+        let handle = Application::start(
+            bridge_config(&sandbox.url()),
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener"),
+            Options {
+                retry,
+                workers: Some(1),
             },
-            "127.0.0.1:0",
-            Some(1),
         )
-        .expect("bridge server binds");
-        actix_rt::spawn(server);
+        .expect("the bridge starts");
+        let state = handle.bridge().clone();
         install_hooks(
             &state.amplify,
             &HookSpec {
@@ -121,7 +117,7 @@ fn serve(ready: mpsc::Sender<Servers>) {
             })
             .expect("client waits");
         let _ = stopped.await;
-        handle.server.stop(false).await;
+        handle.stop(false).await;
         sandbox.stop().await;
     });
 }

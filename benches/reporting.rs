@@ -272,7 +272,13 @@ state_file = "{state}"
                 peak_kb as f64 / 1024.0
             );
             if expect_records > 0 {
-                assert_eq!(recurly_calls, pairs, "one Recurly call per non-zero pair");
+                assert_eq!(recurly_posts, pairs, "one usage record per non-zero pair");
+                // Besides: each billed subscription's period read once per process (the renewal
+                // rule dates usage by it; docs/renewals.md), never once per pair.
+                assert!(
+                    recurly_calls - recurly_posts <= subs,
+                    "at most one period read per subscription: {recurly_calls} calls"
+                );
             }
         }
         let totals: Value = http

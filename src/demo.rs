@@ -9,9 +9,8 @@ use anyhow::{Context, bail};
 use billing_bridge_amplify::{AmplifyClient, AmplifySettings};
 use billing_bridge_config::BridgeConfig;
 use billing_bridge_pipeline::hooks::{HookSpec, install_hooks};
-use billing_bridge_pipeline::{Bridge, Pipeline};
 use billing_bridge_sandbox::SandboxConfig;
-use billing_bridge_server::{AppState, WEBHOOK_PATH};
+use billing_bridge_server::{Application, Options, WEBHOOK_PATH};
 use billing_bridge_upstream::RetryPolicy;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -151,18 +150,15 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         admin = admin_token
     ))?;
     config.validate()?;
-    let (bridge, channels) = Bridge::build(config, RetryPolicy::default())?;
-    let pipeline = Pipeline::start(bridge, channels);
-    let bridge = pipeline.bridge.clone();
-    let (server, running) = billing_bridge_server::start(
-        AppState {
-            bridge: bridge.clone(),
-            pipeline,
+    let server = Application::start(
+        config,
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        Options {
+            workers: Some(1),
+            ..Options::default()
         },
-        "127.0.0.1:0",
-        Some(1),
     )?;
-    let server_task = actix_rt::spawn(running);
+    let bridge = server.bridge().clone();
     println!("sandbox: {sb}");
     println!("bridge: {}", server.url());
     println!(
@@ -552,8 +548,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         crate::serve::shutdown_signal().await;
     }
     // Nothing is in flight any more: stop at once rather than wait out keep-alive connections.
-    server.server.stop(false).await;
-    let _ = server_task.await;
+    server.stop(false).await;
     drop(sandbox);
     Ok(())
 }

@@ -3,12 +3,10 @@
 
 use std::path::Path;
 
-use actix::Actor;
 use anyhow::Context;
-use billing_bridge_pipeline::notices::Flush;
 use billing_bridge_pipeline::usage::directory::Directory;
 use billing_bridge_pipeline::usage::{RunRequest, RunSummary, parse_instant, run};
-use billing_bridge_pipeline::{Bridge, Notifier};
+use billing_bridge_pipeline::{Bridge, Notices};
 use billing_bridge_upstream::RetryPolicy;
 
 pub struct Options<'a> {
@@ -48,10 +46,21 @@ fn print_table(summary: &RunSummary) {
                 p.reported,
                 p.to_report
             );
+            for part in &p.parts {
+                let sent = if part.how == "trial" {
+                    "kept, not sent (trial)"
+                } else {
+                    part.how
+                };
+                println!(
+                    "      {} – {}: {} unit(s) dated {}: {sent}",
+                    part.from, part.to, part.units, part.usage_timestamp
+                );
+            }
         }
         for u in &w.unmatched {
             println!(
-                "    unmatched {} units: subscription {} resource {} (no billed {})",
+                "    unmatched {} units: subscription {} resource {} (reason {})",
                 u.units, u.subscription_id, u.asset_resource, u.reason
             );
         }
@@ -62,11 +71,12 @@ fn print_table(summary: &RunSummary) {
         "reported"
     };
     println!(
-        "{verb} {} record(s), {} unit(s); {} unit(s) unmatched, {} skipped; watermark {}",
+        "{verb} {} record(s), {} unit(s); {} unit(s) unmatched, {} skipped, {} of trials; watermark {}",
         summary.records,
         summary.units,
         summary.unmatched_units,
         summary.skipped_units,
+        summary.trial_units,
         summary.watermark.as_deref().unwrap_or("none yet")
     );
     if let Some(e) = &summary.error {
@@ -105,10 +115,10 @@ pub async fn run_report(options: Options<'_>) -> anyhow::Result<i32> {
     };
     let (bridge, channels) = Bridge::build(config, RetryPolicy::default())?;
     let bridge = std::sync::Arc::new(bridge);
-    let notifier = Notifier::new(channels, bridge.clone()).start();
+    let notices = Notices::new(bridge.clone());
     let summary = run(
         &bridge,
-        &notifier,
+        &notices,
         &mut Directory::default(),
         RunRequest {
             range,
@@ -116,7 +126,9 @@ pub async fn run_report(options: Options<'_>) -> anyhow::Result<i32> {
         },
     )
     .await?;
-    let _ = notifier.send(Flush).await;
+    // The run's cards go out before the process exits; any a channel cannot take now stay in
+    // the outbox, for `serve` to retry.
+    billing_bridge_pipeline::notices::deliver_due(&bridge, &channels).await;
     if options.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

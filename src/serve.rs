@@ -4,9 +4,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use billing_bridge_config::BridgeConfig;
+use billing_bridge_pipeline::Bridge;
 use billing_bridge_pipeline::hooks::{HookSpec, install_hooks as install};
-use billing_bridge_pipeline::{Bridge, Pipeline};
-use billing_bridge_server::{AppState, WEBHOOK_PATH};
+use billing_bridge_server::{Application, Options, WEBHOOK_PATH};
 use billing_bridge_upstream::RetryPolicy;
 use secrecy::ExposeSecret;
 
@@ -34,26 +34,30 @@ pub fn load(config: Option<&Path>) -> anyhow::Result<BridgeConfig> {
 pub async fn serve(config: BridgeConfig) -> anyhow::Result<()> {
     config.validate()?;
     let listen = config.server.listen.clone();
-    let (bridge, channels) = Bridge::build(config, RetryPolicy::default())?;
-    let pipeline = Pipeline::start(bridge, channels);
-    let bridge = pipeline.bridge.clone();
-    let reporting = reporting_line(&bridge.config);
-    let (handle, running) =
-        billing_bridge_server::start(AppState { bridge, pipeline }, &listen, None)
-            .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(url = %handle.url(), webhook = WEBHOOK_PATH, "billing-bridge serving");
-    println!(
-        "billing-bridge: {} (webhooks at {WEBHOOK_PATH})",
-        handle.url()
-    );
+    let no_tenant = config
+        .amplify
+        .tenant_id
+        .as_deref()
+        .is_none_or(|t| t.trim().is_empty());
+    let reporting = reporting_line(&config);
+    let listener = std::net::TcpListener::bind(listen.as_str())
+        .with_context(|| format!("listening on {listen}"))?;
+    let app = Application::start(config, listener, Options::default())?;
+    tracing::info!(url = %app.url(), webhook = WEBHOOK_PATH, "billing-bridge serving");
+    // The bound address (`listen = "127.0.0.1:0"` picks a free port): the line scripts and tests
+    // read to find the bridge.
+    println!("billing-bridge: {} (webhooks at {WEBHOOK_PATH})", app.url());
     // A log line, not stdout: stdout is the one address line that scripts and tests read, and a
     // reader that stops after it must not make a later write fail.
     tracing::info!("{reporting}");
-    let server = actix_rt::spawn(running);
+    if no_tenant {
+        tracing::warn!(
+            "amplify.tenant_id is not set: webhooks of every organization are looked at (each is still re-read from Amplify before anything is done); set it to the provider organization's id to ignore the others"
+        );
+    }
     shutdown_signal().await;
     tracing::info!("stopping: finishing requests in flight");
-    handle.server.stop(true).await;
-    let _ = server.await;
+    app.stop(true).await;
     Ok(())
 }
 
@@ -110,5 +114,9 @@ pub async fn install_hooks(config: Option<&Path>, url: &str, name: &str) -> anyh
         println!("{line}");
     }
     println!("Amplify now sends plan, quota and subscription events to {webhook_url}");
+    println!(
+        "and keeps them 7 days in a WatchTopic: set [intake] watch_topic = \"{}\" (BRIDGE_INTAKE__WATCH_TOPIC) so serve reads what it missed while down",
+        billing_bridge_pipeline::hooks::watch_topic_name(name)
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,4 +259,63 @@ pub async fn run_from(
         unusual,
         latencies,
     }
+}
+
+/// A `redis-server` of a harness's own listening on the unix socket `dir/redis.sock` and on no TCP
+/// port (`--port 0`), so no port is picked for it; `settings` are its persistence flags, its
+/// files go in `dir`. Returns once it answers: the child and the socket.
+pub fn spawn_redis(
+    dir: &std::path::Path,
+    settings: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let socket = dir.join("redis.sock");
+    let mut child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--unixsocket"])
+        .arg(&socket)
+        .args(settings)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return (child, socket);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("redis-server did not start");
+}
+
+/// The store's URL for a Redis on `socket`.
+pub fn redis_url(socket: &std::path::Path) -> String {
+    format!("redis+unix://{}", socket.display())
+}
+
+/// A harness's time limit: once `timeout` has passed without `done` set, `kill` stops what the
+/// harness started and the process fails (exit 2), whatever the harness is waiting on.
+pub fn watchdog(
+    harness: &'static str,
+    setting: &'static str,
+    timeout: Duration,
+    done: Arc<AtomicBool>,
+    kill: impl FnOnce() + Send + 'static,
+) {
+    std::thread::spawn(move || {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if done.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "{harness}: over the {} s time limit ({setting}): killing the bridge and failing",
+            timeout.as_secs()
+        );
+        kill();
+        std::process::exit(2);
+    });
 }

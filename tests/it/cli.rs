@@ -183,6 +183,12 @@ async fn install_hooks_creates_the_webhook_resources_and_can_run_again() {
         .map(|t| t["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["ProductPlan", "Quota", "Subscription"]);
+    // The WatchTopic (§4.5) with the same triggers as filters, and the setting to read it.
+    let topic = get(sb.at("/amplify/apis/management/v1/watchtopics/billing-bridge-watch")).await;
+    assert_eq!(topic["spec"]["filters"], hook["spec"]["triggers"]);
+    assert!(stdout(&output).contains("created WatchTopic billing-bridge-watch"));
+    assert!(stdout(&again).contains("updated WatchTopic billing-bridge-watch"));
+    assert!(stdout(&output).contains("watch_topic = \"billing-bridge-watch\""));
 }
 
 #[tokio::test]

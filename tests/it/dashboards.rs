@@ -5,7 +5,7 @@
 //! return data, the rules are healthy and the failure alert fires. `promtool` checks the rule
 //! file and runs its unit tests.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,18 +70,13 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
+/// Prometheus on `127.0.0.1:0`: it binds a free port itself and logs the address it got
+/// (`msg="Listening on" address=127.0.0.1:N`, at info level), which is read from its stderr.
+/// Its warnings and errors are passed on to the test's stderr.
 fn start_prometheus(binary: &Path, target: &str) -> Prometheus {
     let dir = std::env::temp_dir().join(format!(
-        "bridge-prometheus-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ u128::from(free_port())
+        "bridge-prometheus-{}",
+        uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dashboards_dir().join("alerts.yml");
@@ -90,8 +85,7 @@ fn start_prometheus(binary: &Path, target: &str) -> Prometheus {
         rules.display()
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let child = Command::new(binary)
+    let mut child = Command::new(binary)
         .arg(format!(
             "--config.file={}",
             dir.join("prometheus.yml").display()
@@ -100,17 +94,41 @@ fn start_prometheus(binary: &Path, target: &str) -> Prometheus {
             "--storage.tsdb.path={}",
             dir.join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
+        .arg("--web.listen-address=127.0.0.1:0")
+        .arg("--log.level=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("prometheus starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut address = None;
+    for line in lines.by_ref() {
+        let line = line.expect("prometheus's log");
+        if line.contains("level=warn") || line.contains("level=error") {
+            eprintln!("{line}");
+        }
+        if line.contains("msg=\"Listening on\"") {
+            address = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("address="))
+                .map(str::to_owned);
+            break;
+        }
+    }
+    let address = address.expect("prometheus logs the address it listens on");
+    // Keep reading so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("level=warn") || line.contains("level=error") {
+                eprintln!("{line}");
+            }
+        }
+    });
     Prometheus {
         child,
         dir,
-        url: format!("http://127.0.0.1:{port}"),
+        url: format!("http://{address}"),
     }
 }
 
@@ -297,7 +315,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_over_a_provisionin
     }
     let rules_text = std::fs::read_to_string(dashboards_dir().join("alerts.yml")).unwrap();
     let alerts = alert_expressions(&rules_text);
-    assert_eq!(alerts.len(), 12, "{alerts:?}");
+    assert_eq!(alerts.len(), 17, "{alerts:?}");
     for expr in queries.iter().chain(alerts.iter().map(|(_, e)| e)) {
         assert!(!expr.contains('$'), "an unreplaced variable in {expr}");
     }

@@ -16,7 +16,7 @@ use crate::reporting::{
     reporting_overrides, rfc3339, span, usage_posts, usage_totals, whole,
 };
 use crate::reporting_cli::{TempDir, binary_config, serve_with};
-use crate::support::{ADMIN_TOKEN, TestSandbox, bridge_sandbox, spawn_bridge};
+use crate::support::{ADMIN_TOKEN, Redis, TestSandbox, bridge_sandbox, spawn_bridge};
 
 /// The `[ingest] token` of every push bridge here; it must never show anywhere.
 pub const INGEST_TOKEN: &str = "ingest-token-5d1f0c-never-shown";
@@ -487,13 +487,8 @@ fn serve_process(
     log: &std::path::Path,
     env: &[(&str, &str)],
 ) -> std::process::Child {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_billing-bridge"));
-    command.env("RUST_BACKTRACE", "0").env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BRIDGE_")) {
-        command.env_remove(key);
-    }
     let out = std::fs::File::create(log).unwrap();
-    command
+    crate::reporting_cli::binary()
         .envs(env.iter().copied())
         .args(["serve", "--config"])
         .arg(config)
@@ -536,45 +531,11 @@ async fn push_needs_an_ingest_token_from_the_file_or_the_environment() {
     }
 
     // The token from BRIDGE_INGEST__TOKEN.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path("env.toml");
-    std::fs::write(
-        &config,
-        binary_config(
-            &sb,
-            &format!("127.0.0.1:{port}"),
-            &dir.path("env.state"),
-            "source = \"push\"",
-        ),
-    )
-    .unwrap();
-    let log = dir.path("env.log");
-    let mut served = crate::reporting_cli::Served {
-        child: serve_process(&config, &log, &[("BRIDGE_INGEST__TOKEN", INGEST_TOKEN)]),
-        url: format!("http://127.0.0.1:{port}"),
-        log,
-    };
-    let health = format!("{}/healthz", served.url);
-    crate::support::wait_for(
-        "serve with the token from the environment",
-        std::time::Duration::from_secs(15),
-        || {
-            if let Ok(Some(status)) = served.child.try_wait() {
-                panic!("serve exited with {status}:\n{}", served.log());
-            }
-            let (http, health) = (sb.http.clone(), health.clone());
-            async move {
-                http.get(&health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                    .then_some(())
-            }
-        },
+    let mut served = crate::reporting_cli::serve_with_env(
+        &sb,
+        &dir,
+        |listen| binary_config(&sb, listen, &dir.path("env.state"), "source = \"push\""),
+        &[("BRIDGE_INGEST__TOKEN", INGEST_TOKEN)],
     )
     .await;
     let at = closed_windows(1)[0].0 + 1;
@@ -1418,10 +1379,10 @@ async fn pushed_calls_map_to_a_quota_by_its_id_or_else_by_asset_resource() {
             Some(q2.resource.as_str()),
             "Success",
         ),
-        // Matched by the asset resource's id when it has no name.
+        // Matched by the asset resource's id (as the quota's references give it) with no name.
         {
             let mut e = event("m-7", at, s, None, None, "Success");
-            e["transactionSummary"]["assetResource"] = json!({"id": q2.resource});
+            e["transactionSummary"]["assetResource"] = json!({"id": q2.resource_ids[0]});
             e
         },
         // Neither: unmatched (resource), never billed.
@@ -2079,93 +2040,6 @@ async fn every_batch_acknowledged_before_a_crash_under_load_is_kept() {
 
 // ---------------------------------------------------------------------------------------------
 // Redis: many instances, and a store that cannot take a batch
-
-/// A `redis-server` on a free loopback port with persistence on (appendfsync always), killed on
-/// drop; `None` (skipped) where it is not installed, except under CI.
-pub struct Redis {
-    child: Option<std::process::Child>,
-    pub port: u16,
-    dir: TempDir,
-}
-
-impl Redis {
-    pub async fn start() -> Option<Redis> {
-        let found = std::process::Command::new("redis-server")
-            .arg("-v")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed; .ci/run installs it"
-            );
-            eprintln!("SKIPPED: redis-server is not installed");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir: TempDir::new(),
-        };
-        redis.spawn().await;
-        Some(redis)
-    }
-
-    async fn spawn(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir.0)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let port = self.port;
-        crate::support::wait_for(
-            "redis listening",
-            std::time::Duration::from_secs(10),
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .is_ok()
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// SIGKILL; the data directory stays for `spawn`.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Push overrides with the shared store on `redis` for `instances` instances.
 pub fn push_on_redis(redis: &Redis, instances: usize) -> String {

@@ -188,8 +188,8 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
     expect_malformed += 1;
     let mut without_type = event.clone();
     without_type.as_object_mut().unwrap().remove("type");
-    let mut unknown_type = event.clone();
-    unknown_type["type"] = json!("ResourceExploded");
+    let mut path_trick = event.clone();
+    path_trick["payload"]["name"] = json!("../../management/v1/integrations");
     let mut empty_id = event.clone();
     empty_id["id"] = json!("");
     let mut without_payload = event.clone();
@@ -202,9 +202,9 @@ async fn refused_webhooks_say_why_and_change_nothing_and_metrics_count_them() {
         ("a JSON array", "[1, 2, 3]".to_owned(), "Amplify webhook"),
         ("no type", without_type.to_string(), "type"),
         (
-            "an unknown type",
-            unknown_type.to_string(),
-            "ResourceExploded",
+            "a resource name that is a path",
+            path_trick.to_string(),
+            "not an Amplify name",
         ),
         ("an empty id", empty_id.to_string(), "id"),
         ("no payload", without_payload.to_string(), "payload"),

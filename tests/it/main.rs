@@ -1,23 +1,34 @@
 //! Integration tests: one binary, real servers on 127.0.0.1:0, talking HTTP.
 
+mod agent_shapes;
 mod amplify_conformance;
 mod cli;
 mod dashboards;
 mod ingest;
+mod ingest_durability;
+mod ingest_fairness;
 mod intake_refusals;
 mod notify_conformance;
 mod notify_delivery;
+mod notify_outbox;
+mod overage_billing;
+mod provider_cards;
 mod provisioning;
+mod provisioning_dispatch;
 mod provisioning_plans;
 mod provisioning_reliability;
 mod provisioning_subscriptions;
+mod provisioning_trust;
+mod provisioning_watch;
 mod raw_mode;
 mod recurly_client;
 mod recurly_conformance;
+mod renewals;
 mod reporting;
 mod reporting_cli;
 mod reporting_late;
 mod reporting_resilience;
+mod resource_naming;
 mod sandbox_control;
 mod scale_out;
 mod support;

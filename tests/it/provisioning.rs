@@ -391,6 +391,31 @@ pub async fn hooks(bridge: &TestBridge) {
     .expect("hooks installed");
 }
 
+/// Installs the hooks (and WatchTopic) pointing at a bridge run as its own process (`serve_with`),
+/// as `install-hooks --url` would, with a client of the test's own.
+pub async fn hooks_at(sb: &TestSandbox, bridge_url: &str) {
+    let (client, _) = billing_bridge_pipeline::Bridge::build(
+        crate::support::bridge_config(sb, ""),
+        billing_bridge_upstream::RetryPolicy::new(
+            3,
+            Duration::from_millis(5),
+            Duration::from_millis(100),
+        ),
+    )
+    .expect("a client for the hooks");
+    install_hooks(
+        &client.amplify,
+        &HookSpec {
+            name: "billing-bridge",
+            url: &format!("{bridge_url}{}", billing_bridge_server::WEBHOOK_PATH),
+            header: "Authorization",
+            secret: WEBHOOK_SECRET,
+        },
+    )
+    .await
+    .expect("hooks installed");
+}
+
 pub fn plan_code(plan: &Value) -> String {
     format!("amplify-plan-{}", plan["metadata"]["id"].as_str().unwrap())
 }
@@ -576,7 +601,8 @@ async fn an_event_that_meets_an_outage_is_tried_again_without_waiting_for_the_re
         .send()
         .await
         .unwrap();
-    // The Router queues the event again after a few seconds; no reconcile pass is run here.
+    // The store hands the event back to the plan provisioner after a few seconds
+    // ([provisioning] retry_first); no reconcile pass is run here.
     let cleared = std::time::Instant::now();
     let (status, _) = wait_for(
         "the Recurly plan after the outage",

@@ -172,6 +172,9 @@ async fn ineligible_plans_yield_no_recurly_plan_and_no_card() {
     let sb = bridge_sandbox().await;
     let bridge = spawn_bridge(&sb, "").await;
     hooks(&bridge).await;
+    // The start-up reconciliation would pass over the plans a second time if it ran after they
+    // exist (as it can on a loaded machine), doubling the counts checked below.
+    startup_pass_done(&sb, &bridge).await;
     let provider = Provider::new(&sb).await;
     let [(_, graduated), ..] = priced_quotas();
     // A priced plan of a product not billed by Recurly.
@@ -231,13 +234,20 @@ async fn ineligible_plans_yield_no_recurly_plan_and_no_card() {
         );
     }
     let text = metrics(&sb, &bridge).await;
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("billing_bridge_provisioning_total")
+    // At least one ineligible pass per plan: its activation's. A creation event whose pass runs
+    // after the activation (a loaded machine) reads the plan active too and counts again.
+    let ineligible = text
+        .lines()
+        .find(|l| {
+            l.starts_with("billing_bridge_provisioning_total")
                 && l.contains("resource=\"plan\"")
                 && l.contains("outcome=\"ineligible\"")
-                && l.ends_with(" 4")),
-        "four ineligible passes counted:\n{text}"
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        (4.0..=8.0).contains(&ineligible),
+        "an ineligible pass per plan event of interest:\n{text}"
     );
 }
 

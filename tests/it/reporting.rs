@@ -39,6 +39,35 @@ pub struct Quota {
     pub resource: String,
     /// Every asset resource it lists.
     pub resources: Vec<String>,
+    /// The AssetResource id of each of `resources`, as Amplify gives it in the quota's
+    /// `metadata.references` (agents send these ids).
+    pub resource_ids: Vec<String>,
+}
+
+/// The ids of `listed` (`<asset>/<resource>`) among a quota's `AssetResource` references.
+pub fn listed_resource_ids(quota: &Value, listed: &[String]) -> Vec<String> {
+    let references = quota["metadata"]["references"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    listed
+        .iter()
+        .map(|name| {
+            references
+                .iter()
+                .find(|r| {
+                    r["kind"] == "AssetResource"
+                        && format!(
+                            "{}/{}",
+                            r["scopeName"].as_str().unwrap_or_default(),
+                            r["name"].as_str().unwrap_or_default()
+                        ) == *name
+                })
+                .and_then(|r| r["id"].as_str())
+                .unwrap_or_else(|| panic!("the quota references {name}: {quota}"))
+                .to_owned()
+        })
+        .collect()
 }
 
 impl Quota {
@@ -53,6 +82,27 @@ pub struct Billed {
     pub name: String,
     pub amplify_id: String,
     pub recurly_id: String,
+}
+
+/// Waits until the subscription `name` is approved and linked in Amplify; its billing ids.
+pub async fn wait_billed(provider: &Provider<'_>, name: &str) -> Billed {
+    let approved = wait_for(&format!("{name} approved"), WAIT, || async {
+        let sub = provider
+            .get(&format!("/catalog/v1/subscriptions/{name}"))
+            .await;
+        (sub["approval"]["state"] == "approved"
+            && sub["attributes"]["recurlySubscriptionId"].is_string())
+        .then_some(sub)
+    })
+    .await;
+    Billed {
+        name: name.to_owned(),
+        amplify_id: approved["metadata"]["id"].as_str().unwrap().to_owned(),
+        recurly_id: approved["attributes"]["recurlySubscriptionId"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    }
 }
 
 /// A running bridge with the `silver` plan billed and `subs` approved, billed subscriptions.
@@ -116,6 +166,7 @@ pub async fn billed_subscriptions(
                 .expect("quota id")
                 .to_owned(),
             resource: resources[0].clone(),
+            resource_ids: listed_resource_ids(&created, &resources),
             resources,
         });
     }
@@ -152,24 +203,7 @@ pub async fn billed_subscriptions(
     }
     let mut subs = Vec::new();
     for i in 1..=subscribers {
-        let name = format!("sub-{i}");
-        let approved = wait_for(&format!("{name} approved"), WAIT, || async {
-            let sub = provider
-                .get(&format!("/catalog/v1/subscriptions/{name}"))
-                .await;
-            (sub["approval"]["state"] == "approved"
-                && sub["attributes"]["recurlySubscriptionId"].is_string())
-            .then_some(sub)
-        })
-        .await;
-        subs.push(Billed {
-            name,
-            amplify_id: approved["metadata"]["id"].as_str().unwrap().to_owned(),
-            recurly_id: approved["attributes"]["recurlySubscriptionId"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        });
+        subs.push(wait_billed(provider, &format!("sub-{i}")).await);
     }
     (quotas, subs)
 }
@@ -486,7 +520,14 @@ async fn random_traffic_over_many_subscriptions_quotas_and_windows_is_billed_exa
         assert_eq!(response.status(), 200);
         let generated: Value = response.json().await.unwrap();
         for total in generated["totals"].as_array().unwrap() {
-            generated_names.insert(total["assetResourceName"].as_str().unwrap().to_owned());
+            // Events name the resource by its own name (§5.4); the quota lists `asset/resource`.
+            let listed = total["listedName"].as_str().unwrap();
+            assert_eq!(
+                total["assetResourceName"].as_str(),
+                listed.rsplit_once('/').map(|(_, own)| own),
+                "{total}"
+            );
+            generated_names.insert(listed.to_owned());
             let sub = b
                 .subs
                 .iter()
@@ -498,7 +539,7 @@ async fn random_traffic_over_many_subscriptions_quotas_and_windows_is_billed_exa
                 .find(|q| {
                     q.resources
                         .iter()
-                        .any(|r| total["assetResourceName"] == r.as_str())
+                        .any(|r| total["listedName"] == r.as_str())
                 })
                 .unwrap_or_else(|| panic!("traffic on a quota's resource: {total}"));
             expected.add(sub, quota, window.0, total["totalCount"].as_u64().unwrap());
@@ -1294,7 +1335,7 @@ async fn billed_subscriptions_beyond_a_page_of_the_amplify_list_are_all_billed()
             .find(|q| {
                 q.resources
                     .iter()
-                    .any(|r| total["assetResourceName"] == r.as_str())
+                    .any(|r| total["listedName"] == r.as_str())
             })
             .unwrap();
         expected.add(sub, quota, window.0, total["totalCount"].as_u64().unwrap());
@@ -1305,5 +1346,46 @@ async fn billed_subscriptions_beyond_a_page_of_the_amplify_list_are_all_billed()
     let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
     assert_eq!(summary["complete"], true, "{summary}");
     assert_eq!(summary["unmatched_units"], 0, "{summary}");
+    assert_eq!(usage_totals(&sb).await, expected.totals());
+}
+
+#[actix_rt::test]
+async fn a_run_longer_than_its_lease_keeps_the_lease_and_completes() {
+    let sb = bridge_sandbox().await;
+    // A 1 s lease, and Amplify answering in 1.5 s: the window's traffic read alone outlasts the
+    // lease, which the run must renew as it goes (a large run waiting for Amplify's reporting
+    // lane does the same at production scale).
+    let b = billed(&sb, &reporting_overrides("lease_ttl = \"1s\"", ""), 1).await;
+    let window = closed_windows(1)[0];
+    let (sub, quota) = (&b.subs[0], &b.quotas[0]);
+    inject(
+        &sb,
+        &spread(
+            &sub.amplify_id,
+            &sub.name,
+            &quota.resource,
+            window,
+            7,
+            "Success",
+        ),
+    )
+    .await;
+    let response = sb
+        .http
+        .put(sb.at("/_sandbox/faults/amplify"))
+        .json(&json!({"latency_ms": 1500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
+    assert_eq!(summary["complete"], true, "{summary}");
+    assert_eq!(
+        (&summary["records"], &summary["units"]),
+        (&json!(1), &json!(7)),
+        "{summary}"
+    );
+    let mut expected = Expected::default();
+    expected.add(sub, quota, window.0, 7);
     assert_eq!(usage_totals(&sb).await, expected.totals());
 }

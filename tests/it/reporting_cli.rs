@@ -75,7 +75,8 @@ delay = "0s"
     )
 }
 
-fn binary() -> std::process::Command {
+/// The `billing-bridge` binary, without the `BRIDGE_` variables of the test's environment.
+pub fn binary() -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_billing-bridge"));
     command.env("RUST_BACKTRACE", "0").env("RUST_LOG", "warn");
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BRIDGE_")) {
@@ -147,13 +148,6 @@ impl Drop for Served {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Starts `billing-bridge serve --config FILE` (the file written into `dir`) with the state file
 /// `state`; returns once `/healthz` answers.
 pub async fn serve(sb: &TestSandbox, dir: &TempDir, state: &Path, reporting: &str) -> Served {
@@ -169,22 +163,35 @@ pub async fn serve_with(
     dir: &TempDir,
     config: impl FnOnce(&str) -> String,
 ) -> Served {
-    let port = free_port();
-    let text = config(&format!("127.0.0.1:{port}"));
-    let config = dir.path(&format!("serve-{port}.toml"));
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path(&format!("serve-{port}.log"));
+    serve_with_env(sb, dir, config, &[]).await
+}
+
+/// Starts `billing-bridge serve` with the configuration `config(listen address)` and the
+/// variables `env`. The process binds `127.0.0.1:0` itself and prints the address it got
+/// (`billing-bridge: http://…`), which is read from its output: no port is picked here and
+/// bound again there. Returns once `/healthz` answers.
+pub async fn serve_with_env(
+    sb: &TestSandbox,
+    dir: &TempDir,
+    config: impl FnOnce(&str) -> String,
+    env: &[(&str, &str)],
+) -> Served {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let config_file = dir.path(&format!("serve-{run}.toml"));
+    std::fs::write(&config_file, config("127.0.0.1:0")).unwrap();
+    let log = dir.path(&format!("serve-{run}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let child = binary()
+        .envs(env.iter().copied())
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(&config_file)
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
         .expect("serve starts");
     let mut served = Served {
         child,
-        url: format!("http://127.0.0.1:{port}"),
+        url: String::new(),
         log,
     };
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -192,13 +199,23 @@ pub async fn serve_with(
         if let Ok(Some(status)) = served.child.try_wait() {
             panic!("serve exited with {status}:\n{}", served.log());
         }
-        let healthy = sb
-            .http
-            .get(format!("{}/healthz", served.url))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
+        if served.url.is_empty() {
+            served.url = served
+                .log()
+                .lines()
+                .find_map(|l| l.strip_prefix("billing-bridge: "))
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_default()
+                .to_owned();
+        }
+        let healthy = !served.url.is_empty()
+            && sb
+                .http
+                .get(format!("{}/healthz", served.url))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
         if healthy {
             return served;
         }

@@ -5,7 +5,6 @@
 //! and are skipped elsewhere.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,114 +13,17 @@ use serde_json::{Value, json};
 
 use crate::provisioning::{Provider, cards, recurly_writes, sandbox_json};
 use crate::support::{
-    ADMIN_TOKEN, TEAMS_CHANNEL, TestSandbox, WEBHOOK_SECRET, bridge_sandbox, wait_for,
+    ADMIN_TOKEN, Redis, TEAMS_CHANNEL, TestSandbox, WEBHOOK_SECRET, bridge_sandbox, installed,
+    wait_for,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn installed(program: &str) -> bool {
-    let found = Command::new(program)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{program} is not installed; .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {program} is not installed");
-    }
-    found
-}
-
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "bb-scale-{name}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("bb-scale-{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-async fn listening(port: u16) {
-    wait_for(&format!("port {port}"), WAIT, || async {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .is_ok()
-            .then_some(())
-    })
-    .await;
-}
-
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let mut redis = Redis {
-            child: None,
-            port: free_port(),
-            dir: temp_dir("redis"),
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        listening(self.port).await;
-    }
-
-    /// SIGKILL, then a new server on the same port and data directory.
-    async fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.spawn().await;
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// One `billing-bridge serve` process.
@@ -167,16 +69,17 @@ impl Drop for Instance {
     }
 }
 
+/// nginx listens on a unix socket in its directory: it refuses `listen 127.0.0.1:0` ("invalid
+/// port"), and a socket on a path needs no port to be picked for it. The test reaches it with a
+/// client bound to that socket ([`Nginx::client`]).
 struct Nginx {
     child: Child,
-    port: u16,
     dir: PathBuf,
 }
 
 impl Nginx {
     async fn start(backends: &[&Instance]) -> Nginx {
         let dir = temp_dir("nginx");
-        let port = free_port();
         let servers: String = backends
             .iter()
             .map(|b| format!("server {};\n", b.url.trim_start_matches("http://")))
@@ -201,7 +104,7 @@ http {{
     keepalive 16;
   }}
   server {{
-    listen 127.0.0.1:{port};
+    listen unix:{dir}/nginx.sock;
     location / {{
       proxy_pass http://bridges;
       proxy_http_version 1.1;
@@ -223,12 +126,26 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
-        listening(port).await;
-        Nginx { child, port, dir }
+        let socket = dir.join("nginx.sock");
+        wait_for("nginx listening", WAIT, || {
+            let ready = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+            async move { ready.then_some(()) }
+        })
+        .await;
+        Nginx { child, dir }
     }
 
+    /// The load balancer's base URL, for requests sent with [`Nginx::client`].
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        "http://load-balancer".into()
+    }
+
+    /// A client whose every connection goes to nginx's socket.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .unix_socket(self.dir.join("nginx.sock"))
+            .build()
+            .expect("http client")
     }
 }
 
@@ -409,7 +326,7 @@ async fn duplicated_webhooks_through_the_load_balancer_have_one_effect_each() {
         return;
     }
     let sb = bridge_sandbox().await;
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.expect("redis-server is installed");
     let config = write_config(&sb, &redis, "");
     let instances = three_instances(&config).await;
     let nginx = Nginx::start(&instances.iter().collect::<Vec<_>>()).await;
@@ -419,7 +336,7 @@ async fn duplicated_webhooks_through_the_load_balancer_have_one_effect_each() {
     let envelopes = activation_envelopes(&sb, &provider, plans).await;
     // Every envelope five times, all at once, through the load balancer.
     let webhook = format!("{}/webhooks/amplify", nginx.url());
-    let http = reqwest::Client::new();
+    let http = nginx.client();
     let mut sends = tokio::task::JoinSet::new();
     for envelope in envelopes
         .iter()
@@ -473,7 +390,7 @@ async fn redis_restarted_under_load_loses_no_acknowledged_event() {
         return;
     }
     let sb = bridge_sandbox().await;
-    let mut redis = Redis::start().await;
+    let mut redis = Redis::start().await.expect("redis-server is installed");
     let config = write_config(&sb, &redis, "");
     let instances = three_instances(&config).await;
     let nginx = Nginx::start(&instances.iter().collect::<Vec<_>>()).await;
@@ -482,7 +399,7 @@ async fn redis_restarted_under_load_loses_no_acknowledged_event() {
     let plans = 12;
     let envelopes = activation_envelopes(&sb, &provider, plans).await;
     let webhook = format!("{}/webhooks/amplify", nginx.url());
-    let http = reqwest::Client::new();
+    let http = nginx.client();
     // Send them one after another while Redis is killed and restarted half way.
     let mut retried = 0;
     for (i, envelope) in envelopes.iter().enumerate() {
@@ -631,7 +548,7 @@ async fn reporting_runs_once_across_instances_and_survives_a_killed_one() {
         return;
     }
     let sb = bridge_sandbox().await;
-    let redis = Redis::start().await;
+    let redis = Redis::start().await.expect("redis-server is installed");
     let subs = 40;
     let (from, to, injected, due) = seed_reporting(&sb, subs).await;
     // Slow usage answers, so the run is still going when an instance is killed.

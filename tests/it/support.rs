@@ -76,7 +76,7 @@ pub async fn bridge_sandbox() -> TestSandbox {
 pub struct TestBridge {
     pub url: String,
     pub bridge: std::sync::Arc<billing_bridge_pipeline::Bridge>,
-    pub server: billing_bridge_server::ServerHandle,
+    pub app: billing_bridge_server::Application,
 }
 
 impl TestBridge {
@@ -138,24 +138,20 @@ pub async fn spawn_bridge(sb: &TestSandbox, overrides: &str) -> TestBridge {
         std::time::Duration::from_millis(5),
         std::time::Duration::from_millis(200),
     );
-    let (bridge, channels) =
-        billing_bridge_pipeline::Bridge::build(config, retry).expect("bridge builds");
-    let pipeline = billing_bridge_pipeline::Pipeline::start(bridge, channels);
-    let bridge = pipeline.bridge.clone();
-    let (server, running) = billing_bridge_server::start(
-        billing_bridge_server::AppState {
-            bridge: bridge.clone(),
-            pipeline,
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let app = billing_bridge_server::Application::start(
+        config,
+        listener,
+        billing_bridge_server::Options {
+            retry,
+            workers: Some(1),
         },
-        "127.0.0.1:0",
-        Some(1),
     )
-    .expect("bridge server binds");
-    actix_rt::spawn(running);
+    .expect("the bridge starts");
     TestBridge {
-        url: server.url(),
-        bridge,
-        server,
+        url: app.url(),
+        bridge: app.bridge().clone(),
+        app,
     }
 }
 
@@ -176,4 +172,105 @@ pub async fn amplify_token(sb: &TestSandbox) -> String {
         .as_str()
         .expect("access_token")
         .to_owned()
+}
+
+/// Whether `program` can be run (`program -v`): a tool a test starts itself. Missing, the test
+/// fails under CI (`.ci/run` installs it) and is skipped elsewhere.
+pub fn installed(program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("-v")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed; .ci/run installs it"
+        );
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    found
+}
+
+/// A `redis-server` of the test's own, persistence on (appendfsync always), killed on drop. It
+/// listens on a unix socket in a directory of its own and on no TCP port (`--port 0`), so no
+/// port is ever picked for it; the store reaches it at `redis+unix://`. `start` answers `None`
+/// (skipped) where redis-server is not installed, except under CI.
+pub struct Redis {
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    pub async fn start() -> Option<Redis> {
+        if !installed("redis-server") {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("bb-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Redis { child: None, dir };
+        redis.spawn().await;
+        Some(redis)
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// Starts the server (again) on the same socket and data directory; returns once it answers.
+    pub async fn spawn(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let socket = self.socket();
+        wait_for(
+            "redis listening",
+            std::time::Duration::from_secs(10),
+            || {
+                let ready = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+                async move { ready.then_some(()) }
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL; the data directory stays for `spawn`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then a new server on the same socket and data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

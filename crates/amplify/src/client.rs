@@ -2,13 +2,12 @@
 //! call of the process kept under Amplify's per-client limit, retries on what may pass, paging
 //! through `Link` headers, and the writes the bridge makes (subresources, attributes).
 
-use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billing_bridge_upstream::{
     NoObserver, Observer, RetryPolicy, Upstream, call_span, record_exchange, timed_wait,
 };
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -19,6 +18,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::AmplifyError;
+use crate::budget::{Budget, Lane, Schedule};
 
 /// Path of the token endpoint below the auth base (reference §1.2).
 const TOKEN_PATH: &str = "/realms/Broker/protocol/openid-connect/token";
@@ -27,6 +27,11 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Page size asked for lists (Amplify's default is 20). Its cap is unknown [I]; a smaller page
 /// is harmless, because the next one comes from the `Link` header.
 const PAGE_SIZE: u32 = 1000;
+/// Events asked per WatchTopic page. The SDK asks 100 [V SDK harvester]; the cap is unknown
+/// [I]. A page that comes back full is followed by the next one.
+const WATCH_PAGE_SIZE: u32 = 1000;
+/// Header of a 410 answer naming the topic's newest sequence id [V SDK harvester].
+const MAX_SEQUENCE_HEADER: &str = "X-Axway-Max-Sequence-Id";
 /// How often an attribute write is retried when the resource changed meanwhile (428).
 const CONFLICT_RETRIES: usize = 3;
 
@@ -57,6 +62,56 @@ pub struct PlatformUser {
     pub email: String,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
+    /// The Platform's numeric user id (`user_id`), when it sent one.
+    pub user_id: Option<i64>,
+}
+
+/// The Platform's answer to `GET /api/v1/user/{guid}` as the agent SDK models it
+/// (`PlatformUserInfo`, `pkg/apic/definitions/definitions.go`): `{"success", "result": {"_id",
+/// "guid", "user_id" (int64), "firstname", "lastname", "active", "email"}}`. The reference gives
+/// only the base path (§1.1), so this is the one place that knows the shape.
+#[derive(Deserialize)]
+struct PlatformUserAnswer {
+    #[serde(default)]
+    result: Option<PlatformUserResult>,
+}
+
+#[derive(Deserialize)]
+struct PlatformUserResult {
+    #[serde(default)]
+    guid: Option<String>,
+    #[serde(default)]
+    user_id: Option<i64>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    firstname: Option<String>,
+    #[serde(default)]
+    lastname: Option<String>,
+}
+
+/// Reads a Platform user answer; `None` when it names no email (nothing to write to). A body
+/// of another shape is an error naming what was being read.
+fn read_platform_user(guid: &str, body: Value) -> Result<Option<PlatformUser>, AmplifyError> {
+    if body.is_null() {
+        return Ok(None);
+    }
+    let answer: PlatformUserAnswer =
+        serde_json::from_value(body).map_err(|e| AmplifyError::Unexpected {
+            operation: "get platform user",
+            detail: format!("the user answer is not the Platform's shape: {e}"),
+        })?;
+    let Some(user) = answer.result else {
+        return Ok(None);
+    };
+    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    Ok(non_empty(user.email).map(|email| PlatformUser {
+        guid: non_empty(user.guid).unwrap_or_else(|| guid.to_owned()),
+        email,
+        first_name: non_empty(user.firstname),
+        last_name: non_empty(user.lastname),
+        user_id: user.user_id,
+    }))
 }
 
 /// One Traceability summary question (reference §5.1).
@@ -73,22 +128,20 @@ struct CachedToken {
     renew_at: Instant,
 }
 
+/// A client of one lane of the process's Amplify budget. Clones are cheap and share the HTTP
+/// client, the token and the budget; [`lane`](AmplifyClient::lane) makes one for another lane.
+#[derive(Clone)]
 pub struct AmplifyClient {
-    http: reqwest::Client,
-    settings: AmplifySettings,
-    limiter: Option<DefaultDirectRateLimiter>,
-    token: Mutex<Option<CachedToken>>,
-    observer: Observer,
+    shared: Arc<Shared>,
+    lane: Lane,
 }
 
-/// Amplify's window is not documented beyond "25 requests per minute" (§1.4): a bucket with a
-/// fifth of the limit as burst and the rest as steady rate never exceeds the limit in any minute.
-fn client_quota(per_minute: u32) -> Option<Quota> {
-    let per_minute = NonZeroU32::new(per_minute)?;
-    let burst = (per_minute.get() / 5).max(1);
-    let steady = per_minute.get().saturating_sub(burst).max(1);
-    let period = Duration::from_secs(60).div_f64(f64::from(steady));
-    Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?))
+struct Shared {
+    http: reqwest::Client,
+    settings: AmplifySettings,
+    budget: Option<Budget>,
+    token: Mutex<Option<CachedToken>>,
+    observer: Observer,
 }
 
 /// The query string of the next page, from a `Link: <…?page=2&pageSize=20>; rel="next"` header.
@@ -123,27 +176,58 @@ fn encode(value: &str) -> String {
 }
 
 impl AmplifyClient {
+    /// A client of the provisioning lane (the highest), with a budget of its own.
     pub fn new(http: reqwest::Client, settings: AmplifySettings) -> Self {
+        Self::with_observer_shared(http, settings, NoObserver::shared())
+    }
+
+    fn with_observer_shared(
+        http: reqwest::Client,
+        settings: AmplifySettings,
+        observer: Observer,
+    ) -> Self {
         Self {
-            limiter: client_quota(settings.requests_per_minute).map(RateLimiter::direct),
-            http,
-            settings,
-            token: Mutex::new(None),
-            observer: NoObserver::shared(),
+            shared: Arc::new(Shared {
+                budget: Schedule::per_minute(settings.requests_per_minute).map(Budget::new),
+                http,
+                settings,
+                token: Mutex::new(None),
+                observer,
+            }),
+            lane: Lane::Provisioning,
         }
     }
 
-    /// Reports every exchange and rate-limit wait to `observer` (the metrics).
-    pub fn with_observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
-        self
+    /// Reports every exchange and rate-limit wait to `observer` (the metrics). Call it before
+    /// any clone or [`lane`](Self::lane) is made: it starts a new shared client.
+    pub fn with_observer(self, observer: Observer) -> Self {
+        let (http, settings) = (self.shared.http.clone(), self.shared.settings.clone());
+        Self::with_observer_shared(http, settings, observer)
+    }
+
+    /// The same client (token, budget, HTTP connections) calling in `lane`.
+    pub fn lane(&self, lane: Lane) -> AmplifyClient {
+        AmplifyClient {
+            shared: self.shared.clone(),
+            lane,
+        }
+    }
+
+    /// The lane this client's calls wait in.
+    pub fn current_lane(&self) -> Lane {
+        self.lane
+    }
+
+    /// Callers waiting for a slot of the budget, per lane in [`Lane::ALL`] order.
+    pub fn waiting(&self) -> [usize; 3] {
+        self.shared.budget.as_ref().map_or([0; 3], Budget::waiting)
     }
 
     /// `/catalog/{version}/{plural}/{name}`, the selfLink form of a resource this client names.
     pub fn resource_path(&self, group: &str, plural: &str, name: &str) -> String {
         format!(
             "/{group}/{}/{plural}/{}",
-            self.settings.api_version,
+            self.shared.settings.api_version,
             encode(name)
         )
     }
@@ -164,20 +248,27 @@ impl AmplifyClient {
         let operation = "get token";
         let url = format!(
             "{}{TOKEN_PATH}",
-            self.settings.auth_url.trim_end_matches('/')
+            self.shared.settings.auth_url.trim_end_matches('/')
         );
         let request = self
+            .shared
             .http
             .post(url)
             .basic_auth(
-                &self.settings.client_id,
-                Some(self.settings.client_secret.expose_secret()),
+                &self.shared.settings.client_id,
+                Some(self.shared.settings.client_secret.expose_secret()),
             )
             .form(&[("grant_type", "client_credentials")])
-            .timeout(self.settings.timeout);
+            .timeout(self.shared.settings.timeout);
         let started = Instant::now();
         let response = request.send().await.map_err(|e| {
-            record_exchange(&self.observer, Upstream::Amplify, operation, None, started);
+            record_exchange(
+                &self.shared.observer,
+                Upstream::Amplify,
+                operation,
+                None,
+                started,
+            );
             AmplifyError::Network {
                 operation,
                 detail: billing_bridge_upstream::network_error(e),
@@ -185,7 +276,7 @@ impl AmplifyClient {
         })?;
         let status = response.status().as_u16();
         record_exchange(
-            &self.observer,
+            &self.shared.observer,
             Upstream::Amplify,
             operation,
             Some(status),
@@ -222,7 +313,7 @@ impl AmplifyClient {
     }
 
     async fn bearer(&self) -> Result<SecretString, AmplifyError> {
-        let mut cached = self.token.lock().await;
+        let mut cached = self.shared.token.lock().await;
         if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_at) {
             return Ok(token.value.clone());
         }
@@ -233,7 +324,7 @@ impl AmplifyClient {
     }
 
     async fn forget_token(&self) {
-        *self.token.lock().await = None;
+        *self.shared.token.lock().await = None;
     }
 
     /// One exchange: answer body (`None` when empty) and headers, in a span of its own.
@@ -257,15 +348,21 @@ impl AmplifyClient {
         body: Option<&Value>,
     ) -> Result<(Option<Value>, HeaderMap), AmplifyError> {
         let token = self.bearer().await?;
-        if let Some(limiter) = &self.limiter {
-            timed_wait(&self.observer, Upstream::Amplify, limiter.until_ready()).await;
+        if let Some(budget) = &self.shared.budget {
+            timed_wait(
+                &self.shared.observer,
+                Upstream::Amplify,
+                budget.acquire(self.lane),
+            )
+            .await;
         }
         let mut request = self
+            .shared
             .http
             .request(method.clone(), url)
             .bearer_auth(token.expose_secret())
-            .timeout(self.settings.timeout);
-        if let Some(tenant) = &self.settings.tenant_id {
+            .timeout(self.shared.settings.timeout);
+        if let Some(tenant) = &self.shared.settings.tenant_id {
             request = request.header("X-Axway-Tenant-Id", tenant);
         }
         if let Some(body) = body {
@@ -273,7 +370,13 @@ impl AmplifyClient {
         }
         let started = Instant::now();
         let response = request.send().await.map_err(|e| {
-            record_exchange(&self.observer, Upstream::Amplify, operation, None, started);
+            record_exchange(
+                &self.shared.observer,
+                Upstream::Amplify,
+                operation,
+                None,
+                started,
+            );
             AmplifyError::Network {
                 operation,
                 detail: billing_bridge_upstream::network_error(e),
@@ -281,7 +384,7 @@ impl AmplifyClient {
         })?;
         let status = response.status().as_u16();
         record_exchange(
-            &self.observer,
+            &self.shared.observer,
             Upstream::Amplify,
             operation,
             Some(status),
@@ -319,6 +422,13 @@ impl AmplifyClient {
             }
             403 => Err(AmplifyError::Unauthorized { operation, status }),
             404 => Err(AmplifyError::NotFound { operation }),
+            410 => Err(AmplifyError::Gone {
+                operation,
+                newest: headers
+                    .get(MAX_SEQUENCE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok()),
+            }),
             428 => Err(AmplifyError::Conflict { operation }),
             429 => Err(AmplifyError::RateLimited {
                 operation,
@@ -345,9 +455,10 @@ impl AmplifyClient {
         body: Option<&Value>,
     ) -> Result<(Option<Value>, HeaderMap), AmplifyError> {
         let attempt = || {
-            self.settings
+            self.shared
+                .settings
                 .retry
-                .run_observed(Some((&self.observer, Upstream::Amplify)), || {
+                .run_observed(Some((&self.shared.observer, Upstream::Amplify)), || {
                     self.exchange(operation, &method, url, body)
                 })
         };
@@ -361,7 +472,7 @@ impl AmplifyClient {
     fn central(&self, path: &str) -> String {
         format!(
             "{}/apis{path}",
-            self.settings.central_url.trim_end_matches('/')
+            self.shared.settings.central_url.trim_end_matches('/')
         )
     }
 
@@ -426,7 +537,7 @@ impl AmplifyClient {
 
     /// The API version this client uses for paths it builds.
     pub fn api_version(&self) -> &str {
-        &self.settings.api_version
+        &self.shared.settings.api_version
     }
 
     /// Fetches a token now: proves the service account works (for `check`).
@@ -540,12 +651,73 @@ impl AmplifyClient {
         Err(AmplifyError::Conflict { operation })
     }
 
-    /// A Platform user by GUID; `None` when unknown. The answer shape
-    /// `{"success":true,"result":{"email",…}}` is inferred (reference §1.1), read only here.
+    /// `{CENTRAL}/events/management/{v}/watchtopics/{name}`: where a WatchTopic's events are
+    /// read (reference §4.5; the SDK's harvester prefixes the topic's selfLink with `/events`).
+    fn watch_url(&self, topic: &str) -> String {
+        format!(
+            "{}/events{}",
+            self.shared.settings.central_url.trim_end_matches('/'),
+            self.resource_path("management", "watchtopics", topic)
+        )
+    }
+
+    /// The events of WatchTopic `topic` after sequence id `after`, oldest first, as the SDK's
+    /// harvester reads them: `query=sequenceID>N`, `sort=sequenceID,ASC`, paged while a page
+    /// comes back full (one call for up to [`WATCH_PAGE_SIZE`] events). `Gone` when the events
+    /// after `after` are past the 7-day retention.
+    pub async fn watch_events(&self, topic: &str, after: i64) -> Result<Vec<Value>, AmplifyError> {
+        let operation = "read watch topic";
+        let mut events = Vec::new();
+        for page in 1.. {
+            let url = format!(
+                "{}?page={page}&pageSize={WATCH_PAGE_SIZE}&query={}&sort={}",
+                self.watch_url(topic),
+                encode(&format!("sequenceID>{after}")),
+                encode("sequenceID,ASC"),
+            );
+            let (body, _) = self.call(operation, Method::GET, &url, None).await?;
+            let batch = match body {
+                None => Vec::new(),
+                Some(Value::Array(batch)) => batch,
+                Some(_) => {
+                    return Err(AmplifyError::Unexpected {
+                        operation,
+                        detail: "expected an array of events".into(),
+                    });
+                }
+            };
+            let full = batch.len() as u32 >= WATCH_PAGE_SIZE;
+            events.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// The newest sequence id of WatchTopic `topic` (`pageSize=1&sort=sequenceID,DESC`, as the
+    /// SDK starts a topic it never read); `None` when it holds no event.
+    pub async fn watch_newest(&self, topic: &str) -> Result<Option<i64>, AmplifyError> {
+        let operation = "read watch topic";
+        let url = format!(
+            "{}?pageSize=1&sort={}",
+            self.watch_url(topic),
+            encode("sequenceID,DESC")
+        );
+        let (body, _) = self.call(operation, Method::GET, &url, None).await?;
+        Ok(body
+            .as_ref()
+            .and_then(|b| b.get(0))
+            .and_then(|e| e.pointer("/metadata/sequenceID"))
+            .and_then(Value::as_i64))
+    }
+
+    /// A Platform user by GUID; `None` when unknown or without an email. The answer is read by
+    /// `read_platform_user`, the one place holding its shape.
     pub async fn platform_user(&self, guid: &str) -> Result<Option<PlatformUser>, AmplifyError> {
         let url = format!(
             "{}/api/v1/user/{}",
-            self.settings.platform_url.trim_end_matches('/'),
+            self.shared.settings.platform_url.trim_end_matches('/'),
             encode(guid)
         );
         let body = match self
@@ -556,17 +728,7 @@ impl AmplifyClient {
             Err(AmplifyError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let user = body.get("result").unwrap_or(&body);
-        let text = |k: &str| user.get(k).and_then(Value::as_str).map(str::to_owned);
-        match text("email") {
-            Some(email) => Ok(Some(PlatformUser {
-                guid: text("guid").unwrap_or_else(|| guid.to_owned()),
-                email,
-                first_name: text("firstname"),
-                last_name: text("lastname"),
-            })),
-            None => Ok(None),
-        }
+        read_platform_user(guid, body)
     }
 
     /// One Traceability search (reference §5.2): `body` is posted as is and the answer returned.
@@ -574,7 +736,7 @@ impl AmplifyClient {
     pub async fn traceability_search(&self, body: &Value) -> Result<Value, AmplifyError> {
         let url = format!(
             "{}/api/traceability/v1/traceability/search",
-            self.settings.central_url.trim_end_matches('/')
+            self.shared.settings.central_url.trim_end_matches('/')
         );
         let (answer, _) = self
             .call("traceability search", Method::POST, &url, Some(body))
@@ -592,7 +754,7 @@ impl AmplifyClient {
     ) -> Result<Vec<T>, AmplifyError> {
         let base = format!(
             "{}/api/traceability/v1/traceability/summary",
-            self.settings.central_url.trim_end_matches('/')
+            self.shared.settings.central_url.trim_end_matches('/')
         );
         let mut rows = Vec::new();
         let page_size = page_size.max(1);
@@ -644,24 +806,34 @@ impl AmplifyClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
-    fn the_client_quota_never_exceeds_the_limit_in_a_minute() {
-        for per_minute in [1, 5, 25, 600] {
-            let quota = client_quota(per_minute).unwrap();
-            // A bucket of burst b refilling every T admits at most b + 60/T - 1 requests in
-            // any half-open minute.
-            let in_a_minute = f64::from(quota.burst_size().get())
-                + 60.0 / quota.replenish_interval().as_secs_f64()
-                - 1.0;
-            assert!(
-                in_a_minute <= f64::from(per_minute) + 1e-9,
-                "{per_minute}: {in_a_minute}"
-            );
-        }
-        assert!(client_quota(0).is_none());
+    fn a_platform_user_is_read_in_the_sdk_shape() {
+        let body = json!({"success": true, "result": {
+            "_id": "5f3e0a9c1b2d4e0011223344", "guid": "281768f2-user", "user_id": 1_234_567,
+            "firstname": "Dev", "lastname": "One", "active": true, "email": "dev@consumer.example",
+            "org_guid": "100000142"}});
+        let user = read_platform_user("281768f2-user", body).unwrap().unwrap();
+        assert_eq!(user.email, "dev@consumer.example");
+        assert_eq!(user.guid, "281768f2-user");
+        assert_eq!(user.user_id, Some(1_234_567));
+        assert_eq!(user.first_name.as_deref(), Some("Dev"));
+        // No email, or no result: nobody to write to.
+        let no_email = json!({"success": true, "result": {"guid": "u", "user_id": 7, "email": ""}});
+        assert_eq!(read_platform_user("u", no_email).unwrap(), None);
+        assert_eq!(
+            read_platform_user("u", json!({"success": true})).unwrap(),
+            None
+        );
+        assert_eq!(read_platform_user("u", Value::Null).unwrap(), None);
+        // A `user_id` that is not an integer is not the SDK's shape.
+        let wrong = json!({"success": true, "result": {"user_id": "u-1", "email": "a@b.example"}});
+        assert!(matches!(
+            read_platform_user("u", wrong),
+            Err(AmplifyError::Unexpected { .. })
+        ));
     }
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn the_next_page_comes_from_the_link_header() {

@@ -11,10 +11,37 @@ pub enum EventType {
     SubResourceUpdated,
 }
 
+impl EventType {
+    /// The four change types of reference §4.3, as Amplify spells them.
+    pub const NAMES: [&'static str; 4] = [
+        "ResourceCreated",
+        "ResourceUpdated",
+        "ResourceDeleted",
+        "SubResourceUpdated",
+    ];
+
+    /// Whether `name` is one of them; any other type (`TriggerAction`, `Ping`, one added later)
+    /// is not a resource change.
+    pub fn is_change(name: &str) -> bool {
+        Self::NAMES.contains(&name)
+    }
+}
+
+/// The least of an envelope, read when the whole does not parse: an event of a type that is no
+/// resource change carries its own shape, and is acknowledged rather than refused.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct EnvelopeHead {
+    #[serde(rename = "type")]
+    pub event_type: String,
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct EventMetadata {
     #[serde(default)]
     pub subresource: Option<String>,
+    /// The event's place in its WatchTopic (reference §4.5); absent on webhook deliveries.
+    #[serde(rename = "sequenceID", default)]
+    pub sequence_id: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -56,6 +83,11 @@ impl WebhookEnvelope {
 }
 
 impl<P> WebhookEnvelope<P> {
+    /// The sequence id of an event read from a WatchTopic.
+    pub fn sequence_id(&self) -> Option<i64> {
+        self.metadata.as_ref().and_then(|m| m.sequence_id)
+    }
+
     pub fn subresource(&self) -> Option<&str> {
         self.metadata
             .as_ref()
@@ -83,11 +115,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(created.subresource(), None);
-        assert!(
-            serde_json::from_str::<WebhookEnvelope>(
-                r#"{"id":"x","time":"t","type":"Bogus","payload":{}}"#
-            )
-            .is_err()
-        );
+        let bogus = r#"{"id":"x","time":"t","type":"Bogus","payload":{}}"#;
+        assert!(serde_json::from_str::<WebhookEnvelope>(bogus).is_err());
+        let head: EnvelopeHead = serde_json::from_str(bogus).unwrap();
+        assert!(!EventType::is_change(&head.event_type));
+        assert!(EventType::NAMES.iter().all(|n| EventType::is_change(n)));
     }
 }

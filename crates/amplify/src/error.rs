@@ -34,6 +34,13 @@ pub enum AmplifyError {
         status: u16,
         detail: String,
     },
+    /// 410 on a WatchTopic read: the events after the asked sequence id are past retention;
+    /// `newest` is the topic's last sequence id (`X-Axway-Max-Sequence-Id`, as the SDK reads it).
+    #[error("Amplify {operation}: the asked events are past retention (410)")]
+    Gone {
+        operation: &'static str,
+        newest: Option<i64>,
+    },
     #[error("Amplify {operation}: {detail}")]
     Network {
         operation: &'static str,

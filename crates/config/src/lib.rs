@@ -30,6 +30,7 @@ pub enum ConfigError {
 pub struct BridgeConfig {
     pub server: ServerConfig,
     pub webhook: WebhookConfig,
+    pub intake: IntakeConfig,
     pub amplify: AmplifyConfig,
     pub recurly: RecurlyConfig,
     pub provisioning: ProvisioningConfig,
@@ -38,6 +39,26 @@ pub struct BridgeConfig {
     pub ingest: IngestConfig,
     pub store: StoreConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// `[intake]`: the WatchTopic read beside the webhooks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    /// The WatchTopic's name; empty: none.
+    pub watch_topic: String,
+    #[serde(with = "humantime_serde")]
+    pub watch_every: Duration,
+    /// The full reconcile pass's period while a topic is read.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_every: Duration,
+}
+
+impl IntakeConfig {
+    /// The topic, when one is configured.
+    pub fn watch_topic(&self) -> Option<&str> {
+        Some(self.watch_topic.trim()).filter(|t| !t.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -67,6 +88,8 @@ pub struct AmplifyConfig {
     pub client_id: String,
     #[serde(default)]
     pub client_secret: Option<SecretString>,
+    /// The provider organization: sent as `X-Axway-Tenant-Id`, and webhooks of other
+    /// organizations are ignored (reference §1.3, §4.3).
     #[serde(default)]
     pub tenant_id: Option<String>,
     pub requests_per_minute: u32,
@@ -92,6 +115,13 @@ pub struct RecurlyConfig {
     pub requests_per_minute: u32,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The secret of the Recurly webhook endpoint (`recurly-signature`); unset: notifications
+    /// are refused.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretString>,
+    /// How far a notification's signed timestamp may be from the clock (replays are refused).
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -108,6 +138,16 @@ pub enum OnEnd {
     Terminate,
 }
 
+/// What the bridge does when a linked Recurly subscription's billing ends outside the bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBillingEnd {
+    /// Tell the provider (one card); the Amplify subscription stays as it is.
+    Notify,
+    /// Tell the provider and archive the Amplify subscription (a `SubscriptionJob`).
+    Archive,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
@@ -119,6 +159,17 @@ pub struct ProvisioningConfig {
     #[serde(with = "humantime_serde")]
     pub reconcile_every: Duration,
     pub marketplace_url: String,
+    pub on_billing_end: OnBillingEnd,
+    /// How often every linked Recurly subscription is read, to catch notifications that were
+    /// never delivered (ended billing, past-due invoices). 0s: never.
+    #[serde(with = "humantime_serde")]
+    pub billing_check_every: Duration,
+    /// A pass that must be tried again (an upstream failing) is queued again after this long,
+    /// then twice as long each time, at most `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_first: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
 }
 
 /// Which Traceability count is billed.
@@ -192,9 +243,33 @@ pub struct IngestConfig {
     pub max_decoded_bytes: usize,
     /// Most events in one batch.
     pub max_events: usize,
+    /// Most distinct groups (subscription, quota, resource, success) one window holds; events
+    /// of further new groups are refused (`too_many_groups`), so memory stays bounded.
+    pub max_groups_per_window: usize,
+    /// Bytes all batches in progress may hold together (as received, once unzipped, and their
+    /// parsed events); a batch that finds it spent is answered 503 with `Retry-After`.
+    pub max_inflight_bytes: usize,
+    /// A body that has not arrived whole this long after its request began is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Batches unzipped and parsed at once, off the request threads; 0: one per CPU core.
+    pub parse_threads: usize,
 }
 
 impl IngestConfig {
+    /// What the in-flight budget charges a parsed event (its slice, key and group index entry),
+    /// on top of the body bytes.
+    pub const PARSE_BYTES_PER_EVENT: usize = 64;
+
+    /// The most one batch within every limit can hold of the in-flight budget at once: its body
+    /// as received and unzipped, and its parsed events. The budget must be at least this, or such
+    /// a batch could never be taken.
+    pub fn largest_batch_bytes(&self) -> usize {
+        self.max_body_bytes
+            .saturating_add(self.max_decoded_bytes)
+            .saturating_add(self.max_events.saturating_mul(Self::PARSE_BYTES_PER_EVENT))
+    }
+
     /// Windows behind the watermark a push run re-reads, so every event the horizon lets in
     /// reaches a run: the horizon in windows, plus the window in progress and one for a run that
     /// comes late.
@@ -302,12 +377,22 @@ impl BridgeConfig {
     }
 
     /// Empty secrets mean "not set".
+    /// How often the full reconcile pass runs: rarely while a WatchTopic is read.
+    pub fn reconcile_every(&self) -> Duration {
+        if self.intake.watch_topic().is_some() {
+            self.intake.reconcile_every
+        } else {
+            self.provisioning.reconcile_every
+        }
+    }
+
     fn normalised(mut self) -> Self {
         for secret in [
             &mut self.server.admin_token,
             &mut self.webhook.secret,
             &mut self.amplify.client_secret,
             &mut self.recurly.api_key,
+            &mut self.recurly.webhook_secret,
             &mut self.notify.teams.webhook_url,
             &mut self.notify.mail.sendgrid.api_key,
             &mut self.notify.mail.smtp.password,
@@ -339,6 +424,23 @@ impl BridgeConfig {
         if self.amplify.requests_per_minute == 0 {
             problems.push("amplify.requests_per_minute must be at least 1".into());
         }
+        if let Some(topic) = self.intake.watch_topic() {
+            if self.intake.watch_every < Duration::from_secs(1) {
+                problems.push("intake.watch_every must be at least 1s".into());
+            }
+            if self.intake.reconcile_every.is_zero() {
+                problems.push("intake.reconcile_every must be more than 0".into());
+            }
+            let valid_name = topic.len() <= 100
+                && topic
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !valid_name {
+                problems.push(format!(
+                    "intake.watch_topic '{topic}' is no Amplify resource name (lower-case letters, digits, '-', '.')"
+                ));
+            }
+        }
         let reporting = &self.reporting;
         if reporting.window.as_millis() < 1_000
             || !reporting.window.as_millis().is_multiple_of(1_000)
@@ -366,6 +468,17 @@ impl BridgeConfig {
                 || self.ingest.max_decoded_bytes == 0
             {
                 problems.push("ingest.max_events, ingest.max_body_bytes and ingest.max_decoded_bytes must be at least 1".into());
+            }
+            if self.ingest.max_inflight_bytes < self.ingest.largest_batch_bytes() {
+                problems.push(format!(
+                    "ingest.max_inflight_bytes ({}) must be at least max_body_bytes + max_decoded_bytes + {} x max_events ({}), or a batch at those limits could never be taken",
+                    self.ingest.max_inflight_bytes,
+                    IngestConfig::PARSE_BYTES_PER_EVENT,
+                    self.ingest.largest_batch_bytes()
+                ));
+            }
+            if self.ingest.body_timeout < Duration::from_millis(100) {
+                problems.push("ingest.body_timeout must be at least 100ms".into());
             }
         }
         if self.store.instances == 0 {
@@ -420,6 +533,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_watch_topic_makes_the_full_reconcile_pass_a_daily_backstop() {
+        let config =
+            BridgeConfig::from_toml("[intake]\nwatch_topic = \"billing-bridge-watch\"").unwrap();
+        assert_eq!(config.intake.watch_topic(), Some("billing-bridge-watch"));
+        assert_eq!(config.intake.watch_every, Duration::from_secs(60));
+        assert_eq!(config.reconcile_every(), Duration::from_secs(24 * 3600));
+        let bad =
+            BridgeConfig::from_toml("[intake]\nwatch_topic = \"../events\"\nwatch_every = \"0s\"")
+                .unwrap();
+        let problems = bad.problems().join("\n");
+        assert!(problems.contains("intake.watch_topic"), "{problems}");
+        assert!(problems.contains("intake.watch_every"), "{problems}");
+    }
+
+    #[test]
     fn the_commented_defaults_load_and_name_what_serve_still_needs() {
         let config = BridgeConfig::from_toml("").unwrap();
         assert_eq!(config.server.max_body_bytes, 1_048_576);
@@ -434,6 +562,8 @@ mod tests {
             DEFAULT_ACCOUNT_ORDER.to_vec()
         );
         assert!(config.webhook.secret.is_none());
+        assert_eq!(config.intake.watch_topic(), None);
+        assert_eq!(config.reconcile_every(), Duration::from_secs(900));
         let problems = config.problems().join("\n");
         for needed in ["webhook.secret", "amplify.client_secret", "recurly.api_key"] {
             assert!(problems.contains(needed), "{problems}");
@@ -512,5 +642,25 @@ mod tests {
             Env::prefixed("NOPE_"),
         );
         assert!(matches!(missing, Err(ConfigError::Invalid(p)) if p[0].contains("does not exist")));
+    }
+
+    #[test]
+    fn the_ingest_budget_must_hold_one_batch_at_every_limit() {
+        let push = "[reporting]\nsource = \"push\"\n[ingest]\ntoken = \"t\"\n";
+        let config = BridgeConfig::from_toml(push).unwrap();
+        assert_eq!(config.ingest.max_inflight_bytes, 268_435_456);
+        assert_eq!(config.ingest.body_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.ingest.largest_batch_bytes(),
+            16_777_216 + 134_217_728 + 3_200_000
+        );
+        assert!(!config.problems().join("\n").contains("ingest."));
+        let small = BridgeConfig::from_toml(&format!(
+            "{push}max_inflight_bytes = 100000000\nbody_timeout = \"10ms\""
+        ))
+        .unwrap();
+        let problems = small.problems().join("\n");
+        assert!(problems.contains("ingest.max_inflight_bytes"), "{problems}");
+        assert!(problems.contains("ingest.body_timeout"), "{problems}");
     }
 }

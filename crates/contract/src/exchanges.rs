@@ -93,3 +93,35 @@ fn json_or_raw(body: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// Checks that every success answer among recorded exchanges (as `check_recorded_exchanges`
+/// takes them) carries every field the spec documents for it, `null` or `[]` when unset: the
+/// sandbox's answers, since the product never sends answers.
+pub fn check_recorded_answers_complete(entries: &[Value], prefix: &str) -> Result<(), Violations> {
+    let contract = RecurlyContract::get();
+    let mut found = Vec::new();
+    for entry in entries {
+        let seq = entry
+            .get("seq")
+            .map(|s| format!("#{s} "))
+            .unwrap_or_default();
+        let method = entry.get("method").and_then(Value::as_str).unwrap_or("?");
+        let full_path = entry.get("path").and_then(Value::as_str).unwrap_or("?");
+        let path = full_path.strip_prefix(prefix).unwrap_or(full_path);
+        let Some(status) = entry
+            .get("status")
+            .and_then(Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+        else {
+            continue;
+        };
+        let body = json_or_raw(entry.get("response_body").unwrap_or(&Value::Null));
+        if let Err(v) = contract.missing_response_fields(method, path, status, &body) {
+            found.extend(v.0.into_iter().map(|v| Violation {
+                operation: format!("{seq}{} [{method} {full_path}]", v.operation),
+                ..v
+            }));
+        }
+    }
+    Violations(found).into_result()
+}

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value, json};
 
-pub use exchanges::{ExchangePolicy, check_recorded_exchanges};
+pub use exchanges::{ExchangePolicy, check_recorded_answers_complete, check_recorded_exchanges};
 use schema::{Direction, SCHEMA_REF_PREFIX};
 
 const RECURLY_OPENAPI_YAML: &str = include_str!("../openapi/recurly-v2021-02-25.yaml");
@@ -253,6 +253,96 @@ impl RecurlyContract {
                 }
                 self.validate_schema(name, Direction::Response, body, &label, "")
             }
+        }
+    }
+
+    /// Checks that a success answer to `method path` carries every property the spec documents
+    /// for its schema, in every object it holds (`null` counts as present; the contents of a
+    /// `null` are not looked into). Recurly answers with each documented field, `null` or `[]`
+    /// when unset, so an emulator leaving fields out teaches clients to expect absences the real
+    /// service never sends. Error answers and undescribed statuses are `validate_response`'s.
+    pub fn missing_response_fields(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), Violations> {
+        let op = self.operation(method, path)?;
+        if method.eq_ignore_ascii_case("HEAD") || !(200..300).contains(&status) {
+            return Ok(());
+        }
+        let Some(ResponseBody::Schema(name)) = op.responses.get(&status.to_string()) else {
+            return Ok(());
+        };
+        let label = format!("{} response {status}", op.label());
+        let mut found = Vec::new();
+        let root = json!({ "$ref": format!("{SCHEMA_REF_PREFIX}{name}") });
+        self.collect_missing(&root, body, "", &label, &mut found, 0);
+        Violations(found).into_result()
+    }
+
+    fn collect_missing(
+        &self,
+        schema: &Value,
+        body: &Value,
+        pointer: &str,
+        label: &str,
+        found: &mut Vec<Violation>,
+        depth: usize,
+    ) {
+        // The spec's nesting is shallow; the bound only stops a malformed self-reference.
+        if depth > 32 {
+            return;
+        }
+        if let Some(target) = schema.get("$ref").and_then(Value::as_str) {
+            let name = target.strip_prefix(SCHEMA_REF_PREFIX).unwrap_or(target);
+            if let Some(resolved) = self.response_schemas.get(name) {
+                self.collect_missing(resolved, body, pointer, label, found, depth + 1);
+            }
+            return;
+        }
+        match body {
+            Value::Object(fields) => {
+                let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                    return;
+                };
+                for (key, prop) in props {
+                    match fields.get(key) {
+                        None => found.push(Violation {
+                            operation: label.to_owned(),
+                            pointer: format!("{pointer}/{key}"),
+                            message: format!(
+                                "the documented field `{key}` is missing (Recurly sends it, `null` or `[]` when unset)"
+                            ),
+                        }),
+                        Some(Value::Null) => {}
+                        Some(value) => self.collect_missing(
+                            prop,
+                            value,
+                            &format!("{pointer}/{key}"),
+                            label,
+                            found,
+                            depth + 1,
+                        ),
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for (i, item) in items.iter().enumerate() {
+                        self.collect_missing(
+                            item_schema,
+                            item,
+                            &format!("{pointer}/{i}"),
+                            label,
+                            found,
+                            depth + 1,
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

@@ -263,3 +263,59 @@ fn gateway_errors_may_come_without_a_body() {
             .is_err()
     );
 }
+
+#[test]
+fn an_answer_missing_a_documented_field_is_flagged_nested_ones_too() {
+    let c = contract();
+    let complete: Value = json!({
+        "id": "m1", "object": "measured_unit", "name": "calls", "display_name": "Calls",
+        "state": "active", "description": null, "created_at": "2024-05-01T00:00:00Z",
+        "updated_at": "2024-05-01T00:00:00Z", "deleted_at": null
+    });
+    assert_eq!(
+        c.missing_response_fields("GET", "/measured_units/m1", 200, &complete),
+        Ok(())
+    );
+    let mut partial = complete.clone();
+    partial.as_object_mut().unwrap().remove("deleted_at");
+    let missing = messages(c.missing_response_fields("GET", "/measured_units/m1", 200, &partial));
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(missing[0].contains("/deleted_at"), "{missing:?}");
+
+    // Inside a list page too.
+    let list = json!({"object": "list", "has_more": false, "next": null, "data": [partial]});
+    let missing = messages(c.missing_response_fields("GET", "/measured_units", 200, &list));
+    assert!(
+        missing.iter().any(|m| m.contains("/data/0/deleted_at")),
+        "{missing:?}"
+    );
+    // Errors and HEAD answers are not judged here.
+    assert_eq!(
+        c.missing_response_fields("GET", "/measured_units/m1", 404, &json!({})),
+        Ok(())
+    );
+    assert_eq!(
+        c.missing_response_fields("HEAD", "/measured_units", 200, &Value::Null),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_null_field_counts_as_present_and_is_not_looked_into() {
+    let c = contract();
+    let usage: Value = json!({
+        "id": "u1", "object": "usage", "merchant_tag": null, "amount": 5.0, "usage_type": "price",
+        "tier_type": "tiered", "tiers": [{"ending_quantity": 10, "unit_amount": null}],
+        "percentage_tiers": [], "measured_unit_id": "m1",
+        "recording_timestamp": "2024-05-01T00:00:00Z", "usage_timestamp": "2024-05-01T00:00:00Z",
+        "usage_percentage": null, "unit_amount": null, "unit_amount_decimal": null,
+        "billed_at": null, "created_at": "2024-05-01T00:00:00Z", "updated_at": "2024-05-01T00:00:00Z"
+    });
+    let missing = messages(c.missing_response_fields("GET", "/usage/u1", 200, &usage));
+    // The tier lacks `unit_amount_decimal` and `usage_percentage`; nothing else is missing.
+    assert_eq!(missing.len(), 2, "{missing:?}");
+    assert!(
+        missing.iter().all(|m| m.contains("/tiers/0/")),
+        "{missing:?}"
+    );
+}

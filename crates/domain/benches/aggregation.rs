@@ -1,6 +1,8 @@
 //! The aggregation core alone (issue 7): transactions counted per (window, subscription, quota,
 //! resource, success), each id once. `insert` starts from parsed transactions; `parse_insert`
-//! starts from NDJSON lines in the agent-sdk shape, as push ingestion and raw polling get them.
+//! starts from NDJSON lines in the agent-sdk LogEvent shape (reference §5.3), as push ingestion
+//! and raw polling get them; `parse_only_insights` reads the same traffic as InsightsEvents v4
+//! (§5.4).
 //! Throughput is in transactions (criterion's "elements").
 //!
 //! `cargo bench -p billing-bridge-domain --bench aggregation`
@@ -75,7 +77,25 @@ fn ndjson(w: &Workload) -> Vec<String> {
         .map(|i| {
             let (sub, quota, ok, ts) = w.picks[i];
             format!(
-                r#"{{"version":"1.0","timestamp":{ts},"transactionId":"{id}","environmentId":"env-1","tenantId":"100","type":"transactionSummary","transactionSummary":{{"status":"{status}","statusDetail":"200","duration":42,"team":{{"id":"team-1"}},"proxy":{{"id":"remoteApiId_pets","name":"pets","revision":1}},"entryPoint":{{"type":"http","method":"GET","path":"/v1/pets/7","host":"api.example.com"}},"product":{{"id":"prod-1","name":"weather","versionId":"v1","versionName":"1.0"}},"productPlan":{{"id":"plan-1"}},"quota":{{"id":"{quota}"}},"assetResource":{{"id":"ar-{q}","name":"weather/pets-{q}"}},"consumerDetails":{{"subscription":{{"id":"{sub}","name":"sub"}},"application":{{"id":"app-1","name":"app","consumerOrgId":"org-1"}},"publishedProduct":{{"id":"pp-1","name":"weather"}},"marketplace":{{"guid":"mkt-1","consumerOrgId":"org-1"}}}}}}}}"#,
+                r#"{{"version":"1.0","timestamp":{ts},"transactionId":"{id}","environmentId":"env-1","tenantId":"100","type":"transactionSummary","transactionSummary":{{"status":"{status}","statusDetail":"200","duration":42,"team":{{"id":"team-1"}},"proxy":{{"id":"remoteApiId_pets","name":"pets","revision":1}},"entryPoint":{{"type":"http","method":"GET","path":"/v1/pets/7","host":"api.example.com"}},"product":{{"id":"prod-1","name":"weather","versionId":"v1","versionName":"1.0"}},"productPlan":{{"id":"plan-1"}},"quota":{{"id":"{quota}"}},"assetResource":{{"id":"ar-{q}","name":"pets-{q}"}},"consumerDetails":{{"subscription":{{"id":"{sub}","name":"sub"}},"application":{{"id":"app-1","name":"app","consumerOrgId":"org-1"}},"publishedProduct":{{"id":"pp-1","name":"weather"}},"marketplace":{{"guid":"mkt-1","consumerOrgId":"org-1"}}}}}}}}"#,
+                id = w.ids[i],
+                status = if ok { "Success" } else { "Failure" },
+                quota = w.quotas[quota],
+                q = quota % 2,
+                sub = w.subs[sub],
+            )
+        })
+        .collect()
+}
+
+/// The same traffic as `BuildTransactionV2Data` writes it.
+fn ndjson_insights(w: &Workload) -> Vec<String> {
+    (0..w.ids.len())
+        .map(|i| {
+            let (sub, quota, ok, ts) = w.picks[i];
+            format!(
+                r#"{{"id":"{fresh:032x}","org":"100","event":"api.transaction.summary","version":"4","timestamp":{ts},"distribution":{{"environment":"env-1"}},"data":{{"version":"2","apicDeployment":"prod","status":"{status}","statusDetail":"200","duration":42,"api":{{"id":"remoteApiId_pets","apiServiceId":"svc-1","name":"pets"}},"entryPoint":{{"method":"GET","path":"/v1/pets/7","host":"api.example.com"}},"assetResource":{{"id":"ar-{q}"}},"apiServiceRevision":{{"id":"rev-1"}},"product":{{"id":"prod-1","versionId":"v1"}},"productPlan":{{"id":"plan-1"}},"quota":{{"id":"{quota}"}},"consumerDetails":{{"consumerOrgId":"org-1","marketplace":{{"guid":"mkt-1"}},"application":{{"id":"app-1","consumerOrgId":"org-1"}},"publishedProduct":{{"id":"pp-1"}},"subscription":{{"id":"{sub}"}}}},"proxy":{{"id":"pets","name":"pets"}},"reporter":{{"version":"1.0","type":"traceability","agentSDKVersion":"1.1.152","agentName":"agent"}}}},"session":{{"id":"{id}"}}}}"#,
+                fresh = mix(i as u64 ^ 0x5eed),
                 id = w.ids[i],
                 status = if ok { "Success" } else { "Failure" },
                 quota = w.quotas[quota],
@@ -98,7 +118,8 @@ fn bench(c: &mut Criterion) {
                 group: Group {
                     subscription: Cow::Borrowed(&w.subs[sub]),
                     quota: Cow::Borrowed(&w.quotas[quota]),
-                    resource: Cow::Borrowed("weather/pets"),
+                    resource_id: Cow::Borrowed("ar-1"),
+                    resource_name: Cow::Borrowed("pets"),
                     success: ok,
                 },
             }
@@ -140,6 +161,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0u64;
             for line in &lines {
+                if let Ok(Parsed::Transaction(tx)) = parse_event(line.as_bytes()) {
+                    n += tx.timestamp_ms as u64 & 1;
+                }
+            }
+            black_box(n)
+        })
+    });
+    let insights = ndjson_insights(&w);
+    group.bench_function("parse_only_insights_1m", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            for line in &insights {
                 if let Ok(Parsed::Transaction(tx)) = parse_event(line.as_bytes()) {
                     n += tx.timestamp_ms as u64 & 1;
                 }

@@ -37,14 +37,15 @@ pub struct ResourceEvent {
     pub name: String,
     /// `metadata.id`: still known when the resource is gone.
     pub resource_id: String,
-    /// `metadata.selfLink`, so the provisioner reads the same API version Amplify sent.
+    /// `metadata.selfLink` as the event claimed it: for logs only. The provisioner builds every
+    /// URL from `kind` and `name` (a checked Amplify name), never from this.
     pub self_link: String,
-    /// The event said the resource was deleted.
+    /// The event said the resource was deleted: a hint; the provisioner re-reads and confirms.
     pub deleted: bool,
     /// Amplify's `correlationId`, carried into traces and logs.
     pub correlation_id: Option<String>,
-    /// The billing id the resource was linked to when the event was sent (from its attributes),
-    /// so a deleted resource can still be found in the billing platform.
+    /// The billing id the event's body claimed (its link attribute): for logs only. What the
+    /// bridge ends is what its own store linked (`trust::SubscriptionLink`), never this.
     pub billing_id: Option<String>,
     /// How many passes over this event ended in "try again later" so far.
     #[serde(default)]
@@ -302,10 +303,86 @@ pub fn event_of_interest(
     }
 }
 
+/// [`event_of_interest`] for an event read from a WatchTopic. Its payload is thin (reference
+/// §4.5: identity, attributes, tags and metadata; no spec, no subresources), so a condition on
+/// a subresource it lacks is taken as met: an approval change may be the pending one, a plan
+/// created or updated may be active. The provisioner reads the resource and decides.
+pub fn watch_event_of_interest(
+    event_id: &str,
+    change: ChangeType,
+    subresource: Option<&str>,
+    payload: &EventPayload,
+    correlation_id: Option<&str>,
+) -> Option<ResourceEvent> {
+    let mut assumed = payload.clone();
+    match payload.kind.as_deref() {
+        Some("Subscription") if assumed.approval.is_none() => {
+            assumed.approval = Some(PayloadApproval {
+                state: Some("pending".into()),
+            });
+        }
+        Some("ProductPlan") if assumed.state.is_none() => {
+            assumed.state = Some("active".into());
+        }
+        _ => {}
+    }
+    event_of_interest(event_id, change, subresource, &assumed, correlation_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_thin_watch_event_is_of_interest_whenever_the_full_one_might_be() {
+        let thin = |kind: &str| {
+            payload(json!({"group": "catalog", "kind": kind, "name": "x",
+                           "metadata": {"id": "i1", "selfLink": "/catalog/v1/x"}}))
+        };
+        let sub = thin("Subscription");
+        for (change, subresource) in [
+            (ChangeType::SubResourceUpdated, Some("approval")),
+            (ChangeType::SubResourceUpdated, Some("state")),
+            (ChangeType::Deleted, None),
+        ] {
+            let e = watch_event_of_interest("w1", change, subresource, &sub, None)
+                .unwrap_or_else(|| panic!("{change:?} {subresource:?}"));
+            assert_eq!((e.kind, e.name.as_str()), (ResourceKind::Subscription, "x"));
+            assert_eq!(e.deleted, change == ChangeType::Deleted);
+        }
+        // What a full payload could not make interesting stays uninteresting.
+        for (change, subresource) in [
+            (ChangeType::Created, None),
+            (ChangeType::SubResourceUpdated, Some("status")),
+            (ChangeType::SubResourceUpdated, Some("marketplace")),
+        ] {
+            assert!(watch_event_of_interest("w", change, subresource, &sub, None).is_none());
+        }
+        let plan = thin("ProductPlan");
+        for change in [
+            ChangeType::Created,
+            ChangeType::Updated,
+            ChangeType::Deleted,
+        ] {
+            assert!(watch_event_of_interest("w", change, None, &plan, None).is_some());
+        }
+        assert!(
+            watch_event_of_interest("w", ChangeType::Updated, None, &thin("Product"), None)
+                .is_none()
+        );
+        // A full payload is read as the webhook rule reads it.
+        assert!(
+            watch_event_of_interest(
+                "w",
+                ChangeType::SubResourceUpdated,
+                Some("approval"),
+                &subscription("approved"),
+                None
+            )
+            .is_none()
+        );
+    }
 
     fn payload(value: Value) -> EventPayload {
         EventPayload::from_value(&value).expect("a payload")

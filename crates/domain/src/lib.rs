@@ -7,8 +7,10 @@
 pub mod amplify;
 pub mod codes;
 pub mod events;
+pub mod ingest;
 pub mod money;
 pub mod plan;
 pub mod tiers;
 pub mod transactions;
+pub mod trust;
 pub mod usage;

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::amplify::{Product, ProductPlan, Quota, QuotaPricing};
+use crate::amplify::{Product, ProductPlan, Quota, QuotaLimit, QuotaPricing};
 use crate::codes::{self, CodeError};
 use crate::money::{Amount, AmountError};
 use crate::tiers::{self, PriceTier, TierError, TierModel};
@@ -26,7 +26,7 @@ pub enum Ineligible {
     NotPaid { plan_type: String },
     #[error("plan approval is '{approval}', not 'manual'")]
     NotManualApproval { approval: String },
-    #[error("plan has no graduated, volume or pay-per-use quota")]
+    #[error("plan has no graduated, volume, pay-per-use or overage-priced standard quota")]
     NoPricedQuota,
 }
 
@@ -42,19 +42,34 @@ impl Ineligible {
     }
 }
 
+/// The overage terms of a Standard quota whose loose limit prices the units past it: the units
+/// included and the price of each one over. `None` for a strict limit or a free overage, which
+/// bill nothing.
+fn overage_terms(limit: Option<&QuotaLimit>) -> Option<(i64, f64)> {
+    match limit? {
+        QuotaLimit::Loose {
+            value,
+            overages: Some(overages),
+        } if overages.value != 0.0 => Some((*value, overages.value)),
+        _ => None,
+    }
+}
+
 fn is_priced(quota: &Quota) -> bool {
-    matches!(
-        quota.spec.pricing,
+    match &quota.spec.pricing {
         Some(
             QuotaPricing::Graduated { .. }
-                | QuotaPricing::Volume { .. }
-                | QuotaPricing::PerUnit { .. }
-        )
-    )
+            | QuotaPricing::Volume { .. }
+            | QuotaPricing::PerUnit { .. },
+        ) => true,
+        Some(QuotaPricing::Fixed { limit, .. }) => overage_terms(limit.as_ref()).is_some(),
+        _ => false,
+    }
 }
 
 /// The seed's rules: the product is billed by Recurly, the plan is paid with manual approval,
-/// and at least one quota is priced by usage.
+/// and at least one quota is priced by usage (tiers, pay per use, or a Standard quota's
+/// overage price).
 pub fn plan_eligibility(
     product: &Product,
     plan: &ProductPlan,
@@ -131,6 +146,7 @@ pub struct BillingInterval {
 /// Amplify's `spec.billing.interval` as a billing interval. Only `monthly` is verified; the other
 /// spellings are inferred from the UI labels (Amplify reference §3.2, open question 3).
 pub fn billing_interval(interval: &str) -> Option<BillingInterval> {
+    // Amplify's quota `interval` (reference §3.3) uses the same words as the plan's.
     let (unit, length) = match interval.to_ascii_lowercase().as_str() {
         "monthly" => (IntervalUnit::Months, 1),
         "quarterly" => (IntervalUnit::Months, 3),
@@ -140,6 +156,22 @@ pub fn billing_interval(interval: &str) -> Option<BillingInterval> {
         _ => return None,
     };
     Some(BillingInterval { unit, length })
+}
+
+impl BillingInterval {
+    /// The interval as a price reads it: "month", "3 months", "year", "week", "2 days".
+    pub fn describe(&self) -> String {
+        match (self.unit, self.length) {
+            (IntervalUnit::Months, 1) => "month".to_owned(),
+            (IntervalUnit::Months, 12) => "year".to_owned(),
+            (IntervalUnit::Months, n) if n % 12 == 0 => format!("{} years", n / 12),
+            (IntervalUnit::Months, n) => format!("{n} months"),
+            (IntervalUnit::Days, 1) => "day".to_owned(),
+            (IntervalUnit::Days, 7) => "week".to_owned(),
+            (IntervalUnit::Days, n) if n % 7 == 0 => format!("{} weeks", n / 7),
+            (IntervalUnit::Days, n) => format!("{n} days"),
+        }
+    }
 }
 
 /// How a usage add-on prices each unit.
@@ -177,6 +209,18 @@ pub struct BillingPlan {
     pub setup_fee: Amount,
     pub interval: BillingInterval,
     pub add_ons: Vec<UsageAddOn>,
+}
+
+impl BillingPlan {
+    /// The recurring price as people read it: "49 USD per month", "10.99 EUR per 3 months".
+    pub fn price_per_interval(&self) -> String {
+        format!(
+            "{} {} per {}",
+            self.price,
+            self.currency,
+            self.interval.describe()
+        )
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -217,13 +261,30 @@ pub enum QuotaMappingError {
     Tiers(#[from] TierError),
     #[error("pay-per-use cost: {0}")]
     Cost(#[from] AmountError),
+    #[error(
+        "its limit counts units per '{quota_interval}' but the plan bills per '{plan_interval}'; Recurly counts a usage add-on's tiers per billing period, so the free units and the overage price can only be billed when the quota's interval equals the plan's billing interval"
+    )]
+    OverageInterval {
+        quota_interval: String,
+        plan_interval: String,
+    },
 }
 
 fn truncated(name: &str) -> String {
     name.chars().take(MAX_NAME_CHARS).collect()
 }
 
-fn usage_add_on(quota: &Quota) -> Option<Result<UsageAddOn, QuotaMappingError>> {
+/// The plan's billing interval, as Amplify wrote it and as parsed, which a Standard quota's
+/// overage interval must equal.
+struct PlanInterval<'a> {
+    text: &'a str,
+    interval: BillingInterval,
+}
+
+fn usage_add_on(
+    quota: &Quota,
+    plan_interval: &PlanInterval<'_>,
+) -> Option<Result<UsageAddOn, QuotaMappingError>> {
     let pricing = match quota.spec.pricing.as_ref()? {
         QuotaPricing::PerUnit { cost } => Amount::from_f64(*cost, 9)
             .map(|unit_amount| UsagePricing::PerUnit { unit_amount })
@@ -240,7 +301,26 @@ fn usage_add_on(quota: &Quota) -> Option<Result<UsageAddOn, QuotaMappingError>> 
                 tiers,
             })
             .map_err(QuotaMappingError::from),
-        QuotaPricing::Fixed {} | QuotaPricing::Unlimited {} | QuotaPricing::Unknown => return None,
+        QuotaPricing::Fixed { interval, limit } => {
+            let (included, overage) = overage_terms(limit.as_ref())?;
+            let quota_interval = interval.as_deref().unwrap_or("");
+            // Recurly resets a tiered add-on's count every billing period; a limit counted over
+            // another period would put the free units in the wrong place.
+            if billing_interval(quota_interval) != Some(plan_interval.interval) {
+                Err(QuotaMappingError::OverageInterval {
+                    quota_interval: quota_interval.to_owned(),
+                    plan_interval: plan_interval.text.to_owned(),
+                })
+            } else {
+                tiers::overage_tiers(included, overage)
+                    .map(|tiers| UsagePricing::Tiered {
+                        model: TierModel::Graduated,
+                        tiers,
+                    })
+                    .map_err(QuotaMappingError::from)
+            }
+        }
+        QuotaPricing::Unlimited {} | QuotaPricing::Unknown => return None,
     };
     Some((|| {
         Ok(UsageAddOn {
@@ -280,8 +360,12 @@ pub fn billing_plan(plan: &ProductPlan, quotas: &[Quota]) -> Result<BillingPlan,
     let interval =
         billing_interval(&interval_text).ok_or_else(|| PlanMappingError::UnsupportedInterval {
             plan_id: plan_id.clone(),
-            interval: interval_text,
+            interval: interval_text.clone(),
         })?;
+    let plan_interval = PlanInterval {
+        text: &interval_text,
+        interval,
+    };
     let price = Amount::from_f64(billing.price.unwrap_or(0.0), 2).map_err(|source| {
         PlanMappingError::Price {
             plan_id: plan_id.clone(),
@@ -296,7 +380,7 @@ pub fn billing_plan(plan: &ProductPlan, quotas: &[Quota]) -> Result<BillingPlan,
     let add_ons = quotas
         .iter()
         .filter_map(|quota| {
-            usage_add_on(quota).map(|r| {
+            usage_add_on(quota, &plan_interval).map(|r| {
                 r.map_err(|source| PlanMappingError::Quota {
                     quota_id: quota.metadata.id.clone(),
                     quota: quota.title.clone().unwrap_or_else(|| quota.name.clone()),
@@ -397,6 +481,131 @@ mod tests {
             ),
             Err(Ineligible::NoPricedQuota)
         );
+    }
+
+    fn overage(interval: &str, included: i64, price: f64) -> serde_json::Value {
+        json!({"type":"fixed","interval":interval,
+               "limit":{"type":"loose","value":included,"overages":{"value":price}}})
+    }
+
+    #[test]
+    fn a_plan_whose_only_priced_quota_is_an_overage_is_billed() {
+        let only_overage = [quota("q-over", overage("monthly", 1000, 0.05))];
+        assert_eq!(
+            plan_eligibility(
+                &product(Some("recurly")),
+                &plan("paid", "manual"),
+                &only_overage
+            ),
+            Ok(())
+        );
+        // A loose limit without an overage price, or with a zero one, bills nothing.
+        for limit in [
+            json!({"type":"loose","value":1000}),
+            json!({"type":"loose","value":1000,"overages":{"value":0}}),
+        ] {
+            let free = [quota(
+                "q-free",
+                json!({"type":"fixed","interval":"monthly","limit":limit}),
+            )];
+            assert_eq!(
+                plan_eligibility(&product(Some("recurly")), &plan("paid", "manual"), &free),
+                Err(Ineligible::NoPricedQuota)
+            );
+            assert!(
+                billing_plan(&plan("paid", "manual"), &free)
+                    .unwrap()
+                    .add_ons
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn an_overage_quota_becomes_a_free_tier_then_the_overage_price() {
+        let mapped = billing_plan(
+            &plan("paid", "manual"),
+            &[quota("q-over", overage("monthly", 1000, 0.05))],
+        )
+        .unwrap();
+        assert_eq!(mapped.add_ons.len(), 1);
+        assert_eq!(mapped.add_ons[0].code, "amplify-quota-q-over");
+        let UsagePricing::Tiered { model, tiers } = &mapped.add_ons[0].pricing else {
+            panic!(
+                "an overage quota is tiered: {:?}",
+                mapped.add_ons[0].pricing
+            );
+        };
+        assert_eq!(*model, TierModel::Graduated);
+        assert_eq!(tiers.len(), 2);
+        assert_eq!(tiers[0].ending_quantity, Some(1000));
+        assert_eq!(tiers[0].unit_amount, Amount::ZERO);
+        assert_eq!(tiers[1].ending_quantity, None);
+        assert_eq!(tiers[1].unit_amount.to_string(), "0.05");
+    }
+
+    #[test]
+    fn an_overage_counted_over_another_interval_fails_the_plan_naming_both() {
+        for quota_interval in ["daily", "annually", "", "fortnightly"] {
+            let err = billing_plan(
+                &plan("paid", "manual"),
+                &[
+                    quota("q1", graduated()),
+                    quota("q-over", overage(quota_interval, 1000, 0.05)),
+                ],
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, PlanMappingError::Quota { quota_id, source: QuotaMappingError::OverageInterval { quota_interval: q, plan_interval }, .. }
+                    if quota_id == "q-over" && q == quota_interval && plan_interval == "monthly"),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains("billing interval"), "{text}");
+        }
+        // The same words are the same interval, whatever their case.
+        let mut p = plan("paid", "manual");
+        p.spec.billing.as_mut().unwrap().interval = Some("annually".into());
+        assert!(billing_plan(&p, &[quota("q", overage("Annually", 10, 1.0))]).is_ok());
+    }
+
+    #[test]
+    fn an_impossible_overage_limit_fails_the_plan() {
+        let err = billing_plan(
+            &plan("paid", "manual"),
+            &[quota("q-over", overage("monthly", -5, 0.05))],
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            PlanMappingError::Quota {
+                source: QuotaMappingError::Tiers(TierError::IncludedUnits { value: -5 }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_price_names_its_interval() {
+        let mut mapped = billing_plan(&plan("paid", "manual"), &[]).unwrap();
+        assert_eq!(mapped.price_per_interval(), "10.99 USD per month");
+        for (text, want) in [
+            ("annually", "year"),
+            ("quarterly", "3 months"),
+            ("weekly", "week"),
+            ("daily", "day"),
+        ] {
+            mapped.interval = billing_interval(text).unwrap();
+            assert_eq!(mapped.interval.describe(), want);
+        }
+        for (unit, length, want) in [
+            (IntervalUnit::Months, 24, "2 years"),
+            (IntervalUnit::Months, 6, "6 months"),
+            (IntervalUnit::Days, 14, "2 weeks"),
+            (IntervalUnit::Days, 3, "3 days"),
+        ] {
+            assert_eq!(BillingInterval { unit, length }.describe(), want);
+        }
     }
 
     #[test]

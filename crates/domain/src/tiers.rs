@@ -53,6 +53,13 @@ pub enum TierError {
     FlatFee { index: usize, flat_fee: f64 },
     #[error("tier {index} cost: {source}")]
     Cost { index: usize, source: AmountError },
+    #[error(
+        "the limit of {value} units is outside what a Recurly tier can end at (0 to {})",
+        UNBOUNDED_QUANTITY - 1
+    )]
+    IncludedUnits { value: i64 },
+    #[error("overage price: {0}")]
+    OverageCost(AmountError),
 }
 
 /// Converts Amplify tiers to billing tiers, refusing anything that would bill differently.
@@ -113,6 +120,35 @@ pub fn billing_tiers(tiers: &[AmplifyTier]) -> Result<Vec<PriceTier>, TierError>
         });
     }
     Ok(converted)
+}
+
+/// A Standard quota's loose limit with an overage price (reference §3.3) as graduated billing
+/// tiers: the first `included` units of a period free, each one past them at `overage`. With
+/// nothing included it is one open tier at `overage`. Recurly tiers end at 1 or more, so the
+/// free tier exists only when `included` > 0.
+pub fn overage_tiers(included: i64, overage: f64) -> Result<Vec<PriceTier>, TierError> {
+    if !(0..UNBOUNDED_QUANTITY as i64).contains(&included) {
+        return Err(TierError::IncludedUnits { value: included });
+    }
+    let unit_amount = Amount::from_f64(overage, 9).map_err(TierError::OverageCost)?;
+    let mut tiers = Vec::with_capacity(2);
+    if included > 0 {
+        tiers.push(PriceTier {
+            ending_quantity: Some(included as u64),
+            unit_amount: Amount::ZERO,
+        });
+    }
+    tiers.push(PriceTier {
+        ending_quantity: None,
+        unit_amount,
+    });
+    Ok(tiers)
+}
+
+/// What a loose limit with overages charges for `units` in one period, by Amplify's rule:
+/// `max(0, units - included) × overage`. Exact in nanos; `None` if it overflows.
+pub fn overage_charge(included: u64, overage: Amount, units: u64) -> Option<Amount> {
+    overage.times(units.saturating_sub(included))
 }
 
 /// What Amplify charges for `units` under its own tier rules (reference §3.3: graduated adds
@@ -292,7 +328,67 @@ mod tests {
         })
     }
 
+    #[test]
+    fn a_loose_limit_becomes_a_free_tier_then_the_overage_price() {
+        let tiers = overage_tiers(1000, 0.05).unwrap();
+        assert_eq!(
+            tiers,
+            [
+                PriceTier {
+                    ending_quantity: Some(1000),
+                    unit_amount: Amount::ZERO
+                },
+                PriceTier {
+                    ending_quantity: None,
+                    unit_amount: Amount::from_f64(0.05, 9).unwrap()
+                }
+            ]
+        );
+        let charge = |n| {
+            billing_charge(TierModel::Graduated, &tiers, n)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(charge(0), "0");
+        assert_eq!(charge(1000), "0");
+        assert_eq!(charge(1001), "0.05");
+        assert_eq!(charge(1250), "12.5");
+    }
+
+    #[test]
+    fn nothing_included_is_one_open_tier_and_impossible_limits_are_refused() {
+        let tiers = overage_tiers(0, 2.0).unwrap();
+        assert_eq!(tiers.len(), 1);
+        assert_eq!(tiers[0].ending_quantity, None);
+        assert_eq!(
+            overage_tiers(-1, 1.0),
+            Err(TierError::IncludedUnits { value: -1 })
+        );
+        assert_eq!(
+            overage_tiers(UNBOUNDED_QUANTITY as i64, 1.0),
+            Err(TierError::IncludedUnits {
+                value: UNBOUNDED_QUANTITY as i64
+            })
+        );
+        assert!(matches!(
+            overage_tiers(10, 0.0000000001),
+            Err(TierError::OverageCost(_))
+        ));
+    }
+
     proptest! {
+        /// What Recurly charges under the overage tiers is exactly `max(0, n - N) × P`.
+        #[test]
+        fn overage_tiers_bill_only_the_units_past_the_limit(included in 0i64..1_000_000, nanos in 0u64..5_000_000_000, units in 0u64..3_000_000) {
+            let overage = nanos as f64 / 1e9;
+            let tiers = overage_tiers(included, overage).unwrap();
+            // Computed independently of the tiers: whole nanos times the units past the limit.
+            let past = units.saturating_sub(included as u64);
+            let expected = Amount::from_nanos(nanos * past);
+            prop_assert_eq!(billing_charge(TierModel::Graduated, &tiers, units), Some(expected));
+            prop_assert_eq!(overage_charge(included as u64, Amount::from_nanos(nanos), units), Some(expected));
+        }
+
         /// Converted tiers bill exactly what Amplify's own rules charge, for any usage.
         #[test]
         fn converted_tiers_bill_what_amplify_charges(tiers in fee_free_tiers(), units in 0u64..40_000, volume in any::<bool>()) {

@@ -11,7 +11,7 @@ pub const MAX_CARD_BYTES: usize = 24 * 1024;
 const SHORT_FACT_CHARS: usize = 300;
 
 /// The colour of the title: good news, a problem, or plain information.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Tone {
     Good,
     Attention,
@@ -28,7 +28,8 @@ impl Tone {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Serializable, so the pipeline's outbox can keep it until Teams takes it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProviderCard {
     pub title: String,
     pub tone: Tone,

@@ -1,14 +1,40 @@
-//! The `[notify]` configuration section: the provider's Teams channel and the subscriber mail
-//! backend. Secrets are `SecretString`s so they cannot be printed by accident.
+//! The `[notify]` configuration section: the provider's Teams channel, the subscriber mail
+//! backend and how long undelivered notices are retried. Secrets are `SecretString`s so they
+//! cannot be printed by accident.
+
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifyConfig {
+    /// A card or mail its channel has not taken after this long (throttling, outage) is given up,
+    /// counted and logged as expired.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The wait before the first retry of a notice a channel could not take; each further
+    /// retry waits twice as long (with jitter), at most `retry_max`, and never less than the
+    /// channel asked (`Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub retry_first: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
     pub teams: TeamsConfig,
     pub mail: MailConfig,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(24 * 3600),
+            retry_first: Duration::from_secs(10),
+            retry_max: Duration::from_secs(600),
+            teams: TeamsConfig::default(),
+            mail: MailConfig::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

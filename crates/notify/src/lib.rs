@@ -13,6 +13,8 @@ pub mod teams;
 
 use std::time::Duration;
 
+use billing_bridge_upstream::RetryPolicy;
+
 use thiserror::Error;
 
 pub use card::{ProviderCard, Tone};
@@ -94,24 +96,51 @@ impl NotifyError {
     }
 }
 
-/// Builds the provider channel and the mailer a configuration asks for.
+/// Builds the provider channel and the mailer a configuration asks for, each retrying
+/// transient failures for a few seconds.
 pub fn channels(
     config: &NotifyConfig,
     http: &reqwest::Client,
 ) -> Result<(ProviderChannel, Mailer), NotifyError> {
-    channels_observed(config, http, billing_bridge_upstream::NoObserver::shared())
+    build_channels(
+        config,
+        http,
+        billing_bridge_upstream::NoObserver::shared(),
+        RetryPolicy::default(),
+    )
 }
 
-/// [`channels`], with every HTTP exchange reported to `observer` (the metrics).
+/// The channels for an outbox that keeps each notice and retries it itself: a send rides out a
+/// blip (throttling, a 5xx) with [`OUTBOX_RETRY`], so notices keep their order in normal
+/// operation, and otherwise comes back at once with the failure (and how long the upstream
+/// asked to wait) for the outbox to schedule. Every HTTP exchange is reported to `observer`.
 pub fn channels_observed(
     config: &NotifyConfig,
     http: &reqwest::Client,
     observer: billing_bridge_upstream::Observer,
 ) -> Result<(ProviderChannel, Mailer), NotifyError> {
+    build_channels(config, http, observer, OUTBOX_RETRY)
+}
+
+/// Tries per send for an outbox: three within about a second, plus what a throttling channel
+/// asks for (a burst of cards over Teams' 4 a second is waited out, not rescheduled).
+pub const OUTBOX_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 3,
+    min_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(1),
+};
+
+fn build_channels(
+    config: &NotifyConfig,
+    http: &reqwest::Client,
+    observer: billing_bridge_upstream::Observer,
+    retry: RetryPolicy,
+) -> Result<(ProviderChannel, Mailer), NotifyError> {
     let provider = match &config.teams.webhook_url {
         Some(url) => ProviderChannel::Teams(
             TeamsClient::new(http.clone(), url.clone(), config.teams.requests_per_second)
-                .with_observer(observer.clone()),
+                .with_observer(observer.clone())
+                .with_retry(retry.attempts, retry.min_delay, retry.max_delay),
         ),
         None => ProviderChannel::Off,
     };
@@ -125,7 +154,8 @@ pub fn channels_observed(
             })?;
             Mailer::SendGrid(
                 sendgrid::SendGridMailer::new(http.clone(), &config.mail.sendgrid.base_url, key)
-                    .with_observer(observer),
+                    .with_observer(observer)
+                    .with_retry(retry.attempts, retry.min_delay, retry.max_delay),
             )
         }
         MailBackend::Smtp => Mailer::Smtp(smtp::SmtpMailer::new(&config.mail.smtp)?),

@@ -6,7 +6,7 @@ use crate::NotifyError;
 use crate::sendgrid::SendGridMailer;
 use crate::smtp::SmtpMailer;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Address {
     pub email: String,
     pub name: Option<String>,
@@ -21,8 +21,9 @@ impl Address {
     }
 }
 
-/// A mail to one subscriber.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A mail to one subscriber; serializable, so the pipeline's outbox can keep it until the
+/// backend takes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mail {
     pub from: Address,
     pub reply_to: Option<Address>,

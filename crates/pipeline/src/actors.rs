@@ -1,167 +1,116 @@
-//! The actors: thin shells that own a mailbox and call the provisioning functions. The Router
-//! takes accepted events from the store and hands each to its provisioner, acknowledging it only
-//! once handled; the Reconciler runs full passes on start, on a timer and on demand.
+//! The actors: thin shells that own a queue or a timer and call the provisioning functions.
+//! Each Provisioner takes the events of its kind from its own queue in the store, so plans
+//! proceed independently of subscriptions; the Reconciler runs full passes on start, on a timer
+//! and on demand.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use billing_bridge_domain::events::{ResourceEvent, ResourceKind};
+use billing_bridge_store::Delivery;
 use tracing::Instrument;
 
 use crate::Bridge;
-use crate::metrics::ActorLabel;
-use crate::notices::NotifierMailbox;
+use crate::notices::Notices;
 use crate::plan::{PlanOutcome, provision_plan};
 use crate::reconcile::{ReconcileSummary, reconcile};
 use crate::subscription::{SubscriptionOutcome, provision_subscription};
 
-/// Events a provisioner may hold before the Router waits: bounded, so a slow upstream pushes
-/// back into the store's queue (and from there to intake's 503) instead of growing memory.
-const PROVISIONER_MAILBOX: usize = 16;
-/// How long the Router waits for an event before looking again.
+/// How long a Provisioner waits for an event before looking again.
 const POLL: Duration = Duration::from_secs(1);
-/// An event whose pass ended in "try again later" is queued again after 5 s, 10 s, 20 s, ...
-/// up to this many times; after that the Reconciler's next pass picks the resource up.
+/// An event whose pass ended in "try again later" is handed back to the store for another pass
+/// after `[provisioning] retry_first`, then twice as long each time up to `retry_max`, up to
+/// this many passes in all; after that the Reconciler's next pass picks the resource up.
 const MAX_ATTEMPTS: u32 = 6;
 
-fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs(5u64.saturating_mul(1 << attempt.min(6)).min(300))
+/// The wait before the pass after pass number `attempt` (0 the first).
+fn retry_delay(first: Duration, max: Duration, attempt: u32) -> Duration {
+    first.saturating_mul(1u32 << attempt.min(20)).min(max)
 }
 
-/// Queues an event again later, without holding up the Router.
-fn requeue_later(bridge: Arc<Bridge>, mut event: ResourceEvent) {
-    if event.attempt + 1 >= MAX_ATTEMPTS {
-        tracing::warn!(resource = %event.name, attempts = event.attempt + 1, "giving up for now; the reconciler will pick it up");
+/// One pass over an event; `true` when it must be tried again later.
+async fn pass(bridge: &Bridge, notices: &Notices, event: &ResourceEvent) -> bool {
+    let provisioning = &bridge.config.provisioning;
+    match event.kind {
+        ResourceKind::ProductPlan if provisioning.plans => matches!(
+            provision_plan(bridge, notices, event).await,
+            PlanOutcome::Retry { .. }
+        ),
+        ResourceKind::Subscription if provisioning.subscriptions => matches!(
+            provision_subscription(bridge, notices, event).await,
+            SubscriptionOutcome::Retry { .. }
+        ),
+        // That pipeline is switched off: the event is done with.
+        _ => false,
+    }
+}
+
+/// Finishes a delivery after its pass: a pass to try again is handed back to the store for
+/// later (the acknowledgement and the durable scheduling are one step), anything else is
+/// acknowledged.
+async fn finish(bridge: &Bridge, delivery: &Delivery, retry: bool) {
+    let event = &delivery.event;
+    let provisioning = &bridge.config.provisioning;
+    if retry && event.attempt + 1 < MAX_ATTEMPTS {
+        let delay = retry_delay(
+            provisioning.retry_first,
+            provisioning.retry_max,
+            event.attempt,
+        );
+        match bridge.store.retry_event(delivery, delay).await {
+            Ok(()) => {
+                tracing::info!(resource = %event.name, retry_in = ?delay, "pass to be tried again")
+            }
+            // Left in flight: the store hands it out again after store.reclaim_after.
+            Err(e) => {
+                tracing::warn!(resource = %event.name, error = %e, "could not schedule a retry; the event comes back after store.reclaim_after")
+            }
+        }
         return;
     }
-    let delay = retry_delay(event.attempt);
-    event.attempt += 1;
-    actix_rt::spawn(async move {
-        actix_rt::time::sleep(delay).await;
-        if let Err(e) = bridge.store.enqueue(event).await {
-            tracing::warn!(error = %e, "could not queue a retry; the reconciler will pick it up");
-        }
-    });
+    if retry {
+        tracing::warn!(resource = %event.name, attempts = event.attempt + 1, "giving up for now; the reconciler will pick it up");
+    }
+    if let Err(e) = bridge.store.ack(delivery).await {
+        tracing::warn!(resource = %event.name, error = %e, "could not acknowledge an event; it comes back after store.reclaim_after and is passed again");
+    }
 }
 
-#[derive(Message)]
-#[rtype(result = "PlanOutcome")]
-pub struct ProvisionPlan(pub ResourceEvent);
-
-#[derive(Message)]
-#[rtype(result = "SubscriptionOutcome")]
-pub struct ProvisionSubscription(pub ResourceEvent);
-
-pub struct PlanProvisioner {
+/// Takes the events of one kind from that kind's queue in the store, one pass at a time, and
+/// finishes each (acknowledged, or handed back for later). One per kind, so a slow upstream
+/// call of one kind never holds up the other; the queue is the mailbox, bounded by
+/// `server.queue_capacity` (intake answers 503 beyond).
+pub struct Provisioner {
     pub bridge: Arc<Bridge>,
-    pub notifier: NotifierMailbox,
+    pub notices: Notices,
+    pub kind: ResourceKind,
 }
 
-impl Actor for PlanProvisioner {
+impl Actor for Provisioner {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(PROVISIONER_MAILBOX);
-    }
-}
-
-impl Handler<ProvisionPlan> for PlanProvisioner {
-    type Result = AtomicResponse<Self, PlanOutcome>;
-
-    fn handle(&mut self, msg: ProvisionPlan, _ctx: &mut Self::Context) -> Self::Result {
-        let (bridge, notifier) = (self.bridge.clone(), self.notifier.clone());
-        AtomicResponse::new(Box::pin(
-            async move { provision_plan(&bridge, &notifier, &msg.0).await }.into_actor(self),
-        ))
-    }
-}
-
-pub struct SubscriptionProvisioner {
-    pub bridge: Arc<Bridge>,
-    pub notifier: NotifierMailbox,
-}
-
-impl Actor for SubscriptionProvisioner {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(PROVISIONER_MAILBOX);
-    }
-}
-
-impl Handler<ProvisionSubscription> for SubscriptionProvisioner {
-    type Result = AtomicResponse<Self, SubscriptionOutcome>;
-
-    fn handle(&mut self, msg: ProvisionSubscription, _ctx: &mut Self::Context) -> Self::Result {
-        let (bridge, notifier) = (self.bridge.clone(), self.notifier.clone());
-        AtomicResponse::new(Box::pin(
-            async move { provision_subscription(&bridge, &notifier, &msg.0).await }
-                .into_actor(self),
-        ))
-    }
-}
-
-/// Takes accepted events from the store, in order, and hands each to its provisioner.
-pub struct Router {
-    pub bridge: Arc<Bridge>,
-    pub plans: Addr<PlanProvisioner>,
-    pub subscriptions: Addr<SubscriptionProvisioner>,
-}
-
-impl Actor for Router {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let (bridge, plans, subscriptions) = (
-            self.bridge.clone(),
-            self.plans.clone(),
-            self.subscriptions.clone(),
-        );
+        let (bridge, notices, kind) = (self.bridge.clone(), self.notices.clone(), self.kind);
         ctx.spawn(
             async move {
                 loop {
-                    let next = bridge.store.next_event(POLL).await;
-                    // The Router asks the store every second: its answer is the store's health.
+                    let next = bridge.store.next_event(kind, POLL).await;
+                    // Each provisioner asks the store every second: its answer is the store's
+                    // health.
                     bridge.metrics.store_up.set(i64::from(next.is_ok()));
-                    let delivery = match next {
-                        Ok(Some(delivery)) => delivery,
-                        Ok(None) => continue,
+                    match next {
+                        Ok(Some(delivery)) => {
+                            let retry = pass(&bridge, &notices, &delivery.event).await;
+                            finish(&bridge, &delivery, retry).await;
+                        }
+                        Ok(None) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "store unavailable; router waits");
+                            tracing::warn!(error = %e, "store unavailable; the provisioner waits");
                             actix_rt::time::sleep(POLL).await;
-                            continue;
                         }
-                    };
-                    if let Ok(depth) = bridge.store.queue_depth().await {
-                        bridge.metrics.queue_depth.set(depth as i64);
                     }
-                    let event = delivery.event;
-                    let again = event.clone();
-                    let retry = match event.kind {
-                        ResourceKind::ProductPlan if bridge.config.provisioning.plans => {
-                            let depth = bridge.metrics.mailbox(ActorLabel::PlanProvisioner);
-                            depth.inc();
-                            let answer = plans.send(ProvisionPlan(event)).await;
-                            depth.dec();
-                            answer.map(|outcome| matches!(outcome, PlanOutcome::Retry { .. }))
-                        }
-                        ResourceKind::Subscription if bridge.config.provisioning.subscriptions => {
-                            let depth = bridge.metrics.mailbox(ActorLabel::SubscriptionProvisioner);
-                            depth.inc();
-                            let answer = subscriptions.send(ProvisionSubscription(event)).await;
-                            depth.dec();
-                            answer
-                                .map(|outcome| matches!(outcome, SubscriptionOutcome::Retry { .. }))
-                        }
-                        _ => Ok(false),
-                    };
-                    match retry {
-                        Ok(true) => requeue_later(bridge.clone(), again),
-                        Ok(false) => {}
-                        Err(e) => tracing::error!(error = %e, "provisioner unavailable"),
-                    }
-                    let _ = bridge.store.ack(&delivery.tag).await;
+                    bridge.refresh_depths().await;
                 }
             }
             .into_actor(self),
@@ -176,6 +125,9 @@ pub struct ReconcileNow;
 pub struct Reconciler {
     pub bridge: Arc<Bridge>,
     pub every: Duration,
+    /// Whether a pass runs at start. Not while a WatchTopic is read: its reader asks for one
+    /// when the topic cannot tell what happened before (first start, events past retention).
+    pub start_pass: bool,
 }
 
 fn pass_id() -> String {
@@ -210,7 +162,9 @@ impl Actor for Reconciler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.run(ctx);
+        if self.start_pass {
+            self.run(ctx);
+        }
         ctx.run_interval(self.every, |act, ctx| act.run(ctx));
     }
 }
@@ -239,10 +193,11 @@ mod tests {
 
     #[test]
     fn retries_back_off_and_stop() {
+        let (first, max) = (Duration::from_secs(5), Duration::from_secs(300));
         let delays: Vec<u64> = (0..MAX_ATTEMPTS)
-            .map(|a| retry_delay(a).as_secs())
+            .map(|a| retry_delay(first, max, a).as_secs())
             .collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160]);
-        assert_eq!(retry_delay(30).as_secs(), 300);
+        assert_eq!(retry_delay(first, max, 30).as_secs(), 300);
     }
 }

@@ -23,6 +23,28 @@ pub fn per_instance(per_minute: u32, instances: u32) -> u32 {
     (per_minute / instances.max(1)).max(1)
 }
 
+/// The bridge's clock: the system clock plus an offset that only moves forward. The offset is
+/// 0 in production; the end-to-end tests move it with the sandbox's billing clock, so a month
+/// of renewals is reported, dated and signed in the same time as Recurly's.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+            + self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the clock forward to `at_ms` (epoch ms); an earlier time leaves it as it is.
+    pub fn advance_to(&self, at_ms: i64) {
+        let offset = at_ms - chrono::Utc::now().timestamp_millis();
+        self.offset_ms
+            .fetch_max(offset, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Bridge {
     pub config: BridgeConfig,
     pub amplify: AmplifyClient,
@@ -31,6 +53,9 @@ pub struct Bridge {
     pub metrics: Metrics,
     /// Pushed transaction ids of generations before this are forgotten (past the horizon).
     pub ingest_forgotten_before: std::sync::atomic::AtomicI64,
+    pub clock: Clock,
+    /// The billing periods of linked Recurly subscriptions, as last read.
+    pub periods: crate::periods::Periods,
 }
 
 /// The notification channels, owned by the Notifier actor.
@@ -42,6 +67,38 @@ pub struct Channels {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BuildError(pub String);
+
+impl Bridge {
+    /// Sets the depth gauges from the store: events not finished (in all and per provisioner)
+    /// and the notification outbox. The one place they move, called by each consumer after
+    /// each item and by `/metrics`, so they count what the store holds, not what was sent.
+    pub async fn refresh_depths(&self) {
+        use billing_bridge_domain::events::ResourceKind;
+        use billing_bridge_store::{EVENT_KINDS, event_queue};
+
+        use crate::metrics::ActorLabel;
+        let mut total = 0;
+        for kind in EVENT_KINDS {
+            let Ok(len) = self.store.queue_len(event_queue(kind)).await else {
+                return;
+            };
+            total += len;
+            let actor = match kind {
+                ResourceKind::ProductPlan => ActorLabel::PlanProvisioner,
+                ResourceKind::Subscription => ActorLabel::SubscriptionProvisioner,
+            };
+            self.metrics.mailbox(actor).set(len as i64);
+        }
+        self.metrics.queue_depth.set(total as i64);
+        if let Ok(len) = self
+            .store
+            .queue_len(billing_bridge_store::NOTICES_QUEUE)
+            .await
+        {
+            self.metrics.mailbox(ActorLabel::Notifier).set(len as i64);
+        }
+    }
+}
 
 impl Bridge {
     /// Builds the clients a configuration describes. `retry` bounds every upstream call.
@@ -105,10 +162,10 @@ impl Bridge {
             billing_bridge_notify::channels_observed(&config.notify, &http, observer)
                 .map_err(|e| BuildError(e.to_string()))?;
         if let Some(start) = &config.reporting.start_at {
-            crate::usage::parse_instant(start)
+            crate::settings::parse_instant(start)
                 .map_err(|e| BuildError(format!("reporting.start_at: {e}")))?;
         }
-        crate::usage::actors::parse_schedule(&config.reporting.schedule).map_err(BuildError)?;
+        crate::settings::parse_schedule(&config.reporting.schedule).map_err(BuildError)?;
         let state_file = config.store.state_file.trim();
         let store = if let Some(url) = &config.store.redis_url {
             let consumer = format!(
@@ -134,7 +191,8 @@ impl Bridge {
                 std::path::Path::new(state_file),
             )
             .map_err(|e| BuildError(e.to_string()))?
-        };
+        }
+        .with_reclaim_after(config.store.reclaim_after);
         let bridge = Bridge {
             config,
             amplify,
@@ -142,6 +200,8 @@ impl Bridge {
             store,
             metrics,
             ingest_forgotten_before: std::sync::atomic::AtomicI64::new(i64::MIN),
+            clock: Clock::default(),
+            periods: Default::default(),
         };
         Ok((bridge, Channels { provider, mailer }))
     }

@@ -1,6 +1,7 @@
 //! The Amplify resources that make Amplify send plan, quota and subscription events to the
 //! bridge (reference §4.1): an Integration, a Secret holding the webhook secret, a Webhook with
-//! the bridge's URL and the secret's header, and a ResourceHook with the triggers.
+//! the bridge's URL and the secret's header, a ResourceHook with the triggers; and a WatchTopic
+//! with the same triggers as filters (§4.5), which keeps the events 7 days for the bridge to read.
 
 use billing_bridge_amplify::{AmplifyClient, AmplifyError};
 use serde_json::{Value, json};
@@ -27,7 +28,12 @@ fn triggers() -> Value {
     ])
 }
 
-/// Creates or updates the four resources; answers a line per resource saying what was done.
+/// The WatchTopic `install-hooks --name NAME` creates: `NAME-watch` (`[intake] watch_topic`).
+pub fn watch_topic_name(name: &str) -> String {
+    format!("{name}-watch")
+}
+
+/// Creates or updates the five resources; answers a line per resource saying what was done.
 pub async fn install_hooks(
     amplify: &AmplifyClient,
     spec: &HookSpec<'_>,
@@ -66,6 +72,17 @@ pub async fn install_hooks(
             json!({"group": "management", "kind": "ResourceHook", "name": hook_name,
                    "metadata": {"scope": {"kind": "Integration", "name": name}},
                    "spec": {"triggers": triggers(), "webhooks": [webhook_name]}}),
+        ),
+        (
+            amplify
+                .resource_path("management", "watchtopics", "")
+                .trim_end_matches('/')
+                .to_owned(),
+            // A WatchTopic's filters have a trigger's shape (SDK `WatchTopicSpecFilters`).
+            json!({"group": "management", "kind": "WatchTopic", "name": watch_topic_name(name),
+                   "title": "billing-bridge",
+                   "spec": {"description": "Plan, quota and subscription events billing-bridge reads after a restart",
+                            "filters": triggers()}}),
         ),
     ];
     let mut done = Vec::new();

@@ -45,6 +45,19 @@ pub enum WebhookOutcome {
     Busy,
 }
 
+/// Why intake acknowledged a webhook and did nothing with it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum WebhookIgnored {
+    /// Not one of the four change types of reference §4.3 (`TriggerAction`, `Ping`, unknown).
+    EventType,
+    /// Sent for another organization than `amplify.tenant_id`.
+    OtherOrganization,
+    /// A change no provisioner needs to look at (another kind, a draft plan, ...).
+    NotOfInterest,
+    /// Its pipeline (plans or subscriptions) is switched off.
+    PipelineOff,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ResourceLabel {
     Plan,
@@ -75,9 +88,18 @@ pub enum Channel {
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum NotificationOutcome {
+    /// The channel took it.
     Sent,
+    /// The channel refused it for good (a 4xx other than 429, an invalid mail): dropped.
     Failed,
+    /// The channel is switched off.
     Skipped,
+    /// The channel could not take it now (throttling, 5xx, network, time-out): scheduled again.
+    Retried,
+    /// Still not taken after `[notify] max_age`: given up.
+    Expired,
+    /// The store could not keep it (unavailable): never queued.
+    Lost,
 }
 
 /// What became of one usage record.
@@ -91,6 +113,50 @@ pub enum UsageRecordOutcome {
     Failed,
 }
 
+/// How units were dated around a renewal (`domain::usage::Dated`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DatedHow {
+    InPeriod,
+    Split,
+    MovedToOpenPeriod,
+    Correction,
+    Trial,
+}
+
+impl From<billing_bridge_domain::usage::Dated> for DatedHow {
+    fn from(dated: billing_bridge_domain::usage::Dated) -> Self {
+        use billing_bridge_domain::usage::Dated;
+        match dated {
+            Dated::InPeriod => DatedHow::InPeriod,
+            Dated::Split => DatedHow::Split,
+            Dated::MovedToOpenPeriod => DatedHow::MovedToOpenPeriod,
+            Dated::Correction => DatedHow::Correction,
+            Dated::Trial => DatedHow::Trial,
+        }
+    }
+}
+
+/// What `POST /webhooks/recurly` did with a notification.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RecurlyNotificationOutcome {
+    /// Verified, and acted on (or found nothing to do) after re-reading Recurly.
+    Accepted,
+    /// A notification id already handled (Recurly resends until it hears 2xx).
+    Duplicate,
+    /// Missing, bad or stale signature: nothing read, nothing done.
+    Unauthorized,
+    Malformed,
+    /// Recurly or Amplify could not be read: answered 503 so Recurly sends it again.
+    Failed,
+}
+
+/// What the bridge did about a linked subscription whose billing ended outside it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum BillingEndAction {
+    Notified,
+    Archived,
+}
+
 /// Why traffic could not be billed.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum UnmatchedReason {
@@ -98,6 +164,8 @@ pub enum UnmatchedReason {
     Subscription,
     /// No quota of the subscription's plan lists its asset resource.
     Resource,
+    /// Its resource is named only by an own name two quotas of the plan list.
+    AmbiguousResource,
 }
 
 /// First report of a window, or a later poll for late traffic.
@@ -135,6 +203,8 @@ pub enum IngestRefusal {
     TooOld,
     InFuture,
     Invalid,
+    /// Its window already holds `[ingest] max_groups_per_window` groups and its group is new.
+    TooManyGroups,
 }
 
 /// How a pushed batch was answered.
@@ -146,6 +216,10 @@ pub enum IngestBatchStatus {
     BadRequest,
     Unavailable,
     Off,
+    /// The in-flight byte budget (`[ingest] max_inflight_bytes`) was spent: 503.
+    OverBudget,
+    /// The body did not arrive within `[ingest] body_timeout`: 408.
+    Timeout,
 }
 
 /// The actors whose mailboxes are watched.
@@ -161,6 +235,9 @@ impl From<billing_bridge_domain::usage::Unmatched> for UnmatchedReason {
         match reason {
             billing_bridge_domain::usage::Unmatched::Subscription => UnmatchedReason::Subscription,
             billing_bridge_domain::usage::Unmatched::Resource => UnmatchedReason::Resource,
+            billing_bridge_domain::usage::Unmatched::AmbiguousResource => {
+                UnmatchedReason::AmbiguousResource
+            }
         }
     }
 }
@@ -171,6 +248,10 @@ snake_case_labels! {
         Unauthorized => "unauthorized", TooLarge => "too_large", Malformed => "malformed",
         Busy => "busy",
     }
+    WebhookIgnored {
+        EventType => "event_type", OtherOrganization => "other_organization",
+        NotOfInterest => "not_of_interest", PipelineOff => "pipeline_off",
+    }
     ResourceLabel { Plan => "plan", Subscription => "subscription" }
     ProvisioningOutcome {
         Provisioned => "provisioned", Unchanged => "unchanged", Ineligible => "ineligible",
@@ -179,9 +260,24 @@ snake_case_labels! {
         Failed => "failed", Retry => "retry",
     }
     Channel { Teams => "teams", Mail => "mail" }
-    NotificationOutcome { Sent => "sent", Failed => "failed", Skipped => "skipped" }
+    NotificationOutcome {
+        Sent => "sent", Failed => "failed", Skipped => "skipped", Retried => "retried",
+        Expired => "expired", Lost => "lost",
+    }
     UsageRecordOutcome { Created => "created", Skipped => "skipped", Failed => "failed" }
-    UnmatchedReason { Subscription => "subscription", Resource => "resource" }
+    UnmatchedReason {
+        Subscription => "subscription", Resource => "resource",
+        AmbiguousResource => "ambiguous_resource",
+    }
+    DatedHow {
+        InPeriod => "in_period", Split => "split", MovedToOpenPeriod => "moved_to_open_period",
+        Correction => "correction", Trial => "trial",
+    }
+    RecurlyNotificationOutcome {
+        Accepted => "accepted", Duplicate => "duplicate", Unauthorized => "unauthorized",
+        Malformed => "malformed", Failed => "failed",
+    }
+    BillingEndAction { Notified => "notified", Archived => "archived" }
     WindowKind { First => "first", Repoll => "repoll" }
     RunOutcome {
         Complete => "complete", Incomplete => "incomplete", Failed => "failed", Busy => "busy",
@@ -190,10 +286,14 @@ snake_case_labels! {
         Accepted => "accepted", Duplicate => "duplicate", Ignored => "ignored",
         Refused => "refused",
     }
-    IngestRefusal { TooOld => "too_old", InFuture => "in_future", Invalid => "invalid" }
+    IngestRefusal {
+        TooOld => "too_old", InFuture => "in_future", Invalid => "invalid",
+        TooManyGroups => "too_many_groups",
+    }
     IngestBatchStatus {
         Ok => "ok", Unauthorized => "unauthorized", TooLarge => "too_large",
         BadRequest => "bad_request", Unavailable => "unavailable", Off => "off",
+        OverBudget => "over_budget", Timeout => "timeout",
     }
     ActorLabel {
         PlanProvisioner => "plan_provisioner",
@@ -205,6 +305,21 @@ snake_case_labels! {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UsageRecordLabels {
     pub outcome: UsageRecordOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatedLabels {
+    pub how: DatedHow,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecurlyNotificationLabels {
+    pub outcome: RecurlyNotificationOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BillingEndLabels {
+    pub action: BillingEndAction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -230,6 +345,11 @@ pub struct LeaseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
     pub outcome: WebhookOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookIgnoredLabels {
+    pub reason: WebhookIgnored,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -302,6 +422,7 @@ fn provisioning_latency() -> Histogram {
 pub struct Metrics {
     pub registry: Registry,
     pub webhooks: Family<WebhookLabels, Counter>,
+    pub webhooks_ignored: Family<WebhookIgnoredLabels, Counter>,
     pub provisioning: Family<ProvisioningLabels, Counter>,
     pub provisioning_duration: Family<ResourceLabels, Histogram, fn() -> Histogram>,
     pub notifications: Family<NotificationLabels, Counter>,
@@ -319,6 +440,17 @@ pub struct Metrics {
     /// Units not reported because their Recurly subscription has ended.
     pub usage_skipped_units: Counter,
     pub usage_records: Family<UsageRecordLabels, Counter>,
+    /// Units by how they were dated around renewals (sent or, for trials, not).
+    pub usage_dated_units: Family<DatedLabels, Counter>,
+    /// Units of records Recurly refused (left pending and sent again every run).
+    pub usage_refused_units: Counter,
+    pub recurly_notifications: Family<RecurlyNotificationLabels, Counter>,
+    /// Linked subscriptions whose billing ended outside the bridge, by what was done.
+    pub billing_ended: Family<BillingEndLabels, Counter>,
+    /// Past-due invoices of linked subscriptions told to the provider.
+    pub past_due_invoices: Counter,
+    /// Passes over every linked Recurly subscription (catching undelivered notifications).
+    pub billing_checks: Counter,
     pub usage_unmatched_units: Family<UnmatchedLabels, Counter>,
     pub usage_windows_reported: Family<WindowLabels, Counter>,
     /// Now minus the end of the last reported window, set at every run.
@@ -332,6 +464,8 @@ pub struct Metrics {
     pub ingest_refused: Family<IngestRefusalLabels, Counter>,
     pub ingest_batches: Family<IngestBatchLabels, Counter>,
     pub ingest_batch_duration: Histogram,
+    /// Bytes batches in progress hold of `[ingest] max_inflight_bytes`.
+    pub ingest_inflight: Gauge,
 }
 
 impl Default for Metrics {
@@ -342,6 +476,12 @@ impl Default for Metrics {
             "webhooks_received",
             "Amplify webhooks received, by what intake did with them (duplicate: a replay of an accepted event)",
             webhooks.clone(),
+        );
+        let webhooks_ignored = Family::<WebhookIgnoredLabels, Counter>::default();
+        registry.register(
+            "webhooks_ignored",
+            "Amplify webhooks acknowledged (202 ignored) and not acted on, by why",
+            webhooks_ignored.clone(),
         );
         let provisioning = Family::<ProvisioningLabels, Counter>::default();
         registry.register(
@@ -362,13 +502,13 @@ impl Default for Metrics {
         let notifications = Family::<NotificationLabels, Counter>::default();
         registry.register(
             "notifications",
-            "Teams cards and subscriber mails, by outcome",
+            "Teams cards and subscriber mails, by outcome (each delivery try that is scheduled again counts as retried)",
             notifications.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
             "queue_depth_events",
-            "Accepted events waiting for a provisioner",
+            "Accepted events not yet finished: waiting, in a pass, or scheduled for a retry",
             queue_depth.clone(),
         );
         let mailbox_depth = Family::<ActorLabels, Gauge>::default();
@@ -456,6 +596,42 @@ impl Default for Metrics {
             "Usage records, by what became of them",
             usage_records.clone(),
         );
+        let usage_dated_units = Family::<DatedLabels, Counter>::default();
+        registry.register(
+            "usage_dated_units",
+            "Units of traffic by how they were dated around renewals: in_period, split (a window cut at a period boundary), moved_to_open_period (a closed period's units of a volume or stairstep add-on, billed one period late), correction (a closed period's units of a fixed or tiered add-on), trial (never billed, not sent)",
+            usage_dated_units.clone(),
+        );
+        let usage_refused_units = Counter::default();
+        registry.register(
+            "usage_refused_units",
+            "Units of usage records Recurly refused; they stay pending and are sent again every run",
+            usage_refused_units.clone(),
+        );
+        let recurly_notifications = Family::<RecurlyNotificationLabels, Counter>::default();
+        registry.register(
+            "recurly_notifications",
+            "Recurly webhook notifications received, by what the bridge did with them",
+            recurly_notifications.clone(),
+        );
+        let billing_ended = Family::<BillingEndLabels, Counter>::default();
+        registry.register(
+            "billing_ended",
+            "Linked Recurly subscriptions that expired or were canceled outside the bridge, by what was done (notified, archived)",
+            billing_ended.clone(),
+        );
+        let past_due_invoices = Counter::default();
+        registry.register(
+            "past_due_invoices",
+            "Past-due invoices of linked subscriptions told to the provider",
+            past_due_invoices.clone(),
+        );
+        let billing_checks = Counter::default();
+        registry.register(
+            "billing_checks",
+            "Passes over every linked Recurly subscription",
+            billing_checks.clone(),
+        );
         let usage_unmatched_units = Family::<UnmatchedLabels, Counter>::default();
         registry.register(
             "usage_unmatched_units",
@@ -527,6 +703,13 @@ impl Default for Metrics {
             Unit::Seconds,
             ingest_batch_duration.clone(),
         );
+        let ingest_inflight = Gauge::default();
+        registry.register_with_unit(
+            "ingest_inflight",
+            "Bytes the batches in progress hold (as received, unzipped and parsed), of [ingest] max_inflight_bytes",
+            Unit::Bytes,
+            ingest_inflight.clone(),
+        );
         for &outcome in IngestOutcomeLabel::ALL {
             let _ = ingest_transactions.get_or_create(&IngestOutcomeLabels { outcome });
         }
@@ -541,6 +724,9 @@ impl Default for Metrics {
         for &outcome in WebhookOutcome::ALL {
             let _ = webhooks.get_or_create(&WebhookLabels { outcome });
         }
+        for &reason in WebhookIgnored::ALL {
+            let _ = webhooks_ignored.get_or_create(&WebhookIgnoredLabels { reason });
+        }
         for resource in [ResourceLabel::Plan, ResourceLabel::Subscription] {
             for &outcome in ProvisioningOutcome::ALL {
                 let _ = provisioning.get_or_create(&ProvisioningLabels { resource, outcome });
@@ -554,6 +740,15 @@ impl Default for Metrics {
         for &outcome in UsageRecordOutcome::ALL {
             let _ = usage_records.get_or_create(&UsageRecordLabels { outcome });
         }
+        for &how in DatedHow::ALL {
+            let _ = usage_dated_units.get_or_create(&DatedLabels { how });
+        }
+        for &outcome in RecurlyNotificationOutcome::ALL {
+            let _ = recurly_notifications.get_or_create(&RecurlyNotificationLabels { outcome });
+        }
+        for &action in BillingEndAction::ALL {
+            let _ = billing_ended.get_or_create(&BillingEndLabels { action });
+        }
         for &reason in UnmatchedReason::ALL {
             let _ = usage_unmatched_units.get_or_create(&UnmatchedLabels { reason });
         }
@@ -566,6 +761,7 @@ impl Default for Metrics {
         Self {
             registry,
             webhooks,
+            webhooks_ignored,
             provisioning,
             provisioning_duration,
             notifications,
@@ -580,6 +776,12 @@ impl Default for Metrics {
             usage_units_reported,
             usage_skipped_units,
             usage_records,
+            usage_dated_units,
+            usage_refused_units,
+            recurly_notifications,
+            billing_ended,
+            past_due_invoices,
+            billing_checks,
             usage_unmatched_units,
             usage_windows_reported,
             usage_reporting_lag,
@@ -591,6 +793,7 @@ impl Default for Metrics {
             ingest_refused,
             ingest_batches,
             ingest_batch_duration,
+            ingest_inflight,
         }
     }
 }
@@ -627,6 +830,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A webhook answered 202 `ignored`: counted once as received and once by why.
+    pub fn webhook_ignored(&self, reason: WebhookIgnored) {
+        self.webhook(WebhookOutcome::Ignored);
+        self.webhooks_ignored
+            .get_or_create(&WebhookIgnoredLabels { reason })
+            .inc();
+    }
+
     pub fn provisioned(&self, resource: ResourceLabel, outcome: ProvisioningOutcome) {
         self.provisioning
             .get_or_create(&ProvisioningLabels { resource, outcome })
@@ -642,6 +853,24 @@ impl Metrics {
     pub fn usage_record(&self, outcome: UsageRecordOutcome) {
         self.usage_records
             .get_or_create(&UsageRecordLabels { outcome })
+            .inc();
+    }
+
+    pub fn dated(&self, how: impl Into<DatedHow>, units: u64) {
+        self.usage_dated_units
+            .get_or_create(&DatedLabels { how: how.into() })
+            .inc_by(units);
+    }
+
+    pub fn recurly_notification(&self, outcome: RecurlyNotificationOutcome) {
+        self.recurly_notifications
+            .get_or_create(&RecurlyNotificationLabels { outcome })
+            .inc();
+    }
+
+    pub fn billing_end(&self, action: BillingEndAction) {
+        self.billing_ended
+            .get_or_create(&BillingEndLabels { action })
             .inc();
     }
 

@@ -1,78 +1,135 @@
-//! The Notifier actor: sends provider cards and subscriber mails one at a time, so a slow or
-//! throttled channel delays notifications but never a provisioner.
-
-use actix::prelude::*;
-use billing_bridge_notify::{Delivery, Mail, ProviderCard};
+//! The notification outbox: every card and mail is written to the store's `notices` queue
+//! before its sender moves on ([`Notices::notify`], the one entrance), and the Notifier actor
+//! delivers it, retrying with back-off until the channel takes it or it is too old.
+//!
+//! A notice is acknowledged in the store only after its channel took it, right after the answer
+//! came, so a restart loses none and a copy is sent twice only if the process dies (or the store
+//! fails) in the moment between the channel's answer and the acknowledgement, or if a channel
+//! that answered a failure (a 5xx) or never answered (a time-out) had in fact taken it. SendGrid and Teams offer no idempotency
+//! key that would close that window.
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix::prelude::*;
+use billing_bridge_notify::{Delivery, Mail, ProviderCard};
+use billing_bridge_store::Taken;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::bridge::{Bridge, Channels};
-use crate::metrics::{ActorLabel, Channel, NotificationOutcome};
-use prometheus_client::metrics::gauge::Gauge;
+use crate::metrics::{Channel, NotificationOutcome};
+
+pub use billing_bridge_store::NOTICES_QUEUE;
+/// How long a notice waits for a store that cannot take it before it is counted lost.
+const PUT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long the Notifier waits for a notice before looking again (and refreshing its gauge).
+const POLL: Duration = Duration::from_secs(1);
+/// One delivery try gives up after this long and counts as a transient failure.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries at acknowledging a delivered notice while the store fails, a short pause apart: each
+/// failed one widens the window in which the notice could be sent again.
+const ACK_TRIES: u32 = 5;
 
 /// Something to tell someone.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "()")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Notice {
     Provider(ProviderCard),
     Subscriber(Mail),
 }
 
-/// A notice with the trace context of the pass that sent it, so its delivery joins that trace.
-#[derive(Clone, Debug, Message)]
-#[rtype(result = "()")]
-pub struct TracedNotice {
-    pub notice: Notice,
-    pub traceparent: Option<String>,
-}
-
-/// Where provisioners put notices. The Notifier's address in production; a recorder in tests.
-pub trait NoticeSink {
-    fn notify(&self, notice: Notice);
-}
-
-impl NoticeSink for Addr<Notifier> {
-    fn notify(&self, notice: Notice) {
-        if let Err(e) = self.try_send(notice) {
-            tracing::warn!(error = %e, "notifier mailbox is full; a notification was dropped");
+impl Notice {
+    fn channel(&self) -> Channel {
+        match self {
+            Notice::Provider(_) => Channel::Teams,
+            Notice::Subscriber(_) => Channel::Mail,
         }
     }
 }
 
-/// The Notifier's address with its mailbox gauge: what the provisioners hold, so the depth of
-/// the Notifier's mailbox is visible (`billing_bridge_mailbox_depth_messages{actor="notifier"}`).
+/// A notice as the outbox keeps it: the rendered card or mail, when it was made (wall clock,
+/// epoch ms, for `max_age`), and the trace context of the pass that made it, so its delivery
+/// joins that trace. The store keeps its stable id beside it.
+#[derive(Debug, Serialize, Deserialize)]
+struct OutboxEntry {
+    notice: Notice,
+    created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The one way to send a notice: what provisioners, the reconciler, the billing watcher and
+/// reporting hold.
 #[derive(Clone)]
-pub struct NotifierMailbox {
-    pub addr: Addr<Notifier>,
-    depth: Gauge,
+pub struct Notices {
+    bridge: Arc<Bridge>,
 }
 
-impl NotifierMailbox {
-    pub fn new(addr: Addr<Notifier>, bridge: &Bridge) -> Self {
-        Self {
-            addr,
-            depth: bridge.metrics.mailbox(ActorLabel::Notifier),
-        }
+impl Notices {
+    pub fn new(bridge: Arc<Bridge>) -> Self {
+        Self { bridge }
     }
-}
 
-impl NoticeSink for NotifierMailbox {
-    fn notify(&self, notice: Notice) {
-        self.depth.inc();
-        let traceparent = crate::trace::traceparent(&tracing::Span::current());
-        if let Err(e) = self.addr.try_send(TracedNotice {
+    /// Writes the notice to the outbox, with the current span's trace context; returns once the
+    /// store holds it. A store that is briefly away (a Redis restart, a failover) is tried again
+    /// for up to [`PUT_PATIENCE`]; one that still cannot take it is logged and counted (`lost`):
+    /// the work that caused the notice is done and is not undone for it.
+    pub async fn notify(&self, notice: Notice) {
+        let channel = notice.channel();
+        let entry = OutboxEntry {
             notice,
-            traceparent,
-        }) {
-            self.depth.dec();
-            tracing::warn!(error = %e, "notifier mailbox is full; a notification was dropped");
+            created_ms: now_ms(),
+            traceparent: crate::trace::traceparent(&tracing::Span::current()),
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::to_string(&entry).expect("notices serialize");
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        let mut put = self.bridge.store.queue_put(NOTICES_QUEUE, &id, &body).await;
+        while put.is_err() && started.elapsed() + wait <= PUT_PATIENCE {
+            actix_rt::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            put = self.bridge.store.queue_put(NOTICES_QUEUE, &id, &body).await;
+        }
+        match put {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, notice = %id, channel = channel.as_str(), "a notification could not be queued and is lost");
+                self.bridge
+                    .metrics
+                    .notified(channel, NotificationOutcome::Lost);
+            }
         }
     }
 }
 
+/// The wait before try `attempt + 1` of a notice: `first` doubled per earlier retry, at most
+/// `max`, scaled by `jitter` (in [0.5, 1]) so notices failed together do not return together,
+/// and never shorter than the channel asked.
+fn backoff(
+    first: Duration,
+    max: Duration,
+    attempt: u32,
+    jitter: f64,
+    asked: Option<Duration>,
+) -> Duration {
+    let planned = first
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max)
+        .mul_f64(jitter.clamp(0.5, 1.0));
+    asked.map_or(planned, |asked| planned.max(asked))
+}
+
+/// Delivers the outbox: takes one notice at a time (so a throttled channel is not hammered),
+/// sends it, and acknowledges it, schedules it again, or gives it up.
 pub struct Notifier {
     channels: Rc<Channels>,
     bridge: Arc<Bridge>,
@@ -87,91 +144,192 @@ impl Notifier {
     }
 }
 
-/// Mailbox size: notices beyond it are dropped with a warning rather than blocking provisioning.
-const MAILBOX: usize = 1_000;
-
 impl Actor for Notifier {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX);
-    }
-}
-
-impl Handler<Notice> for Notifier {
-    type Result = AtomicResponse<Self, ()>;
-
-    fn handle(&mut self, notice: Notice, _ctx: &mut Self::Context) -> Self::Result {
-        self.deliver(notice, None)
-    }
-}
-
-impl Handler<TracedNotice> for Notifier {
-    type Result = AtomicResponse<Self, ()>;
-
-    fn handle(&mut self, traced: TracedNotice, _ctx: &mut Self::Context) -> Self::Result {
-        self.deliver(traced.notice, traced.traceparent.as_deref())
-    }
-}
-
-impl Notifier {
-    /// Sends one notice, one at a time, in a `notify` span that continues the sender's trace.
-    fn deliver(&mut self, notice: Notice, traceparent: Option<&str>) -> AtomicResponse<Self, ()> {
-        let channels = self.channels.clone();
-        let bridge = self.bridge.clone();
-        let depth = bridge.metrics.mailbox(ActorLabel::Notifier);
-        let record = move |channel, outcome: NotificationOutcome| {
-            bridge.metrics.notified(channel, outcome);
-            tracing::Span::current().record("outcome", outcome.as_str());
-            // Notices sent through the bare address were never counted in.
-            if depth.get() > 0 {
-                depth.dec();
-            }
-        };
-        let channel = match &notice {
-            Notice::Provider(_) => Channel::Teams,
-            Notice::Subscriber(_) => Channel::Mail,
-        };
-        let span = tracing::info_span!(
-            "notify",
-            channel = channel.as_str(),
-            outcome = tracing::field::Empty,
-        );
-        crate::trace::set_parent(&span, traceparent);
-        AtomicResponse::new(Box::pin(
+        let (bridge, channels) = (self.bridge.clone(), self.channels.clone());
+        ctx.spawn(
             async move {
-                match notice {
-                    Notice::Provider(card) => match channels.provider.post(&card).await {
-                        Ok(true) => record(Channel::Teams, NotificationOutcome::Sent),
-                        Ok(false) => record(Channel::Teams, NotificationOutcome::Skipped),
+                loop {
+                    match bridge.store.queue_take(NOTICES_QUEUE, POLL).await {
+                        Ok(Some(taken)) => deliver(&bridge, &channels, taken).await,
+                        Ok(None) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, title = %card.title, "provider card not delivered");
-                            record(Channel::Teams, NotificationOutcome::Failed);
+                            tracing::warn!(error = %e, "store unavailable; the notifier waits");
+                            actix_rt::time::sleep(POLL).await;
                         }
-                    },
-                    Notice::Subscriber(mail) => match channels.mailer.send(&mail).await {
-                        Ok(Delivery::Sent { .. }) => record(Channel::Mail, NotificationOutcome::Sent),
-                        Ok(Delivery::Skipped) => record(Channel::Mail, NotificationOutcome::Skipped),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "subscriber mail not delivered");
-                            record(Channel::Mail, NotificationOutcome::Failed);
-                        }
-                    },
+                    }
+                    bridge.refresh_depths().await;
                 }
             }
-            .instrument(span)
             .into_actor(self),
-        ))
+        );
     }
 }
 
-/// Answers once every notice sent before it was handled (a command that exits uses it).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Flush;
+/// Delivers every notice due now, once each, and returns: for a command that exits (`report`).
+/// Notices a channel could not take stay in the outbox for `serve`.
+pub async fn deliver_due(bridge: &Bridge, channels: &Channels) {
+    let Ok(queued) = bridge.store.queue_len(NOTICES_QUEUE).await else {
+        return;
+    };
+    for _ in 0..queued {
+        match bridge.store.queue_take(NOTICES_QUEUE, Duration::ZERO).await {
+            Ok(Some(taken)) => deliver(bridge, channels, taken).await,
+            _ => return,
+        }
+    }
+}
 
-impl Handler<Flush> for Notifier {
-    type Result = ();
+/// What one try at a channel came to.
+enum Tried {
+    Taken(NotificationOutcome),
+    Transient(Option<Duration>, String),
+    Refused(String),
+}
 
-    fn handle(&mut self, _msg: Flush, _ctx: &mut Self::Context) {}
+async fn send(channels: &Channels, notice: &Notice) -> Tried {
+    let answer = match notice {
+        Notice::Provider(card) => channels.provider.post(card).await.map(|posted| {
+            if posted {
+                NotificationOutcome::Sent
+            } else {
+                NotificationOutcome::Skipped
+            }
+        }),
+        Notice::Subscriber(mail) => channels.mailer.send(mail).await.map(|d| match d {
+            Delivery::Sent { .. } => NotificationOutcome::Sent,
+            Delivery::Skipped => NotificationOutcome::Skipped,
+        }),
+    };
+    match answer {
+        Ok(outcome) => Tried::Taken(outcome),
+        Err(e) if e.is_transient() => Tried::Transient(e.retry_after(), e.to_string()),
+        Err(e) => Tried::Refused(e.to_string()),
+    }
+}
+
+/// One try at one notice, in a `notify` span that continues the trace of the pass that made it.
+async fn deliver(bridge: &Bridge, channels: &Channels, taken: Taken) {
+    let entry: OutboxEntry = match serde_json::from_str(&taken.body) {
+        Ok(entry) => entry,
+        Err(e) => {
+            // Written by another release, or damaged: it would never read, so it goes.
+            tracing::error!(error = %e, notice = %taken.id, "an outbox entry does not read; dropped");
+            acknowledge(bridge, &taken).await;
+            return;
+        }
+    };
+    let channel = entry.notice.channel();
+    let span = tracing::info_span!(
+        "notify",
+        channel = channel.as_str(),
+        notice = %taken.id,
+        attempt = taken.attempt,
+        outcome = tracing::field::Empty,
+    );
+    crate::trace::set_parent(&span, entry.traceparent.as_deref());
+    async {
+        let tried = match tokio::time::timeout(DELIVERY_TIMEOUT, send(channels, &entry.notice))
+            .await
+        {
+            Ok(tried) => tried,
+            Err(_) => Tried::Transient(None, format!("no answer within {DELIVERY_TIMEOUT:?}")),
+        };
+        let config = &bridge.config.notify;
+        let age = Duration::from_millis(now_ms().saturating_sub(entry.created_ms).max(0) as u64);
+        let outcome = match tried {
+            Tried::Taken(outcome) => {
+                acknowledge(bridge, &taken).await;
+                outcome
+            }
+            Tried::Transient(_, error) if age >= config.max_age => {
+                acknowledge(bridge, &taken).await;
+                tracing::warn!(%error, age = ?age, attempts = taken.attempt + 1, "a notification was not delivered within notify.max_age; given up");
+                NotificationOutcome::Expired
+            }
+            Tried::Transient(asked, error) => {
+                let delay = backoff(
+                    config.retry_first,
+                    config.retry_max,
+                    taken.attempt,
+                    rand::random_range(0.5..=1.0),
+                    asked,
+                );
+                match bridge.store.queue_retry(NOTICES_QUEUE, &taken, delay).await {
+                    Ok(()) => {
+                        tracing::info!(%error, retry_in = ?delay, "a notification will be tried again")
+                    }
+                    // Left in flight: the store hands it out again after reclaim_after.
+                    Err(e) => {
+                        tracing::warn!(%error, store_error = %e, "a notification could not be rescheduled; it comes back after store.reclaim_after")
+                    }
+                }
+                NotificationOutcome::Retried
+            }
+            Tried::Refused(error) => {
+                acknowledge(bridge, &taken).await;
+                tracing::warn!(%error, "a notification was refused by its channel; dropped");
+                NotificationOutcome::Failed
+            }
+        };
+        bridge.metrics.notified(channel, outcome);
+        tracing::Span::current().record("outcome", outcome.as_str());
+    }
+    .instrument(span)
+    .await
+}
+
+/// Acknowledges a notice done with, trying a few times while the store fails.
+async fn acknowledge(bridge: &Bridge, taken: &Taken) {
+    for attempt in 1..=ACK_TRIES {
+        match bridge.store.queue_ack(NOTICES_QUEUE, taken).await {
+            Ok(()) => return,
+            Err(e) if attempt == ACK_TRIES => {
+                tracing::error!(error = %e, notice = %taken.id, "a delivered notification could not be acknowledged; it may be sent again");
+            }
+            Err(_) => actix_rt::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_up_to_the_maximum_and_honour_retry_after() {
+        let (first, max) = (Duration::from_secs(10), Duration::from_secs(600));
+        let waits: Vec<u64> = (0..8)
+            .map(|a| backoff(first, max, a, 1.0, None).as_secs())
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(backoff(first, max, 1, 0.5, None), Duration::from_secs(10));
+        assert_eq!(backoff(first, max, 40, 1.0, None), max, "no overflow");
+        assert_eq!(
+            backoff(first, max, 0, 1.0, Some(Duration::from_secs(90))),
+            Duration::from_secs(90),
+            "never sooner than the channel asked"
+        );
+    }
+
+    #[test]
+    fn an_outbox_entry_reads_back_as_written() {
+        let entry = OutboxEntry {
+            notice: Notice::Provider(ProviderCard {
+                title: "Plan billed".into(),
+                tone: billing_bridge_notify::Tone::Good,
+                text: "Silver".into(),
+                facts: vec![("Plan".into(), "amplify-plan-1".into())],
+                link: Some(("Open".into(), "https://example".into())),
+            }),
+            created_ms: 42,
+            traceparent: None,
+        };
+        let read: OutboxEntry =
+            serde_json::from_str(&serde_json::to_string(&entry).unwrap()).unwrap();
+        assert_eq!(read.notice, entry.notice);
+        assert_eq!(read.created_ms, 42);
+    }
 }

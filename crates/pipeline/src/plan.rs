@@ -1,10 +1,10 @@
 //! Plan provisioning, level-triggered: read the plan as it is now and make Recurly match it.
 //! An active eligible plan gets a Recurly plan with one usage add-on per priced quota (created
-//! whole, in one call; quotas added later become add-ons); a deprecated, archived or deleted plan
-//! is taken off sale. The link is written back onto the Amplify plan.
+//! whole, in one call; quotas added later become add-ons); a plan Amplify confirms deprecated,
+//! archived or gone is taken off sale. The link is written back onto the Amplify plan.
 
 use billing_bridge_amplify::AmplifyError;
-use billing_bridge_domain::amplify::{Product, ProductPlan, Quota};
+use billing_bridge_domain::amplify::{Product, ProductPlan, Quota, Resource};
 use billing_bridge_domain::codes::{billing_plan_code, idempotency_key};
 use billing_bridge_domain::events::{ResourceEvent, link_attributes};
 use billing_bridge_domain::plan::{
@@ -14,8 +14,8 @@ use billing_bridge_notify::{ProviderCard, Tone};
 
 use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
-use crate::notices::{Notice, NoticeSink};
-use crate::provision::{ProvisionError, first_time, sibling_link};
+use crate::notices::{Notice, Notices};
+use crate::provision::{ProvisionError, by_id, catalog_path, first_time};
 use tracing::Instrument;
 
 /// What a pass over a plan did.
@@ -74,7 +74,7 @@ fn failure_card(title: &str, plan_name: &str, reason: &str) -> ProviderCard {
 /// Runs one pass and records its outcome; never fails: failures become outcomes.
 pub async fn provision_plan(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     event: &ResourceEvent,
 ) -> PlanOutcome {
     let span = crate::trace::provisioning_span(event);
@@ -87,7 +87,7 @@ pub async fn provision_plan(
 
 async fn provision_plan_traced(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     event: &ResourceEvent,
 ) -> PlanOutcome {
     let started = std::time::Instant::now();
@@ -104,11 +104,13 @@ async fn provision_plan_traced(
             )
             .await
             {
-                notices.notify(Notice::Provider(failure_card(
-                    &event.name,
-                    &event.name,
-                    &reason,
-                )));
+                notices
+                    .notify(Notice::Provider(failure_card(
+                        &event.name,
+                        &event.name,
+                        &reason,
+                    )))
+                    .await;
             }
             PlanOutcome::Failed { reason }
         }
@@ -136,27 +138,47 @@ async fn provision_plan_traced(
 
 async fn pass(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     event: &ResourceEvent,
 ) -> Result<PlanOutcome, ProvisionError> {
-    if event.deleted {
-        return deactivate(bridge, notices, &event.resource_id, &event.name).await;
+    // The event names the plan; what it claims (deleted, its state) is only a hint. The plan is
+    // read by name, and a plan not found is confirmed gone by its id before Recurly is touched.
+    let path = catalog_path(bridge, "productplans", &event.name)?;
+    let current = bridge.amplify.get(&path).await?;
+    let named = current
+        .as_ref()
+        .and_then(|raw| Resource::read(raw).id().map(str::to_owned));
+    if named.as_deref() != Some(event.resource_id.as_str()) && !event.resource_id.is_empty() {
+        // The event's plan is not (or no longer) the one under that name.
+        if let outcome @ PlanOutcome::Deactivated { .. } =
+            ended_elsewhere(bridge, notices, &event.resource_id, &event.name).await?
+        {
+            return Ok(outcome);
+        }
     }
-    let Some(raw) = bridge.amplify.get(&event.self_link).await? else {
-        return deactivate(bridge, notices, &event.resource_id, &event.name).await;
+    let Some(raw) = current else {
+        return Ok(PlanOutcome::Waiting);
     };
+    // Being deleted (`metadata.state`, reference §2.4): Amplify itself says it is going.
+    let deleting = Resource::read(&raw).is_deleting();
     let plan: ProductPlan = serde_json::from_value(raw)
         .map_err(|e| ProvisionError::Data(format!("plan {} is not readable: {e}", event.name)))?;
+    if deleting {
+        return deactivate(bridge, notices, &plan.metadata.id, &plan_title(&plan)).await;
+    }
     match plan_action(plan.state.as_deref(), false) {
         PlanAction::Wait => Ok(PlanOutcome::Waiting),
+        // Amplify itself says the plan is deprecated or archived.
         PlanAction::Deactivate => {
             deactivate(bridge, notices, &plan.metadata.id, &plan_title(&plan)).await
         }
-        PlanAction::Provision => match provision(bridge, notices, &plan, &event.self_link).await {
+        PlanAction::Provision => match provision(bridge, notices, &plan, &path).await {
             // Deleted while this pass read it (its quotas go first, each with an event): a
-            // deleted plan is taken off sale, not reported as failed.
+            // plan confirmed gone is taken off sale, not reported as failed.
             Err(ProvisionError::Amplify(AmplifyError::NotFound { .. }))
-                if bridge.amplify.get(&event.self_link).await?.is_none() =>
+                if by_id(bridge, "productplans", &plan.metadata.id)
+                    .await?
+                    .is_none() =>
             {
                 deactivate(bridge, notices, &plan.metadata.id, &plan_title(&plan)).await
             }
@@ -165,13 +187,31 @@ async fn pass(
     }
 }
 
+/// The plan `id` an event named, when its name no longer leads to it: taken off sale only once
+/// Amplify's list confirms it is gone, deprecated or archived.
+async fn ended_elsewhere(
+    bridge: &Bridge,
+    notices: &Notices,
+    id: &str,
+    name: &str,
+) -> Result<PlanOutcome, ProvisionError> {
+    match by_id(bridge, "productplans", id).await? {
+        None => deactivate(bridge, notices, id, name).await,
+        Some(raw) if plan_action(Resource::read(&raw).state(), false) == PlanAction::Deactivate => {
+            let title = Resource::read(&raw).title().unwrap_or(name).to_owned();
+            deactivate(bridge, notices, id, &title).await
+        }
+        Some(_) => Ok(PlanOutcome::Waiting),
+    }
+}
+
 async fn provision(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     plan: &ProductPlan,
     self_link: &str,
 ) -> Result<PlanOutcome, ProvisionError> {
-    let product_link = sibling_link(self_link, "products", &plan.spec.product);
+    let product_link = catalog_path(bridge, "products", &plan.spec.product)?;
     let Some(product) = bridge.amplify.get(&product_link).await? else {
         return Err(ProvisionError::Data(format!(
             "the plan's product '{}' does not exist",
@@ -202,7 +242,9 @@ async fn provision(
             )
             .await
             {
-                notices.notify(Notice::Provider(failure_card(&title, &plan.name, &reason)));
+                notices
+                    .notify(Notice::Provider(failure_card(&title, &plan.name, &reason)))
+                    .await;
             }
             return Ok(PlanOutcome::Failed { reason });
         }
@@ -233,7 +275,9 @@ async fn provision(
             )
             .await
             {
-                notices.notify(Notice::Provider(failure_card(&title, &plan.name, &reason)));
+                notices
+                    .notify(Notice::Provider(failure_card(&title, &plan.name, &reason)))
+                    .await;
             }
             return Ok(PlanOutcome::Failed { reason });
         }
@@ -266,29 +310,28 @@ async fn provision(
     } else {
         format!("{add_ons_added} new quota(s) of {title} are now billed in Recurly.")
     };
-    notices.notify(Notice::Provider(ProviderCard {
-        title: format!("Plan billed in Recurly: {title}"),
-        tone: Tone::Good,
-        text,
-        facts: vec![
-            ("Amplify plan".into(), plan.name.clone()),
-            ("Recurly plan".into(), mapped.code.clone()),
-            (
-                "Price".into(),
-                format!("{} {} per interval", mapped.price, mapped.currency),
-            ),
-            (
-                "Usage add-ons".into(),
-                mapped
-                    .add_ons
-                    .iter()
-                    .map(|a| a.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-        ],
-        link: None,
-    }));
+    notices
+        .notify(Notice::Provider(ProviderCard {
+            title: format!("Plan billed in Recurly: {title}"),
+            tone: Tone::Good,
+            text,
+            facts: vec![
+                ("Amplify plan".into(), plan.name.clone()),
+                ("Recurly plan".into(), mapped.code.clone()),
+                ("Price".into(), mapped.price_per_interval()),
+                (
+                    "Usage add-ons".into(),
+                    mapped
+                        .add_ons
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            ],
+            link: None,
+        }))
+        .await;
     Ok(PlanOutcome::Provisioned {
         code: mapped.code,
         created,
@@ -345,7 +388,7 @@ async fn ensure_add_ons(bridge: &Bridge, plan: &BillingPlan) -> Result<usize, Pr
 
 async fn deactivate(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     plan_id: &str,
     title: &str,
 ) -> Result<PlanOutcome, ProvisionError> {
@@ -367,7 +410,7 @@ async fn deactivate(
                 text: "The Amplify plan was deprecated, archived or deleted, so its Recurly plan takes no new subscriptions. Existing subscriptions continue.".into(),
                 facts: vec![("Recurly plan".into(), code.clone())],
                 link: None,
-            }));
+            })).await;
             Ok(PlanOutcome::Deactivated { code })
         }
         _ => Ok(PlanOutcome::Deactivated { code }),

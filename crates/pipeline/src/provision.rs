@@ -1,9 +1,12 @@
-//! What provisioners share: the error type, resource paths, and "tell them once".
+//! What provisioners share: the error type, resource paths built from checked names, the
+//! confirmation that a resource is gone, and "tell them once".
 
 use std::time::Duration;
 
 use billing_bridge_amplify::AmplifyError;
 use billing_bridge_billing::recurly::RecurlyError;
+use billing_bridge_domain::amplify::Resource;
+use billing_bridge_domain::trust::amplify_name;
 use billing_bridge_store::Claim;
 use billing_bridge_upstream::Transient;
 
@@ -19,6 +22,8 @@ pub enum ProvisionError {
     Amplify(#[from] AmplifyError),
     #[error(transparent)]
     Recurly(#[from] RecurlyError),
+    #[error(transparent)]
+    Store(billing_bridge_store::StoreError),
     #[error("{0}")]
     Data(String),
 }
@@ -29,25 +34,45 @@ impl ProvisionError {
         match self {
             ProvisionError::Amplify(e) => e.is_transient(),
             ProvisionError::Recurly(e) => e.is_transient(),
+            // The store being unavailable passes; a link must never be skipped for it.
+            ProvisionError::Store(_) => true,
             ProvisionError::Data(_) => false,
         }
     }
 }
 
-/// A non-empty string at a JSON pointer of an Amplify resource.
-pub fn text<'a>(value: &'a serde_json::Value, pointer: &str) -> Option<&'a str> {
-    value
-        .pointer(pointer)
-        .and_then(serde_json::Value::as_str)
-        .filter(|s| !s.is_empty())
+/// `/catalog/{version}/{plural}/{name}`: a resource's path built from its kind and a checked
+/// name, never taken from an event (`selfLink` is a claim like the rest of the body).
+pub fn catalog_path(bridge: &Bridge, plural: &str, name: &str) -> Result<String, ProvisionError> {
+    let name = amplify_name(name).map_err(|e| ProvisionError::Data(e.to_string()))?;
+    Ok(bridge.amplify.resource_path("catalog", plural, name))
 }
 
-/// `/catalog/v1/products/x` beside `/catalog/v1/productplans/y`: same group and API version.
-pub fn sibling_link(self_link: &str, plural: &str, name: &str) -> String {
-    let mut parts = self_link.trim_start_matches('/').split('/');
-    let group = parts.next().unwrap_or("catalog");
-    let version = parts.next().unwrap_or("v1");
-    format!("/{group}/{version}/{plural}/{name}")
+/// `/catalog/{version}/{plural}`.
+pub fn catalog_collection(bridge: &Bridge, plural: &str) -> String {
+    format!("/catalog/{}/{plural}", bridge.amplify.api_version())
+}
+
+/// The resource of `plural` whose `metadata.id` is `id`, read from Amplify's list (one call):
+/// `None` confirms it is gone, whatever name an event gave it. A name may have been reused by a
+/// new resource, and a forged event may pair a real id with a missing name; the id decides.
+pub async fn by_id(
+    bridge: &Bridge,
+    plural: &str,
+    id: &str,
+) -> Result<Option<serde_json::Value>, ProvisionError> {
+    let id = amplify_name(id).map_err(|e| ProvisionError::Data(e.to_string()))?;
+    let listed = bridge
+        .amplify
+        .list(
+            &catalog_collection(bridge, plural),
+            Some(&format!("metadata.id=={id}")),
+        )
+        .await?;
+    // `==` takes wildcards (`_`): only the exact id counts.
+    Ok(listed
+        .into_iter()
+        .find(|r| Resource::read(r).id() == Some(id)))
 }
 
 /// True the first time `key` is seen (within a week): for notices that must be sent once
@@ -61,26 +86,5 @@ pub async fn first_time(bridge: &Bridge, key: &str) -> bool {
         Ok(_) => false,
         // Without the store we cannot know; telling twice beats never telling.
         Err(_) => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn siblings_keep_group_and_version() {
-        assert_eq!(
-            sibling_link(
-                "/catalog/v1alpha1/productplans/silver",
-                "products",
-                "weather"
-            ),
-            "/catalog/v1alpha1/products/weather"
-        );
-        assert_eq!(
-            sibling_link("/catalog/v1/subscriptions/s", "productplans", "p"),
-            "/catalog/v1/productplans/p"
-        );
     }
 }

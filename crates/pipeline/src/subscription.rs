@@ -2,24 +2,36 @@
 //! gets a Recurly subscription on the subscriber's existing billing account (every usage add-on
 //! listed), the link written back, then approval in Amplify and a mail to the subscriber. No
 //! account, or a refusal from Recurly: the subscription is rejected with a reason (or left
-//! pending) and the provider is told. An ended subscription is canceled in Recurly.
+//! pending) and the provider is told. A subscription Amplify confirms ended or gone has its
+//! billing canceled, only when the bridge made it (its own link in the store, Recurly's plan and
+//! account as the bridge set them); nothing ends on an event's word.
 
 use billing_bridge_config::{OnEnd, OnFailure};
-use billing_bridge_domain::amplify::Subscription;
-use billing_bridge_domain::codes::{billing_account_codes, idempotency_key};
+use billing_bridge_domain::amplify::{Resource, Subscription};
+use billing_bridge_domain::codes::{billing_account_codes, billing_plan_code, idempotency_key};
 use billing_bridge_domain::events::{ResourceEvent, link_attributes};
+use billing_bridge_domain::trust::{BillingSide, SubscriptionLink, consumer_codes, may_end};
 use billing_bridge_notify::{Address, Mail, ProviderCard, Tone};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
-use crate::notices::{Notice, NoticeSink};
-use crate::provision::{ProvisionError, first_time, sibling_link, text};
+use crate::notices::{Notice, Notices};
+use crate::provision::{ProvisionError, by_id, catalog_collection, catalog_path, first_time};
 use tracing::Instrument;
 
 /// Subscription states (`state.name`) that mean it has ended. Only `active` is verified; the
 /// others are inferred from the UI's states (Amplify reference §3.4, open question 2).
 const ENDED_STATES: [&str; 3] = ["archived", "cancelled", "canceled"];
+
+/// Whether Amplify shows a subscription ended: an ended `state.name`, or `metadata.state`
+/// `DELETING` (present only while a resource is being deleted, reference §2.4).
+pub(crate) fn has_ended(subscription: &Resource) -> bool {
+    subscription
+        .state()
+        .is_some_and(|s| ENDED_STATES.contains(&s))
+        || subscription.is_deleting()
+}
 /// Recurly states in which a subscription can still be canceled.
 const CANCELABLE: [&str; 3] = ["active", "future", "paused"];
 
@@ -64,7 +76,7 @@ impl SubscriptionOutcome {
 
 pub async fn provision_subscription(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     event: &ResourceEvent,
 ) -> SubscriptionOutcome {
     let span = crate::trace::provisioning_span(event);
@@ -77,7 +89,7 @@ pub async fn provision_subscription(
 
 async fn provision_subscription_traced(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     event: &ResourceEvent,
 ) -> SubscriptionOutcome {
     let started = std::time::Instant::now();
@@ -109,25 +121,45 @@ async fn provision_subscription_traced(
 
 async fn pass(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     event: &ResourceEvent,
 ) -> Result<SubscriptionOutcome, ProvisionError> {
-    if event.deleted {
-        return end(bridge, notices, event.billing_id.as_deref(), &event.name).await;
+    // The event names the subscription; what it claims (deleted, a billing id, a URL) is only a
+    // hint. The subscription is read by name, and one not found under it is confirmed gone by
+    // its id (Amplify's list) before anything the bridge linked to it ends.
+    let path = catalog_path(bridge, "subscriptions", &event.name)?;
+    let current = bridge.amplify.get(&path).await?;
+    let named = current
+        .as_ref()
+        .and_then(|raw| Resource::read(raw).id().map(str::to_owned));
+    if named.as_deref() != Some(event.resource_id.as_str()) && !event.resource_id.is_empty() {
+        let outcome = end_if_ended(bridge, notices, &event.resource_id).await?;
+        if current.is_none() || matches!(outcome, SubscriptionOutcome::Canceled { .. }) {
+            return Ok(outcome);
+        }
     }
-    let Some(raw) = bridge.amplify.get(&event.self_link).await? else {
-        return end(bridge, notices, event.billing_id.as_deref(), &event.name).await;
+    let Some(raw) = current else {
+        return Ok(SubscriptionOutcome::NotOurs);
     };
-    let subscription: Subscription = serde_json::from_value(raw.clone()).map_err(|e| {
+    let view = Resource::read(&raw);
+    let subscription: Subscription = serde_json::from_value(raw).map_err(|e| {
         ProvisionError::Data(format!("subscription {} is not readable: {e}", event.name))
     })?;
+    if has_ended(&view) {
+        return match bridge
+            .store
+            .subscription_link(&subscription.metadata.id)
+            .await
+            .map_err(store_error)?
+        {
+            Some(link) => end(bridge, notices, &link, Some(&subscription)).await,
+            None => Ok(SubscriptionOutcome::NotOurs),
+        };
+    }
     let linked = subscription
         .attributes
         .get(link_attributes::SUBSCRIPTION_ID)
         .cloned();
-    if text(&raw, "/state/name").is_some_and(|s| ENDED_STATES.contains(&s)) {
-        return end(bridge, notices, linked.as_deref(), &event.name).await;
-    }
     if subscription
         .approval
         .as_ref()
@@ -139,32 +171,46 @@ async fn pass(
     let Some(plan_name) = subscription.spec.plan.as_ref().map(|p| p.name.clone()) else {
         return Ok(SubscriptionOutcome::NotOurs);
     };
-    let plan_link = sibling_link(&event.self_link, "productplans", &plan_name);
+    let plan_link = catalog_path(bridge, "productplans", &plan_name)?;
     let Some(plan) = bridge.amplify.get(&plan_link).await? else {
         return Ok(SubscriptionOutcome::NotOurs);
     };
-    let Some(plan_code) = text(
-        &plan,
-        &format!("/attributes/{}", link_attributes::PLAN_CODE),
-    )
-    .map(str::to_owned) else {
+    let plan = Resource::read(&plan);
+    let Some(plan_code) = plan
+        .attribute(link_attributes::PLAN_CODE)
+        .map(str::to_owned)
+        // Only the bridge's own code for that plan: the attribute is a claim like any other.
+        .filter(|code| billing_plan_code(plan.id().unwrap_or_default()).as_ref() == Ok(code))
+    else {
         return Ok(SubscriptionOutcome::NotOurs);
     };
+    let owner = subscription
+        .marketplace
+        .as_ref()
+        .and_then(|m| m.resource.as_ref())
+        .and_then(|r| r.owner.clone());
     let title = subscription.name.clone();
-    let sub_title = text(&raw, "/title").unwrap_or(&title).to_owned();
-    let plan_title = text(&plan, "/title").unwrap_or(&plan_name).to_owned();
+    let sub_title = view.title().unwrap_or(&title).to_owned();
+    let plan_title = plan.title().unwrap_or(&plan_name).to_owned();
 
-    // A billing subscription from an earlier pass whose approval did not happen: finish it.
+    // A billing subscription from an earlier pass whose approval did not happen: finish it, if
+    // it is one the bridge would have made (its plan, one of the subscriber's accounts).
     if let Some(existing) = linked.as_deref()
         && let Some(found) = bridge.recurly.subscription(existing).await?
         && CANCELABLE.contains(&found.state.as_str())
+        && found.plan.code.as_deref() == Some(plan_code.as_str())
+        && let Some(account) = found.account.code.clone().filter(|code| {
+            owner
+                .as_ref()
+                .is_some_and(|o| consumer_codes(o).contains(code))
+        })
     {
-        let account = found.account.code.clone().unwrap_or_default();
+        keep_link(bridge, &subscription, &found.id, &plan_code, &account).await?;
         return approve(
             bridge,
             notices,
-            &raw,
-            &event.self_link,
+            &view,
+            &path,
             &account,
             &found.id,
             &sub_title,
@@ -179,7 +225,7 @@ async fn pass(
         return refuse(
             bridge,
             notices,
-            &event.self_link,
+            &path,
             &subscription,
             &sub_title,
             &reason,
@@ -204,11 +250,6 @@ async fn pass(
         .map(|c| c.currency.clone())
         .unwrap_or_else(|| "USD".into());
 
-    let owner = subscription
-        .marketplace
-        .as_ref()
-        .and_then(|m| m.resource.as_ref())
-        .and_then(|r| r.owner.clone());
     let candidates = owner
         .as_ref()
         .map(|o| billing_account_codes(o, &bridge.config.provisioning.account_order))
@@ -237,7 +278,7 @@ async fn pass(
         return refuse(
             bridge,
             notices,
-            &event.self_link,
+            &path,
             &subscription,
             &sub_title,
             &reason,
@@ -270,15 +311,7 @@ async fn pass(
                 .into_iter()
                 .find(|s| s.plan.code.as_deref() == Some(plan_code.as_str()))
             {
-                Some(found)
-                    if !linked_elsewhere(
-                        bridge,
-                        &event.self_link,
-                        &subscription.name,
-                        &found.id,
-                    )
-                    .await? =>
-                {
+                Some(found) if !linked_elsewhere(bridge, &subscription.name, &found.id).await? => {
                     Ok(found)
                 }
                 _ => Err(e),
@@ -303,7 +336,7 @@ async fn pass(
             return refuse(
                 bridge,
                 notices,
-                &event.self_link,
+                &path,
                 &subscription,
                 &sub_title,
                 &reason,
@@ -313,10 +346,19 @@ async fn pass(
         }
         Err(e) => return Err(e.into()),
     };
+    // The bridge's own record comes first: only what it holds is ever ended.
+    keep_link(
+        bridge,
+        &subscription,
+        &created.id,
+        &plan_code,
+        &account_code,
+    )
+    .await?;
     bridge
         .amplify
         .set_attributes(
-            &event.self_link,
+            &path,
             &[
                 (link_attributes::SUBSCRIPTION_ID, &created.id),
                 (link_attributes::SUBSCRIPTION_UUID, &created.uuid),
@@ -327,8 +369,8 @@ async fn pass(
     approve(
         bridge,
         notices,
-        &raw,
-        &event.self_link,
+        &view,
+        &path,
         &account_code,
         &created.id,
         &sub_title,
@@ -337,32 +379,51 @@ async fn pass(
     .await
 }
 
-/// Whether an Amplify subscription other than `name` is linked to billing subscription `id`.
-async fn linked_elsewhere(
+fn store_error(e: billing_bridge_store::StoreError) -> ProvisionError {
+    ProvisionError::Store(e)
+}
+
+/// Records in the store that the bridge made `recurly_id` for this subscription.
+async fn keep_link(
     bridge: &Bridge,
-    self_link: &str,
-    name: &str,
-    id: &str,
-) -> Result<bool, ProvisionError> {
-    let collection = self_link.rsplit_once('/').map_or(self_link, |(c, _)| c);
-    let linked = bridge
+    subscription: &Subscription,
+    recurly_id: &str,
+    plan_code: &str,
+    account_code: &str,
+) -> Result<(), ProvisionError> {
+    bridge
+        .store
+        .link_subscription(&SubscriptionLink {
+            amplify_id: subscription.metadata.id.clone(),
+            amplify_name: subscription.name.clone(),
+            recurly_subscription: recurly_id.to_owned(),
+            plan_code: plan_code.to_owned(),
+            account_code: account_code.to_owned(),
+        })
+        .await
+        .map_err(store_error)
+}
+
+/// Whether an Amplify subscription other than `name` is linked to billing subscription `id`.
+async fn linked_elsewhere(bridge: &Bridge, name: &str, id: &str) -> Result<bool, ProvisionError> {
+    let linked: Vec<Resource> = bridge
         .amplify
-        .list(
-            collection,
+        .list_as(
+            &catalog_collection(bridge, "subscriptions"),
             Some(&format!(
                 "attributes.{}=={id}",
                 link_attributes::SUBSCRIPTION_ID
             )),
         )
         .await?;
-    Ok(linked.iter().any(|s| text(s, "/name") != Some(name)))
+    Ok(linked.iter().any(|s| s.name() != Some(name)))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn approve(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
-    raw: &Value,
+    notices: &Notices,
+    raw: &Resource,
     self_link: &str,
     account_code: &str,
     subscription_id: &str,
@@ -377,7 +438,7 @@ async fn approve(
             json!({"state": "approved", "reason": format!("Billing set up in Recurly on account {account_code}")}),
         )
         .await?;
-    let resource_id = text(raw, "/metadata/id").unwrap_or(subscription_id);
+    let resource_id = raw.id().unwrap_or(subscription_id);
     if first_time(
         bridge,
         &format!("notice:subscription-approved:{resource_id}"),
@@ -385,7 +446,7 @@ async fn approve(
     .await
     {
         match approval_mail(bridge, raw, sub_title, plan_title, account_code).await {
-            Ok(Some(mail)) => notices.notify(Notice::Subscriber(mail)),
+            Ok(Some(mail)) => notices.notify(Notice::Subscriber(mail)).await,
             Ok(None) => {
                 tracing::info!(subscription = %sub_title, "no subscriber address known; no mail sent")
             }
@@ -419,14 +480,12 @@ fn html_text(text: &str) -> String {
 /// The subscriber: the user of a private team, else the user who created the subscription.
 async fn approval_mail(
     bridge: &Bridge,
-    raw: &Value,
+    raw: &Resource,
     sub_title: &str,
     plan_title: &str,
     account_code: &str,
 ) -> Result<Option<Mail>, ProvisionError> {
-    let Some(user_id) = text(raw, "/marketplace/resource/owner/user/id")
-        .or_else(|| text(raw, "/marketplace/resource/metadata/createUserId"))
-    else {
+    let Some(user_id) = raw.subscriber_user_id() else {
         return Ok(None);
     };
     let Some(user) = bridge.amplify.platform_user(user_id).await? else {
@@ -468,7 +527,7 @@ async fn approval_mail(
         html: Some(html),
         tags: [(
             "subscription".to_owned(),
-            text(raw, "/metadata/id").unwrap_or_default().to_owned(),
+            raw.id().unwrap_or_default().to_owned(),
         )]
         .into(),
     }))
@@ -477,7 +536,7 @@ async fn approval_mail(
 /// Rejects (or leaves pending) with a reason the consumer can act on, and tells the provider once.
 async fn refuse(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
+    notices: &Notices,
     self_link: &str,
     subscription: &Subscription,
     sub_title: &str,
@@ -501,23 +560,25 @@ async fn refuse(
     )
     .await
     {
-        notices.notify(Notice::Provider(ProviderCard {
-            title: format!("Subscription not billed: {sub_title}"),
-            tone: Tone::Attention,
-            text: format!(
-                "{} {reason}",
-                if leave_pending {
-                    "The subscription was left pending."
-                } else {
-                    "The subscription was rejected."
-                }
-            ),
-            facts: vec![
-                ("Subscription".into(), subscription.name.clone()),
-                ("Cause".into(), detail.to_owned()),
-            ],
-            link: None,
-        }));
+        notices
+            .notify(Notice::Provider(ProviderCard {
+                title: format!("Subscription not billed: {sub_title}"),
+                tone: Tone::Attention,
+                text: format!(
+                    "{} {reason}",
+                    if leave_pending {
+                        "The subscription was left pending."
+                    } else {
+                        "The subscription was rejected."
+                    }
+                ),
+                facts: vec![
+                    ("Subscription".into(), subscription.name.clone()),
+                    ("Cause".into(), detail.to_owned()),
+                ],
+                link: None,
+            }))
+            .await;
     }
     let reason = reason.to_owned();
     Ok(if leave_pending {
@@ -527,56 +588,135 @@ async fn refuse(
     })
 }
 
-/// Ends the billing subscription of a deleted or archived Amplify subscription.
-async fn end(
+/// The Amplify subscription `id` an event named, when its name no longer leads to it: its
+/// billing ends only if the bridge linked it and Amplify's list confirms it gone or ended.
+async fn end_if_ended(
     bridge: &Bridge,
-    notices: &dyn NoticeSink,
-    billing_id: Option<&str>,
-    name: &str,
+    notices: &Notices,
+    id: &str,
 ) -> Result<SubscriptionOutcome, ProvisionError> {
-    let Some(id) = billing_id else {
+    // The store first: an id the bridge never linked costs no Amplify call.
+    let Some(link) = bridge
+        .store
+        .subscription_link(id)
+        .await
+        .map_err(store_error)?
+    else {
         return Ok(SubscriptionOutcome::NotOurs);
     };
+    match by_id(bridge, "subscriptions", id).await? {
+        None => end(bridge, notices, &link, None).await,
+        Some(raw) if has_ended(&Resource::read(&raw)) => {
+            let subscription: Subscription = serde_json::from_value(raw).map_err(|e| {
+                ProvisionError::Data(format!("subscription {id} is not readable: {e}"))
+            })?;
+            end(bridge, notices, &link, Some(&subscription)).await
+        }
+        // Alive: nothing ends on an event's word.
+        Some(_) => Ok(SubscriptionOutcome::Unchanged),
+    }
+}
+
+/// Ends the billing subscription the bridge linked to an Amplify subscription that Amplify
+/// confirmed gone (`amplify` is `None`) or ended, once Recurly shows it is the one the bridge
+/// made; then forgets the link, so no later pass ends (or announces) it again.
+async fn end(
+    bridge: &Bridge,
+    notices: &Notices,
+    link: &SubscriptionLink,
+    amplify: Option<&Subscription>,
+) -> Result<SubscriptionOutcome, ProvisionError> {
+    let id = link.recurly_subscription.as_str();
     let Some(found) = bridge.recurly.subscription(id).await? else {
+        bridge
+            .store
+            .unlink_subscription(&link.amplify_id)
+            .await
+            .map_err(store_error)?;
         return Ok(SubscriptionOutcome::Unchanged);
     };
-    if !CANCELABLE.contains(&found.state.as_str()) {
-        return Ok(SubscriptionOutcome::Unchanged);
-    }
-    let result = match bridge.config.provisioning.on_end {
-        OnEnd::Cancel => {
-            bridge
-                .recurly
-                .cancel_subscription(id, false, &idempotency_key("cancel-subscription", &[id]))
-                .await
-        }
-        OnEnd::Terminate => {
-            bridge
-                .recurly
-                .terminate_subscription(id, &idempotency_key("terminate-subscription", &[id]))
-                .await
-        }
+    let billing = BillingSide {
+        id: &found.id,
+        plan_code: found.plan.code.as_deref(),
+        account_code: found.account.code.as_deref(),
     };
-    match result {
-        Ok(_) => {}
-        // Canceled meanwhile: the goal is reached.
-        Err(e) if e.error_type() == Some("validation") => {
-            return Ok(SubscriptionOutcome::Unchanged);
+    if let Err(why) = may_end(link, amplify, billing) {
+        tracing::warn!(subscription = %link.amplify_name, recurly_subscription = %id, reason = %why, "not ending a billing subscription the bridge did not make");
+        if first_time(
+            bridge,
+            &format!("notice:subscription-not-ended:{}", link.amplify_id),
+        )
+        .await
+        {
+            notices.notify(Notice::Provider(ProviderCard {
+                title: format!("Subscription ended, billing left alone: {}", link.amplify_name),
+                tone: Tone::Attention,
+                text: format!(
+                    "The Amplify subscription ended, but its Recurly subscription was not ended: {why}. Check it in Recurly."
+                ),
+                facts: vec![("Recurly subscription".into(), id.to_owned())],
+                link: None,
+            })).await;
         }
-        Err(e) => return Err(e.into()),
+        bridge
+            .store
+            .unlink_subscription(&link.amplify_id)
+            .await
+            .map_err(store_error)?;
+        return Ok(SubscriptionOutcome::NotOurs);
     }
-    notices.notify(Notice::Provider(ProviderCard {
-        title: format!("Subscription ended: {name}"),
-        tone: Tone::Info,
-        text: match bridge.config.provisioning.on_end {
-            OnEnd::Cancel => "The Amplify subscription ended; its Recurly subscription is canceled at the end of its term.".into(),
-            OnEnd::Terminate => "The Amplify subscription ended; its Recurly subscription was terminated.".into(),
-        },
-        facts: vec![("Recurly subscription".into(), id.to_owned())],
-        link: None,
-    }));
-    Ok(SubscriptionOutcome::Canceled {
-        subscription_id: id.to_owned(),
+    let live = CANCELABLE.contains(&found.state.as_str());
+    if live {
+        let result = match bridge.config.provisioning.on_end {
+            OnEnd::Cancel => {
+                bridge
+                    .recurly
+                    .cancel_subscription(id, false, &idempotency_key("cancel-subscription", &[id]))
+                    .await
+            }
+            OnEnd::Terminate => {
+                bridge
+                    .recurly
+                    .terminate_subscription(id, &idempotency_key("terminate-subscription", &[id]))
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {}
+            // Canceled meanwhile: the goal is reached.
+            Err(e) if e.error_type() == Some("validation") => {}
+            Err(e) => return Err(e.into()),
+        }
+        // One card per subscription, however many passes (or instances) get here.
+        if first_time(
+            bridge,
+            &format!("notice:subscription-ended:{}", link.amplify_id),
+        )
+        .await
+        {
+            notices.notify(Notice::Provider(ProviderCard {
+                title: format!("Subscription ended: {}", link.amplify_name),
+                tone: Tone::Info,
+                text: match bridge.config.provisioning.on_end {
+                    OnEnd::Cancel => "The Amplify subscription ended; its Recurly subscription is canceled at the end of its term.".into(),
+                    OnEnd::Terminate => "The Amplify subscription ended; its Recurly subscription was terminated.".into(),
+                },
+                facts: vec![("Recurly subscription".into(), id.to_owned())],
+                link: None,
+            })).await;
+        }
+    }
+    bridge
+        .store
+        .unlink_subscription(&link.amplify_id)
+        .await
+        .map_err(store_error)?;
+    Ok(if live {
+        SubscriptionOutcome::Canceled {
+            subscription_id: id.to_owned(),
+        }
+    } else {
+        SubscriptionOutcome::Unchanged
     })
 }
 

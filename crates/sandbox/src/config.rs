@@ -78,6 +78,29 @@ pub struct RecurlySettings {
     pub mode: RecurlyMode,
     /// Overrides the per-minute limit of the mode (tests use a small one); `Some(0)` disables it.
     pub requests_per_minute: Option<u32>,
+    /// How a failed renewal payment is retried before the subscription expires.
+    pub dunning: DunningSettings,
+}
+
+/// Recurly's dunning: a renewal invoice that fails to collect is `past_due` and retried; after
+/// the last failed attempt the invoice is `failed` and the subscription expires. A site sets its
+/// own schedule in the admin console (dunning campaigns), so both numbers are configurable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DunningSettings {
+    /// Collection attempts in all, the first one at renewal included (at least 1).
+    pub attempts: u32,
+    /// Sandbox-clock seconds between two attempts.
+    pub retry_interval_secs: u64,
+}
+
+impl Default for DunningSettings {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            retry_interval_secs: 86_400,
+        }
+    }
 }
 
 impl RecurlySettings {

@@ -27,8 +27,8 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    AmplifySettings, RecorderSettings, RecurlyMode, RecurlySettings, SandboxConfig,
-    SendgridSettings, TeamsSettings,
+    AmplifySettings, DunningSettings, RecorderSettings, RecurlyMode, RecurlySettings,
+    SandboxConfig, SendgridSettings, TeamsSettings,
 };
 pub use faults::FaultSettings;
 pub use record::RecordedRequest;
@@ -262,6 +262,7 @@ pub async fn start(config: SandboxConfig, listen: &str) -> std::io::Result<Sandb
     let server = server.run();
     let handle = server.handle();
     amplify::spawn_background(state.clone().into_inner());
+    recurly::spawn_background(state.clone().into_inner());
     let task = tokio::spawn(server);
     Ok(SandboxHandle {
         addr,

@@ -1,12 +1,13 @@
-//! Webhook intake: secret, size, shape, interest, dedupe, queue. Each refusal says what was
-//! wrong, and nothing of a refused request is processed.
+//! Webhook intake: secret, size, shape, organization, interest, dedupe, queue. Each refusal says
+//! what was wrong, and nothing of a refused or ignored request is processed.
 
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use billing_bridge_amplify::{EventType, WebhookEnvelope};
+use billing_bridge_amplify::{EnvelopeHead, EventType, WebhookEnvelope};
 use billing_bridge_domain::events::{ChangeType, EventPayload, ResourceKind, event_of_interest};
-use billing_bridge_pipeline::metrics::WebhookOutcome;
+use billing_bridge_domain::trust::amplify_name;
+use billing_bridge_pipeline::metrics::{WebhookIgnored, WebhookOutcome};
 use billing_bridge_store::{Claim, StoreError};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
@@ -46,6 +47,13 @@ fn busy(state: &AppState, retry_after_secs: u32, message: String) -> HttpRespons
     HttpResponse::ServiceUnavailable()
         .insert_header(("Retry-After", retry_after_secs.to_string()))
         .json(json!({"error": message}))
+}
+
+/// 202 `ignored`: acknowledged (Amplify does not resend it) and counted by why.
+fn ignored(state: &AppState, reason: WebhookIgnored) -> HttpResponse {
+    state.bridge.metrics.webhook_ignored(reason);
+    Span::current().record("outcome", WebhookOutcome::Ignored.as_str());
+    HttpResponse::Accepted().json(json!({"status": "ignored", "reason": reason.as_str()}))
 }
 
 fn answered(state: &AppState, outcome: WebhookOutcome, status: &str) -> HttpResponse {
@@ -145,6 +153,13 @@ async fn accept(
     let envelope: WebhookEnvelope<EventPayload> = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(e) => {
+            // An event that is no resource change (`TriggerAction`, `Ping`, a type added later)
+            // has a shape of its own: acknowledged and counted, never refused.
+            if let Ok(head) = serde_json::from_slice::<EnvelopeHead>(&body)
+                && !EventType::is_change(&head.event_type)
+            {
+                return ignored(&state, WebhookIgnored::EventType);
+            }
             return refuse(
                 &state,
                 WebhookOutcome::Malformed,
@@ -167,6 +182,17 @@ async fn accept(
             "the event has an empty id".into(),
         );
     }
+    // Only the configured organization's events are looked at (reference §4.3: `organization.id`
+    // is the provider organization the event was sent for).
+    if let Some(tenant) = config
+        .amplify
+        .tenant_id
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        && envelope.organization.as_ref().map(|o| o.id.as_str()) != Some(tenant)
+    {
+        return ignored(&state, WebhookIgnored::OtherOrganization);
+    }
     let change = match envelope.event_type {
         EventType::ResourceCreated => ChangeType::Created,
         EventType::ResourceUpdated => ChangeType::Updated,
@@ -180,8 +206,18 @@ async fn accept(
         &envelope.payload,
         envelope.correlation_id.as_deref(),
     ) else {
-        return answered(&state, WebhookOutcome::Ignored, "ignored");
+        return ignored(&state, WebhookIgnored::NotOfInterest);
     };
+    // The names become URL path segments of the provisioner's reads: a name that is no Amplify
+    // name (`../../management`) is refused here, before anything is queued.
+    if let Err(e) = amplify_name(&event.name) {
+        return refuse(
+            &state,
+            WebhookOutcome::Malformed,
+            StatusCode::BAD_REQUEST,
+            format!("the event's resource name is refused: {e}"),
+        );
+    }
     span.record("kind", tracing::field::debug(&event.kind));
     span.record("resource", event.name.as_str());
     event.trace_parent = billing_bridge_pipeline::trace::traceparent(&span);
@@ -190,7 +226,7 @@ async fn accept(
         ResourceKind::Subscription => config.provisioning.subscriptions,
     };
     if !enabled {
-        return answered(&state, WebhookOutcome::Ignored, "ignored");
+        return ignored(&state, WebhookIgnored::PipelineOff);
     }
 
     let store = &state.bridge.store;

@@ -2,10 +2,12 @@
 //! and `/readyz`. Intake only checks, dedupes and queues: an event is acknowledged (202) once it
 //! is safely in the store's queue, and refused before anything of it is processed otherwise.
 
+mod app;
+mod budget;
 mod ingest;
 mod intake;
+mod recurly;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -17,8 +19,10 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+pub use app::{Application, Options, StartError};
 pub use ingest::INGEST_PATH;
 pub use intake::WEBHOOK_PATH;
+pub use recurly::{RECURLY_WEBHOOK_PATH, signature_valid};
 
 /// What every handler can reach.
 pub struct AppState {
@@ -26,13 +30,14 @@ pub struct AppState {
     pub pipeline: Pipeline,
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched in any letter
+/// case and may be followed by several spaces (RFC 7235 §2.1: `auth-scheme 1*SP token68`).
 pub(crate) fn bearer(req: &HttpRequest) -> Option<&[u8]> {
-    req.headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::as_bytes)
+    let value = req.headers().get("Authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' ').as_bytes())
 }
 
 /// Compares a presented secret with the configured one without leaking where they differ.
@@ -43,9 +48,12 @@ pub(crate) fn secret_matches(given: Option<&[u8]>, expected: &str) -> bool {
     }
 }
 
+/// Every route. The ingest route also needs the shared `IngestGate` (budget and parse slots)
+/// that [`Application::start`] adds as app data, one for all workers.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route(WEBHOOK_PATH, web::post().to(intake::receive))
         .route(INGEST_PATH, web::post().to(ingest::receive))
+        .route(RECURLY_WEBHOOK_PATH, web::post().to(recurly::receive))
         .route("/admin/reconcile", web::post().to(reconcile))
         .route("/admin/report", web::post().to(report))
         .route("/metrics", web::get().to(metrics))
@@ -69,9 +77,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    if let Ok(depth) = state.bridge.store.queue_depth().await {
-        state.bridge.metrics.queue_depth.set(depth as i64);
-    }
+    state.bridge.refresh_depths().await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.bridge.metrics.encode())
@@ -178,45 +184,31 @@ async fn report(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
     }
 }
 
-/// A running bridge server.
-pub struct ServerHandle {
-    pub addr: SocketAddr,
-    pub server: actix_web::dev::ServerHandle,
-}
-
-impl ServerHandle {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-/// Binds the server and starts serving in the current actix system. `workers`: `None` = one per
-/// core.
-pub fn start(
-    state: AppState,
-    listen: &str,
+/// The HTTP server of every route over `state`, serving on `listener` once awaited (or
+/// spawned). `workers`: `None` = one per core. [`Application::start`] is its one caller.
+fn http_server(
+    state: web::Data<AppState>,
+    listener: std::net::TcpListener,
     workers: Option<usize>,
-) -> std::io::Result<(ServerHandle, actix_web::dev::Server)> {
-    let state = web::Data::new(state);
-    let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .disable_signals()
-        .shutdown_timeout(5);
+) -> std::io::Result<actix_web::dev::Server> {
+    let gate = web::Data::new(ingest::IngestGate::new(
+        &state.bridge.config.ingest,
+        &state.bridge.metrics,
+    ));
+    // The server's accept loop is driven by mio, which needs a non-blocking socket.
+    listener.set_nonblocking(true)?;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(gate.clone())
+            .configure(routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(5);
     if let Some(workers) = workers {
         server = server.workers(workers.max(1));
     }
-    let server = server.bind(listen)?;
-    let addr = *server
-        .addrs()
-        .first()
-        .ok_or_else(|| std::io::Error::other("bound no address"))?;
-    let server = server.run();
-    Ok((
-        ServerHandle {
-            addr,
-            server: server.handle(),
-        },
-        server,
-    ))
+    Ok(server.listen(listener)?.run())
 }
 
 #[cfg(test)]

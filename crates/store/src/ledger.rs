@@ -3,10 +3,13 @@
 //! platform acknowledged it; which windows are done; the watermark (end of the last window
 //! reported in order); and one-time marks. Every change is an [`Op`], so an implementation
 //! either applies them in memory (and journals them) or maps them onto its own commands.
+//! The embedded store's named queues (delayed redelivery) are journaled here too, as
+//! [`Op::QueuePut`], [`Op::QueueRetry`] and [`Op::QueueAck`] over a [`QueueState`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use billing_bridge_domain::usage::Window;
+use billing_bridge_domain::trust::SubscriptionLink;
+use billing_bridge_domain::usage::{Dated, Window};
 use serde::{Deserialize, Serialize};
 
 /// (billing subscription id, add-on code).
@@ -42,6 +45,14 @@ pub struct Report {
     pub amplify_subscription: String,
     #[serde(rename = "s")]
     pub state: ReportState,
+    /// For the part of a window cut at a period boundary that comes after the cut: where it
+    /// starts. `None`: the report counts the window from its start (all of it, or the part
+    /// before the cut).
+    #[serde(rename = "f", default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    /// How its usage date was chosen around a renewal (`None`: written before that rule).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub how: Option<Dated>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +93,20 @@ impl WindowLedger {
         self.pairs.get(pair).map(|r| r.len() as u32).unwrap_or(0)
     }
 
+    /// Units reported for the part of a pair's window from `from_ms` on (after a cut).
+    pub fn reported_from(&self, pair: &Pair, from_ms: i64) -> u64 {
+        self.pairs
+            .get(pair)
+            .map(|reports| {
+                reports
+                    .iter()
+                    .filter(|r| r.from_ms == Some(from_ms))
+                    .map(|r| r.amount)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     pub fn pending(&self) -> impl Iterator<Item = (&Pair, &Report)> {
         self.pairs.iter().flat_map(|(pair, reports)| {
             reports
@@ -111,6 +136,54 @@ pub enum Op {
     /// The cached links between Amplify subscriptions and billing (a snapshot, replacing the last).
     #[serde(rename = "l")]
     Links(String),
+    /// The bridge created (or took up) this Recurly subscription for an Amplify subscription.
+    #[serde(rename = "b")]
+    Linked(SubscriptionLink),
+    /// The link of this Amplify subscription id is done with (its billing ended).
+    #[serde(rename = "u")]
+    Unlinked(String),
+    /// The last sequence id read from a WatchTopic (its name), replacing the one before.
+    #[serde(rename = "t")]
+    WatchSequence(String, i64),
+    /// An item added to a named queue (the queue's name, the item as it stands).
+    #[serde(rename = "q")]
+    QueuePut(String, QueuedItem),
+    /// A taken item handed back for later: queue, item number, new due time (epoch ms), attempt.
+    /// One record, so the hand-back and the new due time are durable together.
+    #[serde(rename = "r")]
+    QueueRetry(String, u64, i64, u32),
+    /// An item done with: queue, item number.
+    #[serde(rename = "a")]
+    QueueAck(String, u64),
+}
+
+/// One item of a named queue, as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedItem {
+    /// Assigned by the store, growing: among items due at the same time the older goes first.
+    #[serde(rename = "n")]
+    pub number: u64,
+    /// The caller's stable id.
+    #[serde(rename = "i")]
+    pub id: String,
+    #[serde(rename = "b")]
+    pub body: String,
+    /// When it may be taken (epoch ms).
+    #[serde(rename = "d")]
+    pub due_ms: i64,
+    /// Times it was handed back for later.
+    #[serde(rename = "a")]
+    pub attempt: u32,
+}
+
+/// A named queue: its items, and the heap of their due times.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueState {
+    pub items: BTreeMap<u64, QueuedItem>,
+    /// (due ms, number), earliest first.
+    pub due: BTreeSet<(i64, u64)>,
+    /// The number the next item takes.
+    pub next: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -119,6 +192,12 @@ pub struct Ledger {
     pub watermark: Option<i64>,
     pub once: HashSet<String>,
     pub links: Option<String>,
+    /// Amplify subscription id → the billing subscription the bridge made for it.
+    pub subscriptions: BTreeMap<String, SubscriptionLink>,
+    /// WatchTopic name → the last sequence id the bridge processed.
+    pub watch_sequences: BTreeMap<String, i64>,
+    /// Queue name → its items not yet acknowledged.
+    pub queues: BTreeMap<String, QueueState>,
 }
 
 impl Ledger {
@@ -156,6 +235,41 @@ impl Ledger {
                 self.once.insert(key);
             }
             Op::Links(snapshot) => self.links = Some(snapshot),
+            Op::Linked(link) => {
+                self.subscriptions.insert(link.amplify_id.clone(), link);
+            }
+            Op::Unlinked(id) => {
+                self.subscriptions.remove(&id);
+            }
+            Op::WatchSequence(topic, sequence) => {
+                self.watch_sequences.insert(topic, sequence);
+            }
+            Op::QueuePut(queue, item) => {
+                let state = self.queues.entry(queue).or_default();
+                state.next = state.next.max(item.number + 1);
+                // Replaying a journal may apply a put twice: an item number is written once.
+                if !state.items.contains_key(&item.number) {
+                    state.due.insert((item.due_ms, item.number));
+                    state.items.insert(item.number, item);
+                }
+            }
+            Op::QueueRetry(queue, number, due_ms, attempt) => {
+                if let Some(state) = self.queues.get_mut(&queue)
+                    && let Some(item) = state.items.get_mut(&number)
+                {
+                    state.due.remove(&(item.due_ms, number));
+                    item.due_ms = due_ms;
+                    item.attempt = attempt;
+                    state.due.insert((due_ms, number));
+                }
+            }
+            Op::QueueAck(queue, number) => {
+                if let Some(state) = self.queues.get_mut(&queue)
+                    && let Some(item) = state.items.remove(&number)
+                {
+                    state.due.remove(&(item.due_ms, number));
+                }
+            }
             Op::Prune(before) => {
                 for (window, entry) in self.windows.range_mut(..) {
                     if window.end_ms <= before && entry.done && entry.pending().next().is_none() {
@@ -178,6 +292,17 @@ impl Ledger {
         }
         if let Some(links) = &self.links {
             ops.push(Op::Links(links.clone()));
+        }
+        for link in self.subscriptions.values() {
+            ops.push(Op::Linked(link.clone()));
+        }
+        for (topic, sequence) in &self.watch_sequences {
+            ops.push(Op::WatchSequence(topic.clone(), *sequence));
+        }
+        for (queue, state) in &self.queues {
+            for item in state.items.values() {
+                ops.push(Op::QueuePut(queue.clone(), item.clone()));
+            }
         }
         let mut pruned_before = None;
         for (window, entry) in &self.windows {
@@ -229,6 +354,8 @@ mod tests {
             created_ms: 1,
             amplify_subscription: "s".into(),
             state,
+            from_ms: None,
+            how: None,
         }
     }
 
@@ -315,6 +442,30 @@ mod tests {
         }
         ledger.apply(Op::Watermark(30));
         ledger.apply(Op::Prune(20));
+        for id in ["s1", "s2"] {
+            ledger.apply(Op::Linked(SubscriptionLink {
+                amplify_id: id.into(),
+                amplify_name: format!("sub-{id}"),
+                recurly_subscription: format!("r-{id}"),
+                plan_code: "amplify-plan-p1".into(),
+                account_code: "amplify-team-t1".into(),
+            }));
+        }
+        ledger.apply(Op::Unlinked("s1".into()));
+        for (n, id) in ["a", "b", "c"].iter().enumerate() {
+            ledger.apply(Op::QueuePut(
+                "notices".into(),
+                QueuedItem {
+                    number: n as u64,
+                    id: (*id).into(),
+                    body: format!("body {id}"),
+                    due_ms: 100,
+                    attempt: 0,
+                },
+            ));
+        }
+        ledger.apply(Op::QueueRetry("notices".into(), 0, 500, 1));
+        ledger.apply(Op::QueueAck("notices".into(), 1));
         let mut rebuilt = Ledger::default();
         for op in ledger.snapshot() {
             rebuilt.apply(op);
@@ -322,5 +473,18 @@ mod tests {
         assert_eq!(rebuilt.windows, ledger.windows);
         assert_eq!(rebuilt.watermark, ledger.watermark);
         assert_eq!(rebuilt.once, ledger.once);
+        assert_eq!(rebuilt.subscriptions, ledger.subscriptions);
+        assert_eq!(rebuilt.queues, ledger.queues);
+        assert_eq!(
+            rebuilt.queues["notices"].due.iter().collect::<Vec<_>>(),
+            [&(100, 2), &(500, 0)],
+            "the heap keeps due times after a retry and forgets acknowledged items"
+        );
+        assert_eq!(rebuilt.queues["notices"].next, 3);
+        assert_eq!(
+            rebuilt.subscriptions.keys().collect::<Vec<_>>(),
+            ["s2"],
+            "an unlinked subscription stays forgotten"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The one seam for billing-bridge state (design.md §5): dedupe marks, the intake queue, leases
 //! with fencing tokens, and the usage ledger with its watermark. `Store::Memory` is the embedded
 //! default for one process (its ledger optionally journaled to a file so it survives restarts);
-//! and a cache of the links between Amplify subscriptions and billing;
+//! a cache of the links between Amplify subscriptions and billing, and the links the bridge made
+//! itself (the only billing subscriptions it ends);
 //! the Redis implementation, for many instances behind a load balancer, joins this enum with the
-//! same operations.
+//! same operations. Named queues with delayed redelivery (`queue_*`) carry work that must
+//! survive a restart and be tried again later, such as the notification outbox.
 
+mod framing;
 mod ingest;
 mod journal;
 pub mod ledger;
@@ -13,20 +16,21 @@ mod redis;
 
 use std::time::Duration;
 
-use billing_bridge_domain::events::ResourceEvent;
+use billing_bridge_domain::events::{ResourceEvent, ResourceKind};
 use billing_bridge_domain::transactions::GroupKey;
+use billing_bridge_domain::trust::SubscriptionLink;
 use billing_bridge_domain::usage::Window;
 use thiserror::Error;
 
 use ledger::{Intent, Settled, WindowLedger};
 
 pub use ingest::{IngestOutcome, IngestWindow};
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_RECLAIM_AFTER, MemoryStore};
 pub use redis::RedisStore;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
-    #[error("the intake queue is full ({capacity} events waiting); try again shortly")]
+    #[error("the intake queue is full ({capacity} events not yet finished); try again shortly")]
     QueueFull { capacity: usize },
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -36,6 +40,16 @@ pub enum StoreError {
     InUse(String),
     #[error("the {0} lease was lost to another holder; this run stops")]
     LeaseLost(String),
+    /// A file of the embedded store is damaged where no crash could have cut it: nothing is
+    /// dropped silently, an operator decides.
+    #[error(
+        "{file} is damaged at byte {offset}: {detail}. Nothing was changed; restore the file from a backup, or move it aside to start without what it holds"
+    )]
+    Corrupt {
+        file: String,
+        offset: u64,
+        detail: String,
+    },
 }
 
 /// A lease held under a fencing token: guarded writes go through only while it is current.
@@ -56,12 +70,50 @@ pub enum Claim {
     InFlight,
 }
 
-/// A queued event handed to a consumer; acknowledge it once processed.
+/// A queued event handed to its kind's consumer: acknowledge it once processed
+/// ([`Store::ack`]), or hand it back for a later pass ([`Store::retry_event`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    /// Names the delivery for [`Store::ack`] (a queue position, or a stream entry id).
-    pub tag: String,
+    /// The event, its `attempt` the passes it had before this one.
     pub event: ResourceEvent,
+    item: Taken,
+}
+
+/// The queue each kind of event waits in, so plans and subscriptions proceed apart.
+pub fn event_queue(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::ProductPlan => "events:plans",
+        ResourceKind::Subscription => "events:subscriptions",
+    }
+}
+
+/// The queue the notification outbox lives in (cards and mails waiting for their channel).
+pub const NOTICES_QUEUE: &str = "notices";
+
+/// Every kind of event with a queue of its own.
+pub const EVENT_KINDS: [ResourceKind; 2] = [ResourceKind::ProductPlan, ResourceKind::Subscription];
+
+/// An item taken from a named queue (see [`Store::queue_take`]): in flight until it is
+/// acknowledged ([`Store::queue_ack`]) or handed back for later ([`Store::queue_retry`]); if
+/// neither happens (its consumer died), it is handed out again after the store's
+/// `reclaim_after`, or when the embedded store is opened again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// Names this hand-out for [`Store::queue_ack`] and [`Store::queue_retry`].
+    pub tag: String,
+    /// The id the item was put with.
+    pub id: String,
+    pub body: String,
+    /// Times it was handed back for later before this hand-out (0 the first time).
+    pub attempt: u32,
+}
+
+/// The wall clock in epoch ms: due times of queued items outlive the process.
+pub(crate) fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 // One Store lives for the whole process, behind an Arc: its size does not matter.
@@ -102,6 +154,15 @@ impl Store {
         MemoryStore::with_journal(queue_capacity, state_file).map(Store::Memory)
     }
 
+    /// How long an item taken from a named queue may stay unacknowledged before it is handed
+    /// out again (the Redis store is given it at [`Store::redis`]).
+    pub fn with_reclaim_after(mut self, reclaim_after: Duration) -> Self {
+        if let Store::Memory(m) = &mut self {
+            m.reclaim_after = reclaim_after;
+        }
+        self
+    }
+
     /// Claims an event id: `processing` for `hold`, until [`finish_event`](Self::finish_event)
     /// or [`abandon_event`](Self::abandon_event).
     pub async fn claim_event(&self, event_id: &str, hold: Duration) -> Result<Claim, StoreError> {
@@ -133,29 +194,68 @@ impl Store {
         }
     }
 
+    /// Queues an event in its kind's queue, refused with [`StoreError::QueueFull`] when that
+    /// queue holds `queue_capacity` events not yet finished (waiting, in flight or scheduled).
+    /// The embedded store journals it without waiting for the disk: a process crash keeps it,
+    /// a power cut may lose the last ones (the reconciler finds their resources again).
     pub async fn enqueue(&self, event: ResourceEvent) -> Result<(), StoreError> {
+        let queue = event_queue(event.kind);
+        let body = serde_json::to_string(&event).expect("events serialize");
         match self {
-            Store::Memory(m) => m.enqueue(event),
-            Store::Redis(r) => r.enqueue(event).await,
-        }
-    }
-
-    /// The next event, waiting up to `wait`; `None` when none came.
-    pub async fn next_event(&self, wait: Duration) -> Result<Option<Delivery>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.next_event(wait).await),
-            Store::Redis(r) => r.next_event(wait).await,
-        }
-    }
-
-    pub async fn ack(&self, tag: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.ack(tag);
-                Ok(())
+            Store::Memory(m) => m.put(queue, &event.event_id, &body, Some(m.capacity), false),
+            Store::Redis(r) => {
+                r.queue_put(queue, &event.event_id, &body, Some(r.capacity))
+                    .await
             }
-            Store::Redis(r) => r.ack(tag).await,
         }
+    }
+
+    /// The next event of `kind`, waiting up to `wait`; `None` when none came. An event handed
+    /// back for later comes again when due; one whose consumer died, after `reclaim_after`.
+    pub async fn next_event(
+        &self,
+        kind: ResourceKind,
+        wait: Duration,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let queue = event_queue(kind);
+        if let Store::Redis(r) = self {
+            r.migrate_legacy_queue().await?;
+        }
+        let Some(item) = self.queue_take(queue, wait).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<ResourceEvent>(&item.body) {
+            Ok(mut event) => {
+                event.attempt = item.attempt;
+                Ok(Some(Delivery { event, item }))
+            }
+            Err(_) => {
+                // Unreadable (another release's, or damaged): dropped, not handed out forever.
+                self.queue_ack(queue, &item).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Done with an event. The embedded store does not wait for the disk: an acknowledgement
+    /// lost to a power cut only means one more (level-triggered, harmless) pass.
+    pub async fn ack(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let queue = event_queue(delivery.event.kind);
+        match self {
+            Store::Memory(m) => m.queue_ack(queue, &delivery.item, false),
+            Store::Redis(_) => self.queue_ack(queue, &delivery.item).await,
+        }
+    }
+
+    /// Hands an event back for another pass after `delay`, acknowledging this delivery in the
+    /// same step (see [`Store::queue_retry`]).
+    pub async fn retry_event(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        self.queue_retry(event_queue(delivery.event.kind), &delivery.item, delay)
+            .await
     }
 
     /// Takes the named lease for `ttl` unless someone holds it; `None` when held.
@@ -276,6 +376,59 @@ impl Store {
         }
     }
 
+    /// Records, durably, that the bridge made `link.recurly_subscription` for an Amplify
+    /// subscription: the only billing subscriptions the bridge ever ends (design.md §6, 7).
+    pub async fn link_subscription(&self, link: &SubscriptionLink) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.link_subscription(link.clone()),
+            Store::Redis(r) => r.link_subscription(link).await,
+        }
+    }
+
+    /// The last sequence id the bridge processed from WatchTopic `topic`; `None` before the
+    /// first read.
+    pub async fn watch_sequence(&self, topic: &str) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.watch_sequence(topic)),
+            Store::Redis(r) => r.watch_sequence(topic).await,
+        }
+    }
+
+    /// Records, durably, that the events of WatchTopic `topic` up to `sequence` are queued.
+    pub async fn set_watch_sequence(&self, topic: &str, sequence: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.set_watch_sequence(topic, sequence),
+            Store::Redis(r) => r.set_watch_sequence(topic, sequence).await,
+        }
+    }
+
+    /// Forgets the link of an Amplify subscription whose billing has ended.
+    pub async fn unlink_subscription(&self, amplify_id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.unlink_subscription(amplify_id),
+            Store::Redis(r) => r.unlink_subscription(amplify_id).await,
+        }
+    }
+
+    /// The link the bridge recorded for an Amplify subscription id, if any.
+    pub async fn subscription_link(
+        &self,
+        amplify_id: &str,
+    ) -> Result<Option<SubscriptionLink>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.subscription_link(amplify_id)),
+            Store::Redis(r) => r.subscription_link(amplify_id).await,
+        }
+    }
+
+    /// Every link the bridge recorded (one per live billed subscription).
+    pub async fn subscription_links(&self) -> Result<Vec<SubscriptionLink>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.subscription_links()),
+            Store::Redis(r) => r.subscription_links().await,
+        }
+    }
+
     /// True the first time it is asked for `key` (durably), false ever after.
     pub async fn first_time(&self, key: &str) -> Result<bool, StoreError> {
         match self {
@@ -284,25 +437,84 @@ impl Store {
         }
     }
 
-    /// Events waiting (not yet handed out).
+    /// Events not yet finished, of every kind: waiting, in flight or scheduled for a retry.
     pub async fn queue_depth(&self) -> Result<usize, StoreError> {
+        let mut depth = 0;
+        for kind in EVENT_KINDS {
+            depth += self.queue_len(event_queue(kind)).await?;
+        }
+        Ok(depth)
+    }
+
+    /// Adds an item to the named queue `queue`, due now; returns once it is durable. `id` is the
+    /// caller's stable name for it (carried, not checked for repeats).
+    pub async fn queue_put(&self, queue: &str, id: &str, body: &str) -> Result<(), StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.queue_depth()),
-            Store::Redis(r) => r.queue_depth().await,
+            Store::Memory(m) => m.put(queue, id, body, None, true),
+            Store::Redis(r) => r.queue_put(queue, id, body, None).await,
+        }
+    }
+
+    /// The next due item of `queue`, waiting up to `wait` for one (an item coming due meanwhile
+    /// counts); `None` when none came. An item taken and never acknowledged nor handed back is
+    /// handed out again after `reclaim_after`.
+    pub async fn queue_take(
+        &self,
+        queue: &str,
+        wait: Duration,
+    ) -> Result<Option<Taken>, StoreError> {
+        match self {
+            Store::Memory(m) => m.queue_take(queue, wait).await,
+            Store::Redis(r) => r.queue_take(queue, wait).await,
+        }
+    }
+
+    /// Done with a taken item: it is never handed out again (durably, before this returns).
+    pub async fn queue_ack(&self, queue: &str, taken: &Taken) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.queue_ack(queue, taken, true),
+            Store::Redis(r) => r.queue_ack(queue, taken).await,
+        }
+    }
+
+    /// Hands a taken item back, due again after `delay`, its attempt counted: the
+    /// acknowledgement of this hand-out and the durable scheduling of the next are one step, so
+    /// no crash can lose the item or leave it both in flight and scheduled. Nothing happens when
+    /// the hand-out was already acknowledged (another consumer took it over and finished it).
+    pub async fn queue_retry(
+        &self,
+        queue: &str,
+        taken: &Taken,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => m.queue_retry(queue, taken, delay),
+            Store::Redis(r) => r.queue_retry(queue, taken, delay).await,
+        }
+    }
+
+    /// Items of `queue` not yet acknowledged: due, in flight and scheduled for later.
+    pub async fn queue_len(&self, queue: &str) -> Result<usize, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.queue_len(queue)),
+            Store::Redis(r) => r.queue_len(queue).await,
         }
     }
 
     /// Takes a batch of pushed transactions (grouped by window), arriving in `generation` (see
     /// [`ingest_generation`]): an id is counted unless this generation or the previous one
-    /// holds it already. Returns only once what it accepted is durable.
+    /// holds it already, or its group is new to a window already holding `max_groups` groups
+    /// (then it is refused, listed in [`IngestOutcome::too_many_groups`]). Returns only once
+    /// what it accepted is durable.
     pub async fn ingest(
         &self,
         generation: i64,
+        max_groups: usize,
         batch: &[IngestWindow],
     ) -> Result<IngestOutcome, StoreError> {
         match self {
-            Store::Memory(m) => m.ingest.ingest(generation, batch).await,
-            Store::Redis(r) => r.ingest(generation, batch).await,
+            Store::Memory(m) => m.ingest.ingest(generation, max_groups, batch).await,
+            Store::Redis(r) => r.ingest(generation, max_groups, batch).await,
         }
     }
 
@@ -323,12 +535,16 @@ impl Store {
     }
 
     /// Forgets the transaction ids of generations before `generation` (no event the horizon
-    /// admits can repeat them any more).
+    /// admits can repeat them any more); the embedded store rewrites the logs of windows whose
+    /// ids are all forgotten as their counts.
     pub async fn forget_ingested_ids(&self, generation: i64) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
-                m.ingest.forget_generations(generation);
-                Ok(())
+                // Rewriting logs as their counts syncs files: off the async threads.
+                let ingest = m.ingest.clone();
+                tokio::task::spawn_blocking(move || ingest.forget_generations(generation))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("ingest log compaction: {e}")))?
             }
             Store::Redis(r) => r.forget_generations(generation).await,
         }

@@ -1,17 +1,18 @@
-//! The embedded store: state in this process's memory, for a single instance.
+//! The embedded store: state in this process's memory, for a single instance; what must
+//! survive a restart (the ledger, links, named queues) is journaled when a state file is given.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use billing_bridge_domain::events::ResourceEvent;
+use billing_bridge_domain::trust::SubscriptionLink;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::ingest::Ingest;
 use crate::journal::Journal;
-use crate::ledger::{Intent, Ledger, Op, Settled, WindowLedger};
-use crate::{Claim, Delivery, Lease, StoreError};
+use crate::ledger::{Intent, Ledger, Op, QueuedItem, Settled, WindowLedger};
+use crate::{Claim, Lease, StoreError, Taken, epoch_ms};
 use billing_bridge_domain::usage::Window;
 
 /// The fewest claims between two sweeps of expired marks.
@@ -32,15 +33,16 @@ struct Marks {
     sweep_after: usize,
 }
 
-struct Queue {
-    waiting: VecDeque<(u64, ResourceEvent)>,
-    in_flight: HashMap<u64, ResourceEvent>,
-    next_tag: u64,
-}
+/// An item of a named queue taken and not yet acknowledged nor handed back is handed out again
+/// after this long (its consumer is taken for dead), unless the store is told otherwise.
+pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(300);
 
 struct LedgerState {
     ledger: Ledger,
     journal: Option<Journal>,
+    /// Queue → item number → when it was handed out. Not journaled: after a restart every
+    /// item not acknowledged is due again.
+    taken: HashMap<String, HashMap<u64, Instant>>,
 }
 
 impl LedgerState {
@@ -59,15 +61,17 @@ impl LedgerState {
 }
 
 pub struct MemoryStore {
-    capacity: usize,
+    /// Events a kind's queue may hold.
+    pub(crate) capacity: usize,
     marks: Mutex<Marks>,
-    queue: Mutex<Queue>,
-    arrived: Notify,
     ledger: Mutex<LedgerState>,
     /// Lease name → (fencing token, held until).
     leases: Mutex<HashMap<String, (u64, Instant)>>,
     next_token: AtomicU64,
-    pub(crate) ingest: Ingest,
+    pub(crate) ingest: std::sync::Arc<Ingest>,
+    /// Wakes the consumers waiting on named queues when an item is put.
+    queued: Notify,
+    pub(crate) reclaim_after: Duration,
 }
 
 impl MemoryStore {
@@ -79,19 +83,16 @@ impl MemoryStore {
                 since_sweep: 0,
                 sweep_after: SWEEP_EVERY,
             }),
-            queue: Mutex::new(Queue {
-                waiting: VecDeque::new(),
-                in_flight: HashMap::new(),
-                next_tag: 0,
-            }),
-            arrived: Notify::new(),
             ledger: Mutex::new(LedgerState {
                 ledger: Ledger::default(),
                 journal: None,
+                taken: HashMap::new(),
             }),
             leases: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(0),
-            ingest: Ingest::new(),
+            ingest: std::sync::Arc::new(Ingest::new()),
+            queued: Notify::new(),
+            reclaim_after: DEFAULT_RECLAIM_AFTER,
         }
     }
 
@@ -99,10 +100,11 @@ impl MemoryStore {
     pub fn with_journal(capacity: usize, path: &std::path::Path) -> Result<Self, StoreError> {
         let (journal, ledger) = Journal::open(path)?;
         let mut store = Self::new(capacity);
-        store.ingest = Ingest::with_log(&crate::ingest_log_dir(path))?;
+        store.ingest = std::sync::Arc::new(Ingest::with_log(&crate::ingest_log_dir(path))?);
         *store.ledger.lock() = LedgerState {
             ledger,
             journal: Some(journal),
+            taken: HashMap::new(),
         };
         Ok(store)
     }
@@ -224,6 +226,50 @@ impl MemoryStore {
         self.ledger.lock().ledger.links.clone()
     }
 
+    pub(crate) fn link_subscription(&self, link: SubscriptionLink) -> Result<(), StoreError> {
+        self.ledger.lock().apply(Op::Linked(link), true)
+    }
+
+    pub(crate) fn watch_sequence(&self, topic: &str) -> Option<i64> {
+        self.ledger
+            .lock()
+            .ledger
+            .watch_sequences
+            .get(topic)
+            .copied()
+    }
+
+    pub(crate) fn set_watch_sequence(&self, topic: &str, sequence: i64) -> Result<(), StoreError> {
+        self.ledger
+            .lock()
+            .apply(Op::WatchSequence(topic.to_owned(), sequence), true)
+    }
+
+    pub(crate) fn unlink_subscription(&self, amplify_id: &str) -> Result<(), StoreError> {
+        self.ledger
+            .lock()
+            .apply(Op::Unlinked(amplify_id.to_owned()), true)
+    }
+
+    pub(crate) fn subscription_link(&self, amplify_id: &str) -> Option<SubscriptionLink> {
+        self.ledger
+            .lock()
+            .ledger
+            .subscriptions
+            .get(amplify_id)
+            .cloned()
+    }
+
+    pub(crate) fn subscription_links(&self) -> Vec<SubscriptionLink> {
+        self.ledger
+            .lock()
+            .ledger
+            .subscriptions
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn first_time(&self, key: &str) -> Result<bool, StoreError> {
         let mut state = self.ledger.lock();
         if state.ledger.once.contains(key) {
@@ -273,72 +319,163 @@ impl MemoryStore {
         }
     }
 
-    pub(crate) fn enqueue(&self, event: ResourceEvent) -> Result<(), StoreError> {
+    /// Adds an item, refused when `capacity` items are already queued; journaled, and with
+    /// `sync` on disk before it returns.
+    pub(crate) fn put(
+        &self,
+        queue: &str,
+        id: &str,
+        body: &str,
+        capacity: Option<usize>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
         {
-            let mut queue = self.queue.lock();
-            if queue.waiting.len() + queue.in_flight.len() >= self.capacity {
-                return Err(StoreError::QueueFull {
-                    capacity: self.capacity,
-                });
+            let mut state = self.ledger.lock();
+            let held = state.ledger.queues.get(queue);
+            if let Some(capacity) = capacity
+                && held.is_some_and(|q| q.items.len() >= capacity)
+            {
+                return Err(StoreError::QueueFull { capacity });
             }
-            queue.next_tag += 1;
-            let tag = queue.next_tag;
-            queue.waiting.push_back((tag, event));
+            let number = held.map_or(0, |q| q.next);
+            let item = QueuedItem {
+                number,
+                id: id.to_owned(),
+                body: body.to_owned(),
+                due_ms: epoch_ms(),
+                attempt: 0,
+            };
+            state.apply(Op::QueuePut(queue.to_owned(), item), sync)?;
         }
-        self.arrived.notify_one();
+        self.queued.notify_waiters();
         Ok(())
     }
 
-    pub(crate) async fn next_event(&self, wait: Duration) -> Option<Delivery> {
+    /// The first due item not in flight (or in flight past `reclaim_after`), marked taken; else
+    /// how long until the next one comes due.
+    fn take_due(&self, queue: &str) -> Result<Taken, Option<Duration>> {
+        let now_ms = epoch_ms();
+        let now = Instant::now();
+        let mut guard = self.ledger.lock();
+        let state = &mut *guard;
+        let Some(items) = state.ledger.queues.get(queue) else {
+            return Err(None);
+        };
+        let taken = state.taken.entry(queue.to_owned()).or_default();
+        for &(due_ms, number) in &items.due {
+            if due_ms > now_ms {
+                return Err(Some(Duration::from_millis((due_ms - now_ms) as u64)));
+            }
+            if taken
+                .get(&number)
+                .is_some_and(|at| now.duration_since(*at) < self.reclaim_after)
+            {
+                continue;
+            }
+            taken.insert(number, now);
+            let item = &items.items[&number];
+            return Ok(Taken {
+                tag: number.to_string(),
+                id: item.id.clone(),
+                body: item.body.clone(),
+                attempt: item.attempt,
+            });
+        }
+        // Only items in flight: look again when the oldest hand-out may be reclaimed.
+        let reclaim = taken
+            .values()
+            .map(|at| (*at + self.reclaim_after).saturating_duration_since(now))
+            .min();
+        Err(reclaim)
+    }
+
+    pub(crate) async fn queue_take(
+        &self,
+        queue: &str,
+        wait: Duration,
+    ) -> Result<Option<Taken>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.arrived.notified();
+            let put = self.queued.notified();
+            let until = match self.take_due(queue) {
+                Ok(taken) => return Ok(Some(taken)),
+                Err(Some(next)) => deadline.min(tokio::time::Instant::now() + next),
+                Err(None) => deadline,
+            };
+            if tokio::time::timeout_at(until, put).await.is_err()
+                && tokio::time::Instant::now() >= deadline
             {
-                let mut queue = self.queue.lock();
-                if let Some((tag, event)) = queue.waiting.pop_front() {
-                    queue.in_flight.insert(tag, event.clone());
-                    return Some(Delivery {
-                        tag: tag.to_string(),
-                        event,
-                    });
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+                return Ok(None);
             }
         }
     }
 
-    pub(crate) fn ack(&self, tag: &str) {
-        if let Ok(tag) = tag.parse::<u64>() {
-            self.queue.lock().in_flight.remove(&tag);
-        }
+    fn hand_out(taken: &Taken) -> Option<u64> {
+        taken.tag.parse().ok()
     }
 
-    pub(crate) fn queue_depth(&self) -> usize {
-        self.queue.lock().waiting.len()
+    /// Forgets a taken item; with `sync`, on disk before it returns.
+    pub(crate) fn queue_ack(
+        &self,
+        queue: &str,
+        taken: &Taken,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let Some(number) = Self::hand_out(taken) else {
+            return Ok(());
+        };
+        let mut state = self.ledger.lock();
+        if let Some(in_flight) = state.taken.get_mut(queue) {
+            in_flight.remove(&number);
+        }
+        if !state
+            .ledger
+            .queues
+            .get(queue)
+            .is_some_and(|q| q.items.contains_key(&number))
+        {
+            return Ok(());
+        }
+        state.apply(Op::QueueAck(queue.to_owned(), number), sync)
+    }
+
+    pub(crate) fn queue_retry(
+        &self,
+        queue: &str,
+        taken: &Taken,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let Some(number) = Self::hand_out(taken) else {
+            return Ok(());
+        };
+        let mut state = self.ledger.lock();
+        let in_flight = state
+            .taken
+            .get_mut(queue)
+            .is_some_and(|t| t.remove(&number).is_some());
+        if !in_flight {
+            return Ok(());
+        }
+        let due_ms = epoch_ms().saturating_add(delay.as_millis() as i64);
+        state.apply(
+            Op::QueueRetry(queue.to_owned(), number, due_ms, taken.attempt + 1),
+            true,
+        )
+    }
+
+    pub(crate) fn queue_len(&self, queue: &str) -> usize {
+        self.ledger
+            .lock()
+            .ledger
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.items.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use billing_bridge_domain::events::ResourceKind;
-
-    fn event(id: &str) -> ResourceEvent {
-        ResourceEvent {
-            event_id: id.into(),
-            kind: ResourceKind::ProductPlan,
-            name: "silver".into(),
-            resource_id: "p1".into(),
-            self_link: "/catalog/v1/productplans/silver".into(),
-            deleted: false,
-            correlation_id: None,
-            billing_id: None,
-            attempt: 0,
-            trace_parent: None,
-        }
-    }
 
     #[test]
     fn an_event_is_claimed_once_and_a_released_claim_can_be_taken_again() {
@@ -381,45 +518,5 @@ mod tests {
             store.claim_event("kept", Duration::from_secs(30)),
             Claim::InFlight
         );
-    }
-
-    #[tokio::test]
-    async fn the_queue_is_bounded_and_hands_events_out_in_order() {
-        let store = MemoryStore::new(2);
-        store.enqueue(event("a")).unwrap();
-        store.enqueue(event("b")).unwrap();
-        assert_eq!(
-            store.enqueue(event("c")),
-            Err(StoreError::QueueFull { capacity: 2 })
-        );
-        let first = store.next_event(Duration::from_millis(10)).await.unwrap();
-        assert_eq!(first.event.event_id, "a");
-        // Handed out but not acknowledged still counts against the capacity.
-        assert!(store.enqueue(event("c")).is_err());
-        store.ack(&first.tag);
-        store.enqueue(event("c")).unwrap();
-        assert_eq!(
-            store
-                .next_event(Duration::from_millis(10))
-                .await
-                .unwrap()
-                .event
-                .event_id,
-            "b"
-        );
-        assert_eq!(store.queue_depth(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_waiting_consumer_wakes_when_an_event_arrives() {
-        let store = std::sync::Arc::new(MemoryStore::new(10));
-        let consumer = {
-            let store = store.clone();
-            tokio::spawn(async move { store.next_event(Duration::from_secs(5)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        store.enqueue(event("late")).unwrap();
-        assert_eq!(consumer.await.unwrap().unwrap().event.event_id, "late");
-        assert!(store.next_event(Duration::from_millis(20)).await.is_none());
     }
 }

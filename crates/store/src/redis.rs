@@ -3,11 +3,19 @@
 //!
 //! - Dedupe marks: `SET mark:{id} processing NX PX hold`, then `done` for the long keep; a
 //!   release deletes only a `processing` mark (one script).
-//! - Intake queue: a Stream with one consumer group. Enqueue checks the capacity and adds in one
-//!   script (`XLEN` counts waiting and handed-out entries, as acknowledged ones are deleted).
-//!   A consumer takes new entries with `XREADGROUP … BLOCK` on a connection of its own, and first
-//!   claims entries another consumer took and left idle past `reclaim_after` (`XAUTOCLAIM`), so
-//!   the events of a dead instance are processed by another.
+//! - Intake queues, one per kind of event (`q:events:plans`, `q:events:subscriptions`), each a
+//!   named queue (below). Enqueue checks the capacity and adds in one script (`XLEN` plus
+//!   `ZCARD` counts waiting, handed-out and scheduled entries, as acknowledged ones are
+//!   deleted). A consumer takes new entries with `XREADGROUP … BLOCK` on a connection of its
+//!   own, and first claims entries another consumer took and left idle past `reclaim_after`
+//!   (`XAUTOCLAIM`), so the events of a dead instance are processed by another.
+//! - Named queues (delayed redelivery, e.g. the notification outbox): the same Stream, consumer
+//!   group and `XAUTOCLAIM` takeover per queue (`q:{name}`), entries `{attempt}\x1f{id}\x1f{body}`,
+//!   plus a sorted set of entries scheduled for later (`q:{name}:later`, scored by due time in
+//!   epoch ms on Redis's clock). Handing a taken entry back is one script: `XACK` (nothing more if
+//!   it was acknowledged already), `XDEL`, `ZADD` at its due time. Before each take one script
+//!   moves the due entries from the sorted set into the Stream, and the blocking read waits no
+//!   longer than until the next one comes due.
 //! - Leases: `SET lease:{name} {token} NX PX ttl`, the token from `INCR fence:{name}`; extending,
 //!   releasing and every ledger write check the token in the same script, so a holder that lost
 //!   its lease (paused past its TTL) cannot write.
@@ -19,7 +27,7 @@
 //!   arrival (see `ingest.rs`) in 65,536 sets (`ingest:gen:{g}:ids:{shard}`, members the 64-bit
 //!   value as an integer, so Redis keeps each small set as a compact intset: about 8 bytes an
 //!   id); the counts per window and group in a hash (`ingest:{start}:units`, field
-//!   `{subscription}\x1f{quota}\x1f{resource}\x1f{s|f}`). One script per window and chunk adds
+//!   `{subscription}\x1f{quota}\x1f{resource id}\x1f{resource name}\x1f{s|f}`). One script per window and chunk adds
 //!   the ids new to this generation and the previous one, and their counts, together. Windows
 //!   and generations with data are kept in sorted sets, for pruning.
 //! - Links: the directory of billed subscriptions as one snapshot (`links`), shared by every
@@ -28,19 +36,18 @@
 //! Redis being unreachable is [`StoreError::Unavailable`]: intake answers 503 and the sender
 //! keeps its event; the connection manager reconnects by itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use billing_bridge_domain::events::ResourceEvent;
 use billing_bridge_domain::transactions::{Group, GroupKey};
+use billing_bridge_domain::trust::SubscriptionLink;
 use billing_bridge_domain::usage::Window;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use crate::ledger::{Intent, Report, ReportState, Settled, WindowLedger};
-use crate::{Claim, Delivery, IngestOutcome, IngestWindow, Lease, StoreError};
+use crate::{Claim, IngestOutcome, IngestWindow, Lease, StoreError, Taken};
 
 pub const PREFIX: &str = "billing-bridge:";
 const GROUP: &str = "bridge";
@@ -77,9 +84,11 @@ const ABANDON: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// KEYS: stream, later set. ARGV: capacity, entry. Waiting, handed-out and scheduled entries
+/// all count (acknowledged ones are deleted).
 const ENQUEUE: &str = r"
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[2])
 return 1";
 
 const ACQUIRE: &str = r"
@@ -143,30 +152,114 @@ return 1";
 
 /// KEYS: windows zset, generations zset, units hash, then for each transaction its id set in
 /// the current generation and in the previous one. ARGV: window start, generation, group count
-/// G, G group fields, then (value, group index) pairs. Returns the ids added. (Full key names
-/// come from the caller: building them in Lua costs more than sending them.)
+/// G, the most groups a window may hold, G group fields, then (value, group index) pairs.
+/// Returns the ids added, then the (0-based) positions of the transactions refused because
+/// their group is new to a window already holding the most groups it may. Deciding that here,
+/// in the script that adds the counts, keeps two instances from both letting a window grow past
+/// the limit. (Full key names come from the caller: building them in Lua costs more than
+/// sending them.)
 const INGEST: &str = r"
 local g = tonumber(ARGV[3])
+local max = tonumber(ARGV[4])
 local counts = {}
+local allowed = {}
+local known = nil
 local added = 0
+local refused = {}
 local k = 4
-for i = 4 + g, #ARGV, 2 do
+local t = 0
+for i = 5 + g, #ARGV, 2 do
   if redis.call('SISMEMBER', KEYS[k + 1], ARGV[i]) == 0
-     and redis.call('SADD', KEYS[k], ARGV[i]) == 1 then
+     and redis.call('SISMEMBER', KEYS[k], ARGV[i]) == 0 then
     local group = ARGV[i + 1]
-    counts[group] = (counts[group] or 0) + 1
-    added = added + 1
+    local ok = allowed[group]
+    if ok == nil then
+      if redis.call('HEXISTS', KEYS[3], ARGV[5 + tonumber(group)]) == 1 then
+        ok = true
+      else
+        if known == nil then known = redis.call('HLEN', KEYS[3]) end
+        ok = known < max
+        if ok then known = known + 1 end
+      end
+      allowed[group] = ok
+    end
+    if ok then
+      redis.call('SADD', KEYS[k], ARGV[i])
+      counts[group] = (counts[group] or 0) + 1
+      added = added + 1
+    else
+      refused[#refused + 1] = t
+    end
   end
   k = k + 2
+  t = t + 1
 end
 for group, n in pairs(counts) do
-  redis.call('HINCRBY', KEYS[3], ARGV[4 + tonumber(group)], n)
+  redis.call('HINCRBY', KEYS[3], ARGV[5 + tonumber(group)], n)
 end
 if added > 0 then
   redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
 end
-return added";
+local out = {added}
+for _, r in ipairs(refused) do out[#out + 1] = r end
+return out";
+
+/// KEYS: stream, later set. ARGV: group, entry id, delay ms, the entry as scheduled. The
+/// hand-out is acknowledged and the next one scheduled together; an entry acknowledged already
+/// (taken over and finished by another consumer) is left alone.
+const RETRY: &str = r"
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
+return 1";
+
+/// KEYS: stream, later set. ARGV: most entries to move. Moves entries due by Redis's clock into
+/// the stream; returns the ms until the next one is due, or -1 when none is scheduled.
+const PROMOTE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('XADD', KEYS[1], '*', 'm', m)
+  redis.call('ZREM', KEYS[2], m)
+end
+local next = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if next[2] then return math.max(0, tonumber(next[2]) - now) end
+return -1";
+
+/// KEYS: the intake stream of the releases before per-kind queues, the plans stream, the
+/// subscriptions stream. ARGV: the entry separator. Moves up to 500 events (field `e`, the
+/// event as JSON) into their kind's queue as new entries, deleting each from the old stream,
+/// and the old stream once empty; an event that does not read is dropped. Returns -1 once there
+/// is no old stream.
+const MIGRATE_LEGACY_QUEUE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 500)
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then
+      local ok, event = pcall(cjson.decode, fields[i + 1])
+      if ok and type(event) == 'table' and type(event.event_id) == 'string' then
+        local target = nil
+        if event.kind == 'ProductPlan' then target = KEYS[2] end
+        if event.kind == 'Subscription' then target = KEYS[3] end
+        if target then
+          redis.call('XADD', target, '*', 'm', '0' .. ARGV[1] .. event.event_id .. ARGV[1] .. fields[i + 1])
+        end
+      end
+    end
+  end
+  redis.call('XDEL', KEYS[1], entry[1])
+end
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return #entries";
+
+/// Due entries one take moves from the later set into the stream.
+const PROMOTE_BATCH: usize = 100;
 
 /// Transactions per ingest script: bounds how long one script holds Redis.
 const INGEST_CHUNK: usize = 5_000;
@@ -184,25 +277,90 @@ static SETTLE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE));
 static MARK_DONE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_DONE));
 static PRUNE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PRUNE));
 static INGEST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INGEST));
+static RETRY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RETRY));
+static PROMOTE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROMOTE));
+static MIGRATE_LEGACY_QUEUE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(MIGRATE_LEGACY_QUEUE));
 
-fn group_field(g: &Group<'_>) -> String {
-    format!(
-        "{}{SEP}{}{SEP}{}{SEP}{}",
-        g.subscription,
-        g.quota,
-        g.resource,
-        if g.success { 's' } else { 'f' }
-    )
+/// A named queue's entry: attempt, id and body in one string, so the Stream entry and the
+/// later set's member are the same value.
+fn queue_entry(attempt: u32, id: &str, body: &str) -> String {
+    format!("{attempt}{SEP}{id}{SEP}{body}")
 }
 
+fn parse_queue_entry(tag: String, entry: &str) -> Option<Taken> {
+    let mut parts = entry.splitn(3, SEP);
+    let attempt = parts.next()?.parse().ok()?;
+    let id = parts.next()?.to_owned();
+    let body = parts.next()?.to_owned();
+    Some(Taken {
+        tag,
+        id,
+        body,
+        attempt,
+    })
+}
+
+/// A group as a hash field: subscription, quota, resource id, resource name, status.
+///
+/// Escapes the separator (and the escape) inside a name, so two groups never share a field:
+/// `\x1e` → `\x1e0`, `\x1f` → `\x1e1`. Names without either (all the release before wrote
+/// that could be read back) are unchanged.
+const ESC: char = '\u{1e}';
+
+fn push_escaped(out: &mut String, part: &str) {
+    for c in part.chars() {
+        match c {
+            ESC => out.push_str("\u{1e}0"),
+            SEP => out.push_str("\u{1e}1"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(part: &str) -> Option<String> {
+    let mut out = String::with_capacity(part.len());
+    let mut chars = part.chars();
+    while let Some(c) = chars.next() {
+        if c == ESC {
+            out.push(match chars.next()? {
+                '0' => ESC,
+                '1' => SEP,
+                _ => return None,
+            });
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+fn group_field(g: &Group<'_>) -> String {
+    let mut field = String::with_capacity(
+        g.subscription.len() + g.quota.len() + g.resource_id.len() + g.resource_name.len() + 6,
+    );
+    for part in [&g.subscription, &g.quota, &g.resource_id, &g.resource_name] {
+        push_escaped(&mut field, part);
+        field.push(SEP);
+    }
+    field.push(if g.success { 's' } else { 'f' });
+    field
+}
+
+/// Reads [`group_field`]; a field of four parts was written before resources had an id and a
+/// name, and its one resource is read as the name.
 fn parse_group_field(field: &str) -> Option<GroupKey> {
-    let mut parts = field.split(SEP);
-    let (subscription, quota, resource, status) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let parts: Vec<&str> = field.split(SEP).collect();
+    let (subscription, quota, resource_id, resource_name, status) = match parts[..] {
+        [s, q, id, name, status] => (s, q, id, name, status),
+        [s, q, name, status] => (s, q, "", name, status),
+        _ => return None,
+    };
     Some(Group {
-        subscription: subscription.to_owned().into(),
-        quota: quota.to_owned().into(),
-        resource: resource.to_owned().into(),
+        subscription: unescape(subscription)?.into(),
+        quota: unescape(quota)?.into(),
+        resource_id: unescape(resource_id)?.into(),
+        resource_name: unescape(resource_name)?.into(),
         success: status == "s",
     })
 }
@@ -211,11 +369,14 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// Only for the blocking read, which would hold up every other command on a shared one.
     reader: ConnectionManager,
-    capacity: usize,
+    /// Events a kind's queue may hold.
+    pub(crate) capacity: usize,
     consumer: String,
     reclaim_after: Duration,
-    group_ready: AtomicBool,
-    queue: String,
+    /// Streams whose consumer group exists.
+    groups_ready: parking_lot::Mutex<HashSet<String>>,
+    /// The intake stream of earlier releases was emptied into the per-kind queues.
+    legacy_migrated: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -252,8 +413,8 @@ impl RedisStore {
             capacity: capacity.max(1),
             consumer,
             reclaim_after,
-            group_ready: AtomicBool::new(false),
-            queue: key(&["queue"]),
+            groups_ready: parking_lot::Mutex::new(HashSet::new()),
+            legacy_migrated: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -326,13 +487,13 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn ensure_group(&self) -> Result<(), StoreError> {
-        if self.group_ready.load(Ordering::Relaxed) {
+    async fn ensure_group(&self, stream: &str) -> Result<(), StoreError> {
+        if self.groups_ready.lock().contains(stream) {
             return Ok(());
         }
         let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&self.queue)
+            .arg(stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -343,42 +504,27 @@ impl RedisStore {
             Err(e) if e.code() == Some("BUSYGROUP") => {}
             Err(e) => return Err(unavailable(e)),
         }
-        self.group_ready.store(true, Ordering::Relaxed);
+        self.groups_ready.lock().insert(stream.to_owned());
         Ok(())
     }
 
-    pub(crate) async fn enqueue(&self, event: ResourceEvent) -> Result<(), StoreError> {
-        self.ensure_group().await?;
-        let body = serde_json::to_string(&event).expect("events serialize");
-        let added: i64 = ENQUEUE_SCRIPT
-            .key(&self.queue)
-            .arg(self.capacity)
-            .arg(body)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        if added == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::QueueFull {
-                capacity: self.capacity,
-            })
-        }
+    fn field(map: &HashMap<String, redis::Value>, name: &str) -> Option<String> {
+        map.get(name)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
     }
 
-    fn delivery(id: String, map: &HashMap<String, redis::Value>) -> Option<Delivery> {
-        let body: String = map
-            .get("e")
-            .and_then(|v| redis::from_redis_value_ref(v).ok())?;
-        let event = serde_json::from_str(&body).ok()?;
-        Some(Delivery { tag: id, event })
-    }
-
-    pub(crate) async fn next_event(&self, wait: Duration) -> Result<Option<Delivery>, StoreError> {
-        self.ensure_group().await?;
-        // Entries a dead consumer took and never acknowledged.
+    /// The next entry of `stream` for this consumer: first one a dead consumer took and never
+    /// acknowledged (idle past `reclaim_after`), else a new one, waiting up to `wait`. An entry
+    /// `read` cannot make sense of is dropped rather than handed out forever.
+    async fn take_entry<T>(
+        &self,
+        stream: &str,
+        wait: Duration,
+        read: impl Fn(String, &HashMap<String, redis::Value>) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.ensure_group(stream).await?;
         let claimed: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.queue)
+            .arg(stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(self.reclaim_after.as_millis() as u64)
@@ -388,55 +534,53 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if let Some(entry) = claimed.claimed.into_iter().next() {
-            match Self::delivery(entry.id.clone(), &entry.map) {
-                Some(d) => return Ok(Some(d)),
-                None => {
-                    // Unreadable: drop it rather than hand it out forever.
-                    self.ack(&entry.id).await?;
-                    return Ok(None);
-                }
-            }
-        }
-        let read: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(wait.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&self.queue)
-            .arg(">")
-            .query_async(&mut self.reader.clone())
-            .await
-            .map_err(unavailable)?;
-        let Some(entry) = read
-            .and_then(|r| r.keys.into_iter().next())
-            .and_then(|k| k.ids.into_iter().next())
-        else {
-            return Ok(None);
-        };
-        match Self::delivery(entry.id.clone(), &entry.map) {
-            Some(d) => Ok(Some(d)),
+        let entry = match claimed.claimed.into_iter().next() {
+            Some(entry) => entry,
             None => {
-                self.ack(&entry.id).await?;
+                let read: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(wait.as_millis().max(1) as u64)
+                    .arg("STREAMS")
+                    .arg(stream)
+                    .arg(">")
+                    .query_async(&mut self.reader.clone())
+                    .await
+                    .map_err(unavailable)?;
+                let Some(entry) = read
+                    .and_then(|r| r.keys.into_iter().next())
+                    .and_then(|k| k.ids.into_iter().next())
+                else {
+                    return Ok(None);
+                };
+                entry
+            }
+        };
+        match read(entry.id.clone(), &entry.map) {
+            Some(found) => Ok(Some(found)),
+            None => {
+                self.drop_entry(stream, &entry.id).await?;
                 Ok(None)
             }
         }
     }
 
-    pub(crate) async fn ack(&self, tag: &str) -> Result<(), StoreError> {
+    /// Acknowledges and deletes a stream entry (acknowledged entries are deleted, so `XLEN`
+    /// counts what is waiting or handed out).
+    async fn drop_entry(&self, stream: &str, tag: &str) -> Result<(), StoreError> {
         let _: () = redis::pipe()
             .atomic()
             .cmd("XACK")
-            .arg(&self.queue)
+            .arg(stream)
             .arg(GROUP)
             .arg(tag)
             .ignore()
             .cmd("XDEL")
-            .arg(&self.queue)
+            .arg(stream)
             .arg(tag)
             .ignore()
             .query_async(&mut self.conn())
@@ -445,25 +589,156 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(crate) async fn queue_depth(&self) -> Result<usize, StoreError> {
-        self.ensure_group().await?;
-        let (len, pending): (usize, redis::Value) = redis::pipe()
-            .cmd("XLEN")
-            .arg(&self.queue)
-            .cmd("XPENDING")
-            .arg(&self.queue)
+    /// Moves the events an earlier release left in its one intake stream (`queue`) into the
+    /// per-kind queues, once per process, before the first event is taken.
+    pub(crate) async fn migrate_legacy_queue(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.legacy_migrated.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let plans = Self::named_queue(crate::event_queue(
+            billing_bridge_domain::events::ResourceKind::ProductPlan,
+        ))
+        .0;
+        let subscriptions = Self::named_queue(crate::event_queue(
+            billing_bridge_domain::events::ResourceKind::Subscription,
+        ))
+        .0;
+        loop {
+            let moved: i64 = MIGRATE_LEGACY_QUEUE_SCRIPT
+                .key(key(&["queue"]))
+                .key(&plans)
+                .key(&subscriptions)
+                .arg(SEP.to_string())
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            if moved < 0 {
+                break;
+            }
+            if moved > 0 {
+                tracing::info!(
+                    moved,
+                    "events of the earlier intake queue moved to the per-kind queues"
+                );
+            }
+        }
+        self.legacy_migrated.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn named_queue(queue: &str) -> (String, String) {
+        (key(&["q", queue]), key(&["q", queue, "later"]))
+    }
+
+    /// Adds an entry, refused when `capacity` entries are already queued.
+    pub(crate) async fn queue_put(
+        &self,
+        queue: &str,
+        id: &str,
+        body: &str,
+        capacity: Option<usize>,
+    ) -> Result<(), StoreError> {
+        let (stream, later) = Self::named_queue(queue);
+        self.ensure_group(&stream).await?;
+        let entry = queue_entry(0, id, body);
+        let Some(capacity) = capacity else {
+            let _: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("m")
+                .arg(entry)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            return Ok(());
+        };
+        let added: i64 = ENQUEUE_SCRIPT
+            .key(&stream)
+            .key(&later)
+            .arg(capacity)
+            .arg(entry)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if added == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::QueueFull { capacity })
+        }
+    }
+
+    pub(crate) async fn queue_take(
+        &self,
+        queue: &str,
+        wait: Duration,
+    ) -> Result<Option<Taken>, StoreError> {
+        let (stream, later) = Self::named_queue(queue);
+        self.ensure_group(&stream).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next_due: i64 = PROMOTE_SCRIPT
+                .key(&stream)
+                .key(&later)
+                .arg(PROMOTE_BATCH)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            // The blocking read only wakes for new entries: it waits no longer than until a
+            // scheduled entry comes due or an unfinished one may be taken over.
+            let mut block = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(self.reclaim_after);
+            if let Ok(ms) = u64::try_from(next_due) {
+                block = block.min(Duration::from_millis(ms));
+            }
+            let taken = self
+                .take_entry(&stream, block, |tag, map| {
+                    parse_queue_entry(tag, &Self::field(map, "m")?)
+                })
+                .await?;
+            if taken.is_some() || tokio::time::Instant::now() >= deadline {
+                return Ok(taken);
+            }
+        }
+    }
+
+    pub(crate) async fn queue_ack(&self, queue: &str, taken: &Taken) -> Result<(), StoreError> {
+        self.drop_entry(&Self::named_queue(queue).0, &taken.tag)
+            .await
+    }
+
+    pub(crate) async fn queue_retry(
+        &self,
+        queue: &str,
+        taken: &Taken,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let (stream, later) = Self::named_queue(queue);
+        let _: i64 = RETRY_SCRIPT
+            .key(&stream)
+            .key(&later)
             .arg(GROUP)
+            .arg(&taken.tag)
+            .arg(delay.as_millis() as u64)
+            .arg(queue_entry(taken.attempt + 1, &taken.id, &taken.body))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn queue_len(&self, queue: &str) -> Result<usize, StoreError> {
+        let (stream, later) = Self::named_queue(queue);
+        let (len, scheduled): (usize, usize) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&stream)
+            .cmd("ZCARD")
+            .arg(&later)
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let pending = match pending {
-            redis::Value::Array(items) => items
-                .first()
-                .and_then(|v| redis::from_redis_value_ref::<usize>(v).ok())
-                .unwrap_or(0),
-            _ => 0,
-        };
-        Ok(len.saturating_sub(pending))
+        Ok(len + scheduled)
     }
 
     pub(crate) async fn acquire_lease(
@@ -708,6 +983,72 @@ impl RedisStore {
         self.conn().get(key(&["links"])).await.map_err(unavailable)
     }
 
+    pub(crate) async fn watch_sequence(&self, topic: &str) -> Result<Option<i64>, StoreError> {
+        self.conn()
+            .hget(key(&["watch-sequences"]), topic)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(crate) async fn set_watch_sequence(
+        &self,
+        topic: &str,
+        sequence: i64,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .hset(key(&["watch-sequences"]), topic, sequence)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn link_subscription(
+        &self,
+        link: &SubscriptionLink,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_string(link).expect("links serialize");
+        let _: () = self
+            .conn()
+            .hset(key(&["subscription-links"]), &link.amplify_id, value)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn unlink_subscription(&self, amplify_id: &str) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .hdel(key(&["subscription-links"]), amplify_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(crate) async fn subscription_link(
+        &self,
+        amplify_id: &str,
+    ) -> Result<Option<SubscriptionLink>, StoreError> {
+        let value: Option<String> = self
+            .conn()
+            .hget(key(&["subscription-links"]), amplify_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    pub(crate) async fn subscription_links(&self) -> Result<Vec<SubscriptionLink>, StoreError> {
+        let values: Vec<String> = self
+            .conn()
+            .hvals(key(&["subscription-links"]))
+            .await
+            .map_err(unavailable)?;
+        Ok(values
+            .iter()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect())
+    }
+
     pub(crate) async fn first_time(&self, once: &str) -> Result<bool, StoreError> {
         let set: Option<String> = redis::cmd("SET")
             .arg(key(&["once", once]))
@@ -726,6 +1067,7 @@ impl RedisStore {
     pub(crate) async fn ingest(
         &self,
         generation: i64,
+        max_groups: usize,
         batch: &[IngestWindow],
     ) -> Result<IngestOutcome, StoreError> {
         let mut outcome = IngestOutcome::default();
@@ -734,10 +1076,10 @@ impl RedisStore {
             Self::ingest_ids_prefix(generation),
             Self::ingest_ids_prefix(generation - 1),
         );
-        for window in batch {
+        for (position, window) in batch.iter().enumerate() {
             let units = key(&["ingest", &window.start_ms.to_string(), "units"]);
             let fields: Vec<String> = window.groups.iter().map(group_field).collect();
-            for chunk in window.transactions.chunks(INGEST_CHUNK) {
+            for (c, chunk) in window.transactions.chunks(INGEST_CHUNK).enumerate() {
                 let mut script = INGEST_SCRIPT.prepare_invoke();
                 script
                     .key(&windows)
@@ -746,6 +1088,7 @@ impl RedisStore {
                     .arg(window.start_ms)
                     .arg(generation)
                     .arg(fields.len())
+                    .arg(max_groups.min(i64::MAX as usize))
                     .arg(&fields);
                 let mut set = String::with_capacity(current.len() + 5);
                 for (tx, group) in chunk {
@@ -758,12 +1101,20 @@ impl RedisStore {
                     }
                     script.arg(tx.value as i64).arg(group);
                 }
-                let added: u64 = script
+                let answer: Vec<u64> = script
                     .invoke_async(&mut self.conn())
                     .await
                     .map_err(unavailable)?;
+                let (added, refused) = answer.split_first().ok_or_else(|| {
+                    StoreError::Unavailable("redis: the ingest script answered nothing".into())
+                })?;
                 outcome.accepted += added;
-                outcome.duplicates += chunk.len() as u64 - added;
+                outcome.duplicates += chunk.len() as u64 - added - refused.len() as u64;
+                outcome.too_many_groups.extend(
+                    refused
+                        .iter()
+                        .map(|t| (position, c * INGEST_CHUNK + *t as usize)),
+                );
             }
         }
         Ok(outcome)
@@ -844,5 +1195,28 @@ impl RedisStore {
                 .map_err(unavailable)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_fields_round_trip_and_older_fields_still_read() {
+        let group = Group {
+            subscription: "s1".into(),
+            quota: "q1".into(),
+            resource_id: "ar-1".into(),
+            resource_name: "list".into(),
+            success: false,
+        };
+        assert_eq!(parse_group_field(&group_field(&group)), Some(group));
+        let old = parse_group_field("s1\u{1f}q1\u{1f}pets/list\u{1f}s").unwrap();
+        assert_eq!(
+            (&*old.resource_id, &*old.resource_name, old.success),
+            ("", "pets/list", true)
+        );
+        assert_eq!(parse_group_field("s1\u{1f}q1"), None);
     }
 }

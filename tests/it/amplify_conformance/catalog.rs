@@ -473,14 +473,19 @@ async fn active_plan_takes_new_attributes_and_quotas_but_not_new_prices() {
 }
 
 #[tokio::test]
-async fn subscription_state_is_unset_until_approved_then_active() {
+async fn a_pending_subscription_is_already_active_as_captured_and_stays_so_when_approved() {
+    // §3.4 says the state is "not set until the subscription is approved", but the captured
+    // pending event of §4.3 carries `"approval":{"state":"pending"},"state":{"name":"active"}`:
+    // the captured payload is what the platform sends.
     let amp = Amplify::start().await;
     amp.product_with_active_plan("p", "silver").await;
-    let sub = amp.subscription("v1", "sub-1", "p", "silver").await;
-    assert!(
-        sub["state"].is_null() || sub["state"]["name"].is_null(),
-        "§3.4 state 'not set until the subscription is approved': {sub}"
-    );
+    amp.subscription("v1", "sub-1", "p", "silver").await;
+    let pending = amp
+        .get("/catalog/v1/subscriptions/sub-1")
+        .await
+        .expect(200, "the subscription");
+    assert_eq!(pending["approval"]["state"], "pending", "{pending}");
+    assert_eq!(pending["state"]["name"], "active", "§4.3: {pending}");
     let approved = amp
         .put(
             "/catalog/v1/subscriptions/sub-1/approval",
@@ -489,10 +494,14 @@ async fn subscription_state_is_unset_until_approved_then_active() {
         .await
         .expect(200, "approve");
     assert_eq!(approved["state"]["name"], "active", "§3.4: {approved}");
+    assert_eq!(
+        approved["approval"]["previousState"], "pending",
+        "{approved}"
+    );
 }
 
 #[tokio::test]
-async fn rejecting_a_subscription_keeps_it_inactive() {
+async fn rejecting_a_subscription_records_the_rejection_and_its_reason() {
     let amp = Amplify::start().await;
     amp.product_with_active_plan("p", "silver").await;
     amp.subscription("v1", "sub-1", "p", "silver").await;
@@ -504,7 +513,11 @@ async fn rejecting_a_subscription_keeps_it_inactive() {
         .await
         .expect(200, "§3.4 reject");
     assert_eq!(rejected["approval"]["state"], "rejected");
-    assert_ne!(rejected["state"]["name"], "active", "{rejected}");
+    assert_eq!(
+        rejected["approval"]["reason"],
+        "No billing account amplify-team-x"
+    );
+    assert_eq!(rejected["approval"]["previousState"], "pending");
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Traceability summary (§5.1) over `transactionSummary` events (§5.3) injected with
-//! `POST /_sandbox/traffic` or made by the seeded generator (`POST /_sandbox/traffic/generate`).
+//! Traceability summary (§5.1) and search (§5.2) over transaction summaries, §5.3 LogEvents and
+//! §5.4 InsightsEvents v4, injected with `POST /_sandbox/traffic` or made by the seeded generator
+//! (`POST /_sandbox/traffic/generate`).
 
 use std::collections::BTreeMap;
 
@@ -409,7 +410,11 @@ async fn generator_without_subscriptions_uses_approved_catalog_subscriptions() {
             "§5.3 subscription.id is Subscription.metadata.id; only approved ones get traffic"
         );
         assert_eq!(
-            total["assetResourceName"], "weather/current",
+            total["assetResourceName"], "current",
+            "the resource's own name, as the SDK sends it (§5.4)"
+        );
+        assert_eq!(
+            total["listedName"], "weather/current",
             "asset from the quota"
         );
     }
@@ -539,4 +544,86 @@ async fn summary_groups_by_proxy_filtered_by_environment() {
         rows[0]["totalCount"], 8,
         "env-2 and out-of-window events excluded"
     );
+}
+
+/// Generated traffic in both shapes (§5.3 LogEvent, §5.4 InsightsEvent v4), as a share of v4.
+#[tokio::test]
+async fn generated_traffic_in_both_shapes_is_searched_and_summarized_as_the_sdk_sends_it() {
+    let amp = Amplify::start().await;
+    let mut request = generator_request(21);
+    request["v4_share"] = json!(0.4);
+    let generated = generate(&amp, &request).await;
+    assert_totals_match_summary(&amp, &generated["totals"]).await;
+    let find = |filter: Value| {
+        json!({"filters": {"$and": [filter], "$range": {"@event_time": {"gte": FROM, "lt": TO}}},
+               "invoke": {"field": "@event_time", "method": "find", "params": {"limit": 1000}},
+               "version": "0.2"})
+    };
+    let both = find(json!({"$or": [{"$match": {"type": ["transactionSummary"]}},
+                                    {"$match": {"event": ["api.transaction.summary"]}}]}));
+    let events = search(&amp, both.clone()).await;
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 300, "both shapes together are every event");
+    let (v4, log): (Vec<&Value>, Vec<&Value>) =
+        events.iter().partition(|e| e.get("event").is_some());
+    assert!(
+        (80..160).contains(&v4.len()),
+        "about 40% are v4: {}",
+        v4.len()
+    );
+    for e in &v4 {
+        assert_eq!(
+            (&e["event"], &e["version"]),
+            (&json!("api.transaction.summary"), &json!("4"))
+        );
+        assert!(
+            e.get("type").is_none() && e.get("transactionId").is_none(),
+            "{e}"
+        );
+        assert!(
+            e["session"]["id"].is_string(),
+            "the transaction id is session.id: {e}"
+        );
+        assert!(e["id"].is_string() && e["id"] != e["session"]["id"], "{e}");
+        let resource = e["data"]["assetResource"].as_object().unwrap();
+        assert_eq!(
+            resource.keys().collect::<Vec<_>>(),
+            ["id"],
+            "v4 names the resource by id: {e}"
+        );
+        assert!(e["data"]["reporter"]["agentSDKVersion"].is_string(), "{e}");
+    }
+    for e in &log {
+        assert_eq!(e["type"], "transactionSummary", "{e}");
+        assert!(e["transactionId"].is_string(), "{e}");
+        assert!(
+            e["transactionSummary"]["assetResource"]["name"].is_string(),
+            "{e}"
+        );
+    }
+    let only_v4 = search(
+        &amp,
+        find(json!({"$match": {"event": ["api.transaction.summary"]}})),
+    )
+    .await;
+    assert_eq!(only_v4.as_array().unwrap().len(), v4.len());
+    // The envelope id is new every time an event is built; the transaction id is not.
+    let again = search(&amp, both).await;
+    let by_session = |list: &[Value]| -> BTreeMap<String, String> {
+        list.iter()
+            .filter(|e| e.get("event").is_some())
+            .map(|e| {
+                (
+                    e["session"]["id"].as_str().unwrap().to_owned(),
+                    e["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (first, second) = (by_session(events), by_session(again.as_array().unwrap()));
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        second.keys().collect::<Vec<_>>()
+    );
+    assert!(first.iter().all(|(session, id)| second[session] != *id));
 }

@@ -68,7 +68,7 @@ fn all_types() -> Vec<&'static str> {
 }
 
 /// The subscription and plan hook of the billing service, with the secret in `X-Billing-Auth`.
-async fn register_billing_hook(amp: &Amplify, url: &str) {
+pub(super) async fn register_billing_hook(amp: &Amplify, url: &str) {
     register_hook(
         amp,
         "billing",
@@ -82,7 +82,7 @@ async fn register_billing_hook(amp: &Amplify, url: &str) {
     .await;
 }
 
-fn subresource(event: &Value) -> Option<&str> {
+pub(super) fn subresource(event: &Value) -> Option<&str> {
     event["metadata"]["subresource"].as_str()
 }
 

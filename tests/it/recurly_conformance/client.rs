@@ -1,7 +1,9 @@
 //! A thin Recurly v3 client for the conformance tests (the headers the official clients send,
 //! reference §1.1) and the contract check of everything the sandbox recorded.
 
-use billing_bridge_contract::{ExchangePolicy, check_recorded_exchanges};
+use billing_bridge_contract::{
+    ExchangePolicy, check_recorded_answers_complete, check_recorded_exchanges,
+};
 use billing_bridge_sandbox::{RecurlySettings, SandboxConfig};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -25,6 +27,11 @@ pub async fn assert_recurly_traffic_conforms(sb: &TestSandbox, policy: ExchangeP
     );
     if let Err(violations) = check_recorded_exchanges(&entries, "/recurly", policy) {
         panic!("recorded Recurly traffic breaks the OpenAPI contract\n{violations}");
+    }
+    // Recurly answers with every documented field (`null` or `[]` when unset); a client tested
+    // against answers that leave fields out could depend on absences the real service never has.
+    if let Err(violations) = check_recorded_answers_complete(&entries, "/recurly") {
+        panic!("the sandbox's Recurly answers leave out documented fields\n{violations}");
     }
 }
 
@@ -226,8 +233,8 @@ impl Recurly {
         assert_eq!(reply.status(), 204, "PUT /_sandbox/faults/recurly");
     }
 
-    /// Ends a test: every exchange the sandbox recorded must fit the contract; requests outside
-    /// it must have been refused.
+    /// Ends a test: every exchange the sandbox recorded must fit the contract, every answer carry
+    /// each documented field; requests outside it must have been refused.
     pub async fn finish(self) {
         assert_recurly_traffic_conforms(&self.sb, ExchangePolicy::ServerMustRefuseInvalid).await;
         self.sb.handle.stop().await;

@@ -8,8 +8,10 @@
 #![allow(dead_code)]
 
 mod accounts_and_units;
+mod billing_cycle;
 pub mod client;
 mod contract_check;
+mod documented_shapes;
 mod limits_and_faults;
 mod pagination;
 mod plans;

@@ -170,6 +170,37 @@ mod tests {
         assert!(flat.get("tiers").is_none(), "flat add-ons carry no tiers");
     }
 
+    /// A Standard quota with a loose limit and an overage price reaches Recurly as a `tiered`
+    /// add-on: the included units in a free first tier, the overage price on the open last one.
+    #[test]
+    fn an_overage_quota_becomes_a_tiered_add_on_with_a_free_first_tier() {
+        use billing_bridge_domain::amplify::{ProductPlan, Quota};
+        let plan: ProductPlan = serde_json::from_value(json!({
+            "name": "gold", "metadata": {"id": "p9"},
+            "spec": {"product": "p", "type": "paid",
+                     "billing": {"currency": "EUR", "price": 49, "interval": "monthly"}}
+        }))
+        .unwrap();
+        let quota: Quota = serde_json::from_value(json!({
+            "name": "quota-0", "title": "Calls", "metadata": {"id": "q9"},
+            "spec": {"unit": "transactions", "pricing": {"type": "fixed", "interval": "monthly",
+                     "limit": {"type": "loose", "value": 1000, "overages": {"value": 0.05}}}}
+        }))
+        .unwrap();
+        let mapped = billing_bridge_domain::plan::billing_plan(&plan, &[quota]).unwrap();
+        let body = plan_create(&mapped);
+        let add_on = &body["add_ons"][0];
+        assert_eq!(add_on["code"], "amplify-quota-q9");
+        assert_eq!(add_on["tier_type"], "tiered");
+        assert_eq!(
+            add_on["tiers"],
+            json!([
+                {"ending_quantity": 1000, "currencies": [{"currency": "EUR", "unit_amount_decimal": "0"}]},
+                {"currencies": [{"currency": "EUR", "unit_amount_decimal": "0.05"}]}
+            ])
+        );
+    }
+
     #[test]
     fn display_names_fit_recurlys_pattern() {
         assert_eq!(measured_unit_display_name("api-calls/v2"), "api calls v2");

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use super::error::RecurlyError;
-use super::model::{Account, AddOn, MeasuredUnit, Page, Plan, Subscription, Usage};
+use super::model::{Account, AddOn, Invoice, MeasuredUnit, Page, Plan, Subscription, Usage};
 use super::{add_on_create, measured_unit_display_name, plan_create};
 use billing_bridge_domain::plan::{BillingPlan, UsageAddOn};
 
@@ -464,6 +464,48 @@ impl RecurlyClient {
             &format!("/subscriptions/{}", utf8_percent_encode(id, CODE_SAFE)),
         )
         .await
+    }
+
+    /// An account by its id (`GET /accounts/{id}`); `None` when it does not exist.
+    pub async fn account_by_id(&self, id: &str) -> Result<Option<Account>, RecurlyError> {
+        self.find(
+            "get account",
+            &format!("/accounts/{}", utf8_percent_encode(id, CODE_SAFE)),
+        )
+        .await
+    }
+
+    pub async fn invoice(&self, id: &str) -> Result<Option<Invoice>, RecurlyError> {
+        self.find(
+            "get invoice",
+            &format!("/invoices/{}", utf8_percent_encode(id, CODE_SAFE)),
+        )
+        .await
+    }
+
+    /// A subscription's invoices in a state (`past_due`, `paid`, ...).
+    pub async fn subscription_invoices(
+        &self,
+        subscription_id: &str,
+        state: &str,
+    ) -> Result<Vec<Invoice>, RecurlyError> {
+        let path = format!(
+            "/subscriptions/{}/invoices?state={state}",
+            utf8_percent_encode(subscription_id, CODE_SAFE)
+        );
+        self.list_all("list subscription invoices", &path).await
+    }
+
+    /// Every subscription of an account (by id), whatever its state.
+    pub async fn account_subscriptions_by_id(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<Subscription>, RecurlyError> {
+        let path = format!(
+            "/accounts/{}/subscriptions",
+            utf8_percent_encode(account_id, CODE_SAFE)
+        );
+        self.list_all("list account subscriptions", &path).await
     }
 
     /// Subscriptions of an account in a state (`live`, `active`, `canceled`, ...).

@@ -9,4 +9,6 @@ mod model;
 pub use body::{add_on_create, measured_unit_display_name, plan_create};
 pub use client::{NewSubscription, NewUsage, RecurlyClient, RecurlySettings, SiteKind};
 pub use error::RecurlyError;
-pub use model::{Account, AddOn, AddOnPricing, MeasuredUnit, Plan, Subscription, Tier, Usage};
+pub use model::{
+    Account, AddOn, AddOnPricing, Invoice, MeasuredUnit, Plan, Subscription, Tier, Usage,
+};

@@ -93,6 +93,9 @@ pub struct SubscriptionAddOn {
     pub add_on: Mini,
     #[serde(default)]
     pub quantity: Option<u64>,
+    /// `flat`, `tiered`, `stairstep` or `volume`: what Recurly does with a back-dated record.
+    #[serde(default)]
+    pub tier_type: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -107,7 +110,40 @@ pub struct Subscription {
     #[serde(default)]
     pub add_ons: Vec<SubscriptionAddOn>,
     #[serde(default)]
+    pub current_period_started_at: Option<String>,
+    #[serde(default)]
     pub current_period_ends_at: Option<String>,
+    #[serde(default)]
+    pub trial_started_at: Option<String>,
+    #[serde(default)]
+    pub trial_ends_at: Option<String>,
+    #[serde(default)]
+    pub activated_at: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// An invoice, as far as the bridge reads it (a past-due one is told to the provider).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Invoice {
+    pub id: String,
+    #[serde(default)]
+    pub number: Option<String>,
+    pub state: String,
+    #[serde(default)]
+    pub account: Option<Mini>,
+    #[serde(default)]
+    pub subscription_ids: Vec<String>,
+    #[serde(default)]
+    pub total: Option<f64>,
+    #[serde(default)]
+    pub balance: Option<f64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub due_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

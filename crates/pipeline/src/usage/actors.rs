@@ -3,7 +3,6 @@
 //! see the module's functions); the ReportScheduler starts runs on the cron schedule and keeps
 //! the reporting-lag gauge current between runs.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,21 +13,10 @@ use croner::Cron;
 use super::directory::Directory;
 use super::{RunError, RunRequest, RunSummary, run};
 use crate::Bridge;
-use crate::notices::Notifier;
+use crate::notices::Notices;
 
 /// How often the lag gauge is brought up to date between runs.
 const LAG_EVERY: Duration = Duration::from_secs(15);
-
-/// Parses a schedule: 5 cron fields, or 6 with seconds first. Empty: no schedule.
-pub fn parse_schedule(schedule: &str) -> Result<Option<Cron>, String> {
-    let schedule = schedule.trim();
-    if schedule.is_empty() {
-        return Ok(None);
-    }
-    Cron::from_str(schedule)
-        .map(Some)
-        .map_err(|e| format!("reporting.schedule {schedule:?} is not a cron expression: {e}"))
-}
 
 #[derive(Message)]
 #[rtype(result = "Result<RunSummary, RunError>")]
@@ -36,12 +24,12 @@ pub struct RunReport(pub RunRequest);
 
 pub struct UsageReporter {
     pub bridge: Arc<Bridge>,
-    pub notifier: Addr<Notifier>,
+    pub notifier: Notices,
     directory: Arc<tokio::sync::Mutex<Directory>>,
 }
 
 impl UsageReporter {
-    pub fn new(bridge: Arc<Bridge>, notifier: Addr<Notifier>) -> Self {
+    pub fn new(bridge: Arc<Bridge>, notifier: Notices) -> Self {
         Self {
             bridge,
             notifier,
@@ -138,19 +126,5 @@ impl Actor for ReportScheduler {
                 .into_actor(act),
             );
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedules_take_five_or_six_fields_and_empty_means_none() {
-        assert!(parse_schedule("").unwrap().is_none());
-        assert!(parse_schedule("7 * * * *").unwrap().is_some());
-        assert!(parse_schedule("*/2 * * * * *").unwrap().is_some());
-        let err = parse_schedule("every hour").unwrap_err();
-        assert!(err.contains("reporting.schedule"), "{err}");
     }
 }

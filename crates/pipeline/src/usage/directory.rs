@@ -1,65 +1,78 @@
 //! The UsageAggregator's directory of billed subscriptions: for each Amplify subscription linked
 //! to a Recurly subscription (the `recurlySubscriptionId` attribute the SubscriptionProvisioner
-//! writes), its plan's quotas by the asset resources they count. Amplify stays the source of
+//! writes), its plan's quotas by the asset resources they count (by id and name). Amplify stays the source of
 //! truth (design.md §5); this is a cache, filled with a few large list calls (every linked
 //! subscription, every quota) rather than one call per row, because Amplify allows 25 calls a
 //! minute.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use billing_bridge_amplify::{AmplifyClient, AmplifyError};
+use billing_bridge_domain::amplify::{ReferenceView, Resource};
 use billing_bridge_domain::events::link_attributes;
-use billing_bridge_domain::usage::BilledSubscription;
+use billing_bridge_domain::usage::{BilledSubscription, QuotaResource, own_name};
 use billing_bridge_store::Store;
 use serde::{Deserialize, Serialize};
 
-use super::traffic::resource_keys;
+/// The kind of the resources a quota lists (reference §3.3).
+const ASSET_RESOURCE: &str = "AssetResource";
 
-/// The few fields of a Subscription the directory reads (lists are read straight into it).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SubscriptionLink {
-    name: String,
-    title: Option<String>,
-    metadata: LinkMetadata,
-    spec: LinkSpec,
-    attributes: LinkAttributes,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct LinkMetadata {
-    id: String,
-    scope: Option<Named>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct LinkSpec {
-    plan: Option<Named>,
-    resources: Vec<Named>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Named {
-    #[serde(default)]
-    name: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct LinkAttributes {
-    // `link_attributes::SUBSCRIPTION_ID`; a test keeps the two names equal.
-    #[serde(rename = "recurlySubscriptionId", default)]
-    recurly_subscription: Option<String>,
-}
-
-/// The few fields of a Quota the directory reads.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct QuotaResources {
-    metadata: LinkMetadata,
-    spec: LinkSpec,
+/// The resources a quota lists, each with its AssetResource id [I]: the API server records the
+/// resources a spec refers to in `metadata.references` (as it does a Subscription's product and
+/// plan, reference §3.4), so the quota's `AssetResource` entries carry each listed resource's
+/// `id`, with its own `name` and its asset as `scopeName`. This is the only place that knows;
+/// an entry that matches no listed resource still names one of the quota's resources, so it is
+/// kept too. With no such entries, resources are found by name alone.
+fn quota_resources(quota: &Resource) -> Vec<QuotaResource> {
+    let references: Vec<&ReferenceView> = quota
+        .references()
+        .iter()
+        .filter(|r| r.kind == ASSET_RESOURCE && !r.id.is_empty())
+        .collect();
+    let full = |r: &ReferenceView| {
+        if r.scope_name.is_empty() || r.name.contains('/') {
+            r.name.clone()
+        } else {
+            format!("{}/{}", r.scope_name, r.name)
+        }
+    };
+    let mut used = vec![false; references.len()];
+    let mut resources: Vec<QuotaResource> = quota
+        .resource_names()
+        .map(|listed| {
+            let found = references
+                .iter()
+                .position(|r| full(r) == listed)
+                .or_else(|| {
+                    // No asset to tell them apart: an own name one reference alone has.
+                    let own = own_name(listed);
+                    let mut same = references.iter().enumerate().filter(|(_, r)| r.name == own);
+                    match (same.next(), same.next()) {
+                        (Some((i, _)), None) => Some(i),
+                        _ => None,
+                    }
+                });
+            if let Some(i) = found {
+                used[i] = true;
+            }
+            QuotaResource {
+                listed: listed.to_owned(),
+                id: found.map(|i| references[i].id.clone()),
+            }
+        })
+        .collect();
+    resources.extend(
+        references
+            .iter()
+            .zip(used)
+            .filter(|(_, used)| !used)
+            .map(|(r, _)| QuotaResource {
+                listed: full(r),
+                id: Some(r.id.clone()),
+            }),
+    );
+    resources
 }
 
 /// A full refresh is due after this long. New subscriptions are looked up as their traffic
@@ -92,10 +105,16 @@ pub struct Directory {
     refreshed_ms: Option<i64>,
 }
 
+/// The [`Snapshot`] form this build writes; another (older) form is not read, Amplify is.
+/// 2: quotas by resource id and ambiguous names.
+const SNAPSHOT_VERSION: u32 = 2;
+
 /// What the store keeps of the directory (`Store::save_links`), so a restarted process or
 /// another instance starts warm instead of reading every subscription again.
 #[derive(Debug, Serialize, Deserialize)]
 struct Snapshot {
+    #[serde(default)]
+    version: u32,
     refreshed_ms: i64,
     /// (Amplify id, name, title, Recurly subscription, plan).
     subscriptions: Vec<(String, String, String, String, String)>,
@@ -104,29 +123,6 @@ struct Snapshot {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn quota_map(
-    quota: &QuotaResources,
-    into: &mut BTreeMap<String, String>,
-    ambiguous: &mut HashSet<String>,
-) {
-    let id = &quota.metadata.id;
-    if id.is_empty() {
-        return;
-    }
-    for resource in &quota.spec.resources {
-        for (i, key) in resource_keys(&resource.name).into_iter().enumerate() {
-            // A full name is unique in a plan (a resource belongs to one quota, reference
-            // §3.3); a short name shared by two quotas is dropped rather than guessed.
-            if i > 0 && (into.get(&key).is_some_and(|q| q != id) || ambiguous.contains(&key)) {
-                into.remove(&key);
-                ambiguous.insert(key);
-                continue;
-            }
-            into.insert(key, id.clone());
-        }
-    }
 }
 
 impl Directory {
@@ -146,7 +142,10 @@ impl Directory {
         // A billed subscription of a plan with no quotas is billed for nothing: its traffic is
         // unmatched by resource, not by subscription.
         static NO_QUOTAS: BilledSubscription = BilledSubscription {
+            quotas: BTreeSet::new(),
+            quota_by_resource_id: BTreeMap::new(),
             quota_by_resource: BTreeMap::new(),
+            ambiguous: BTreeSet::new(),
         };
         self.subscriptions
             .get(amplify_id)
@@ -165,6 +164,7 @@ impl Directory {
 
     fn snapshot(&self) -> String {
         let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
             refreshed_ms: self.refreshed_ms.unwrap_or(0),
             subscriptions: self
                 .subscriptions
@@ -197,6 +197,10 @@ impl Directory {
             tracing::warn!("the stored links could not be read; reading Amplify instead");
             return;
         };
+        if snapshot.version != SNAPSHOT_VERSION {
+            tracing::info!("the stored links are of an older form; reading Amplify instead");
+            return;
+        }
         self.quotas = snapshot.quotas;
         self.subscriptions = snapshot
             .subscriptions
@@ -228,27 +232,16 @@ impl Directory {
         !self.subscriptions.contains_key(amplify_id) && !self.not_billed.contains(amplify_id)
     }
 
-    fn billed_from(&self, subscription: SubscriptionLink) -> Option<Billed> {
-        let recurly = subscription
-            .attributes
-            .recurly_subscription
-            .filter(|s| !s.is_empty())?;
-        let plan = subscription
-            .spec
-            .plan
-            .map(|p| p.name)
-            .filter(|p| !p.is_empty())?;
-        if subscription.metadata.id.is_empty() || subscription.name.is_empty() {
-            return None;
-        }
+    fn billed_from(&self, subscription: Resource) -> Option<Billed> {
+        let recurly = subscription.attribute(link_attributes::SUBSCRIPTION_ID)?;
+        let plan = subscription.plan_name()?;
+        let (id, name) = (subscription.id()?, subscription.name()?);
         Some(Billed {
-            amplify_id: subscription.metadata.id,
-            title: subscription
-                .title
-                .unwrap_or_else(|| subscription.name.clone()),
-            name: subscription.name,
-            recurly_subscription: recurly,
-            plan,
+            amplify_id: id.to_owned(),
+            title: subscription.title().unwrap_or(name).to_owned(),
+            name: name.to_owned(),
+            recurly_subscription: recurly.to_owned(),
+            plan: plan.to_owned(),
         })
     }
 
@@ -259,26 +252,21 @@ impl Directory {
         amplify: &AmplifyClient,
         api_version: &str,
     ) -> Result<(), AmplifyError> {
-        let quotas: Vec<QuotaResources> = amplify
+        let quotas: Vec<Resource> = amplify
             .list_as(&format!("/catalog/{api_version}/quotas"), None)
             .await?;
-        let mut by_plan: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        let mut ambiguous: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut by_plan: HashMap<String, BilledSubscription> = HashMap::new();
         for quota in &quotas {
-            if let Some(plan) = quota.metadata.scope.as_ref().map(|s| s.name.as_str()) {
-                quota_map(
-                    quota,
-                    by_plan.entry(plan.to_owned()).or_default(),
-                    ambiguous.entry(plan.to_owned()).or_default(),
-                );
+            if let (Some(plan), Some(id)) = (quota.scope_name(), quota.id()) {
+                by_plan
+                    .entry(plan.to_owned())
+                    .or_default()
+                    .add_quota(id, &quota_resources(quota));
             }
         }
         drop(quotas);
-        self.quotas = by_plan
-            .into_iter()
-            .map(|(plan, quota_by_resource)| (plan, BilledSubscription { quota_by_resource }))
-            .collect();
-        let linked: Vec<SubscriptionLink> = amplify
+        self.quotas = by_plan;
+        let linked: Vec<Resource> = amplify
             .list_as(
                 &format!("/catalog/{api_version}/subscriptions"),
                 Some(&format!(
@@ -327,7 +315,7 @@ impl Directory {
         }
         let mut found_any = false;
         for id in unknown {
-            let found: Vec<SubscriptionLink> = amplify
+            let found: Vec<Resource> = amplify
                 .list_as(
                     &format!("/catalog/{api_version}/subscriptions"),
                     Some(&format!("metadata.id=={id}")),
@@ -360,43 +348,77 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn quota(value: serde_json::Value) -> QuotaResources {
-        serde_json::from_value(value).unwrap()
+    fn quota(value: serde_json::Value) -> Resource {
+        Resource::read(&value)
+    }
+
+    fn plan_of(quotas: &[serde_json::Value]) -> BilledSubscription {
+        let mut plan = BilledSubscription::default();
+        for q in quotas {
+            let q = quota(q.clone());
+            plan.add_quota(q.id().unwrap(), &quota_resources(&q));
+        }
+        plan
+    }
+
+    fn billed_to(
+        plan: &BilledSubscription,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Option<String> {
+        let row = billing_bridge_domain::usage::TrafficRow {
+            resource_id: id.map(str::to_owned),
+            resource_name: name.map(str::to_owned),
+            ..Default::default()
+        };
+        plan.quota_of(&row).ok().map(str::to_owned)
     }
 
     #[test]
-    fn quotas_are_found_by_full_and_unambiguous_short_resource_names() {
-        let mut map = BTreeMap::new();
-        let mut ambiguous = HashSet::new();
-        quota_map(
-            &quota(
-                json!({"metadata": {"id": "q1", "scope": {"kind": "ProductPlan", "name": "gold"}}, "spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": "pets/list"}, {"name": "pets/get"}]}}),
-            ),
-            &mut map,
-            &mut ambiguous,
+    fn quotas_are_found_by_resource_id_listed_name_and_unambiguous_own_name() {
+        let plan = plan_of(&[
+            json!({"metadata": {"id": "q1", "scope": {"kind": "ProductPlan", "name": "gold"},
+                    "references": [
+                        {"id": "ar-pl", "kind": "AssetResource", "name": "list", "scopeKind": "Asset", "scopeName": "pets"},
+                        {"id": "pp", "kind": "ProductPlan", "name": "gold"}]},
+                   "spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": "pets/list"}, {"name": "pets/get"}]}}),
+            json!({"metadata": {"id": "q2", "references": [
+                        {"id": "ar-sl", "kind": "AssetResource", "name": "list", "scopeName": "stores"}]},
+                   "spec": {"resources": [{"name": "stores/list"}]}}),
+        ]);
+        assert_eq!(
+            billed_to(&plan, Some("ar-pl"), Some("list")).as_deref(),
+            Some("q1")
         );
-        quota_map(
-            &quota(
-                json!({"metadata": {"id": "q2"}, "spec": {"resources": [{"name": "stores/list"}]}}),
-            ),
-            &mut map,
-            &mut ambiguous,
+        assert_eq!(billed_to(&plan, Some("ar-sl"), None).as_deref(), Some("q2"));
+        assert_eq!(
+            billed_to(&plan, None, Some("stores/list")).as_deref(),
+            Some("q2")
         );
-        assert_eq!(map.get("pets/list").map(String::as_str), Some("q1"));
-        assert_eq!(map.get("stores/list").map(String::as_str), Some("q2"));
-        assert_eq!(map.get("get").map(String::as_str), Some("q1"));
-        assert_eq!(map.get("list"), None, "shared by two quotas: not guessed");
+        assert_eq!(billed_to(&plan, None, Some("get")).as_deref(), Some("q1"));
+        assert_eq!(
+            plan.quota_of(&billing_bridge_domain::usage::TrafficRow {
+                resource_name: Some("list".into()),
+                ..Default::default()
+            }),
+            Err(billing_bridge_domain::usage::Unmatched::AmbiguousResource),
+            "shared by two quotas: not guessed"
+        );
+        assert_eq!(
+            billed_to(&plan, Some("pp"), None),
+            None,
+            "only AssetResource references"
+        );
     }
 
     #[test]
     fn a_subscription_is_billed_when_linked_to_a_recurly_subscription() {
-        let link: SubscriptionLink = serde_json::from_value(json!({
+        let link = Resource::read(&json!({
             "name": "acme-gold", "title": "Acme Gold", "metadata": {"id": "s1"},
             "spec": {"product": "p", "plan": {"name": "gold"}},
             "attributes": {link_attributes::SUBSCRIPTION_ID: "r1", "other": "x"},
             "approval": {"state": "approved"}
-        }))
-        .unwrap();
+        }));
         let billed = Directory::default().billed_from(link).unwrap();
         assert_eq!(
             (
@@ -407,10 +429,9 @@ mod tests {
             ),
             ("s1", "r1", "gold", "Acme Gold")
         );
-        let unlinked: SubscriptionLink = serde_json::from_value(json!({
+        let unlinked = Resource::read(&json!({
             "name": "x", "metadata": {"id": "s2"}, "spec": {"plan": {"name": "gold"}}
-        }))
-        .unwrap();
+        }));
         assert!(Directory::default().billed_from(unlinked).is_none());
     }
 
@@ -422,13 +443,13 @@ mod tests {
             "gold".into(),
             BilledSubscription {
                 quota_by_resource: BTreeMap::from([("api/pets".to_owned(), "q1".to_owned())]),
+                ..BilledSubscription::default()
             },
         );
-        let link: SubscriptionLink = serde_json::from_value(json!({
+        let link = Resource::read(&json!({
             "name": "acme-gold", "metadata": {"id": "s1"}, "spec": {"plan": {"name": "gold"}},
             "attributes": {"recurlySubscriptionId": "r1"}
-        }))
-        .unwrap();
+        }));
         let billed = first.billed_from(link).unwrap();
         first.subscriptions.insert("s1".into(), billed.clone());
         first.refreshed_ms = Some(now_ms());

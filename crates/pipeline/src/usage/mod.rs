@@ -12,16 +12,18 @@ pub mod traffic;
 
 use std::time::Instant;
 
+use billing_bridge_amplify::Lane;
 use billing_bridge_config::{BilledCount, TrafficSource};
 use billing_bridge_domain::transactions::{Counted, IdSet, traffic_rows};
-use billing_bridge_domain::usage::{TrafficRow, Window, aggregate, closed_windows};
+use billing_bridge_domain::usage::{TrafficRow, Window, aggregate, closed_windows, split_point};
 use billing_bridge_store::{Lease, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::Bridge;
 use crate::metrics::{RunOutcome, WindowKind};
-use crate::notices::NoticeSink;
+use crate::notices::Notices;
+pub use crate::settings::parse_instant;
 use directory::Directory;
 
 /// The lease that makes one run at a time (across instances, with a shared store).
@@ -60,6 +62,20 @@ pub struct PairLine {
     pub observed: u64,
     pub reported: u64,
     pub to_report: u64,
+    /// What is to be reported, part by part, each with its usage date and how it was chosen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartLine>,
+}
+
+/// One record to send (or, for a trial, to keep without sending): a window or part of one.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PartLine {
+    pub from: String,
+    pub to: String,
+    pub units: u64,
+    pub usage_timestamp: String,
+    /// `in_period`, `split`, `moved_to_open_period`, `correction` or `trial` (not sent).
+    pub how: &'static str,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -82,6 +98,11 @@ pub struct WindowSummary {
     pub units: u64,
     pub skipped_units: u64,
     pub unmatched_units: u64,
+    /// Units of a trial: never billed by Recurly, so not sent.
+    pub trial_units: u64,
+    /// Only the part before a renewal was reported: the window is still open.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub early: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -98,6 +119,7 @@ pub struct RunSummary {
     pub units: u64,
     pub skipped_units: u64,
     pub unmatched_units: u64,
+    pub trial_units: u64,
     pub watermark: Option<String>,
     pub windows: Vec<WindowSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,21 +130,6 @@ pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_else(|| ms.to_string())
-}
-
-/// An instant given as RFC 3339 or as epoch milliseconds.
-pub fn parse_instant(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            format!(
-                "{text:?} is neither an RFC 3339 time (2026-11-21T10:00:00Z) nor epoch milliseconds"
-            )
-        })
 }
 
 fn window_len_ms(bridge: &Bridge) -> i64 {
@@ -152,7 +159,7 @@ async fn window_traffic(
     let polled = match config.source {
         TrafficSource::Summary => {
             traffic::poll(
-                &bridge.amplify,
+                &bridge.amplify.lane(Lane::Reporting),
                 window,
                 config.billed_count,
                 config.page_size,
@@ -161,7 +168,7 @@ async fn window_traffic(
         }
         TrafficSource::Search => {
             search::poll(
-                &bridge.amplify,
+                &bridge.amplify.lane(Lane::Reporting),
                 window,
                 config.billed_count,
                 config.page_size,
@@ -278,7 +285,7 @@ async fn plan_windows(
 /// One reporting run. Holds the reporting lease (not for a dry run), so runs never overlap.
 pub async fn run(
     bridge: &Bridge,
-    notices: &impl NoticeSink,
+    notices: &Notices,
     directory: &mut Directory,
     request: RunRequest,
 ) -> Result<RunSummary, RunError> {
@@ -311,11 +318,18 @@ pub async fn run(
         None => ("due_windows", String::new(), String::new()),
     };
     let span = crate::trace::reporting_run_span(trigger, &from, &to);
-    let result = tracing::Instrument::instrument(
+    let run = std::pin::pin!(tracing::Instrument::instrument(
         run_windows(bridge, notices, directory, &request, lease.as_ref()),
         span.clone(),
-    )
-    .await;
+    ));
+    // A window can take longer than the lease (a large run waits for Amplify's reporting lane):
+    // the lease is renewed every third of its time while the run goes on. Its ledger writes stay
+    // fenced by the lease's token, so a lease lost anyway still stops them.
+    let heartbeat = std::pin::pin!(renew_while_running(bridge, lease.as_ref()));
+    let result = match futures_util::future::select(run, heartbeat).await {
+        futures_util::future::Either::Left((result, _)) => result,
+        futures_util::future::Either::Right((never, _)) => match never {},
+    };
     let outcome = match &result {
         Ok(summary) if summary.complete => RunOutcome::Complete,
         Ok(summary) if summary.error.is_some() => RunOutcome::Failed,
@@ -339,12 +353,14 @@ pub async fn run(
 
 async fn run_windows(
     bridge: &Bridge,
-    notices: &impl NoticeSink,
+    notices: &Notices,
     directory: &mut Directory,
     request: &RunRequest,
     lease: Option<&Lease>,
 ) -> Result<RunSummary, RunError> {
-    let now_ms = Utc::now().timestamp_millis();
+    let now_ms = bridge.clock.now_ms();
+    // The directory's age is wall time (its snapshots outlive the process).
+    let wall_ms = Utc::now().timestamp_millis();
     let (windows, mut watermark) = plan_windows(bridge, request, now_ms).await?;
     let config = &bridge.config.reporting;
     let api_version = bridge.config.amplify.api_version.clone();
@@ -367,35 +383,44 @@ async fn run_windows(
         let ledger = bridge.store.window_ledger(window).await?;
         let outcome = async {
             if ledger.pruned {
-                return Ok(reporter::WindowUsage::default());
+                return Ok((
+                    reporter::WindowUsage::default(),
+                    reporter::Dating::default(),
+                ));
             }
             let rows = window_traffic(bridge, window, &mut seen).await?;
             directory
                 .resolve(
                     &bridge.store,
-                    &bridge.amplify,
+                    &bridge.amplify.lane(Lane::Reporting),
                     &api_version,
                     rows.iter().map(|r| r.subscription_id.as_str()),
                 )
                 .await
                 .map_err(|e| RunError::Traffic(format!("subscriptions could not be read: {e}")))?;
             let mut aggregated = aggregate(&rows, |s| directory.billing_of(s));
-            if aggregated.unmatched_resource > 0 && !directory.refreshed_since(now_ms) {
+            if aggregated.unmatched_resource > 0 && !directory.refreshed_since(wall_ms) {
                 // A billed subscription called a resource none of its plan's quotas lists:
                 // perhaps a quota was added to the plan since the directory was read.
                 directory
-                    .refresh(&bridge.store, &bridge.amplify, &api_version)
+                    .refresh(
+                        &bridge.store,
+                        &bridge.amplify.lane(Lane::Reporting),
+                        &api_version,
+                    )
                     .await
                     .map_err(|e| {
                         RunError::Traffic(format!("subscriptions could not be read: {e}"))
                     })?;
                 aggregated = aggregate(&rows, |s| directory.billing_of(s));
             }
-            Ok::<_, RunError>(reporter::window_usage(aggregated, directory))
+            let usage = reporter::window_usage(aggregated, directory);
+            let dating = dating_of(bridge, directory, &api_version, window, &usage).await?;
+            Ok::<_, RunError>((usage, dating))
         }
         .await;
-        let usage = match outcome {
-            Ok(usage) => usage,
+        let (usage, dating) = match outcome {
+            Ok(found) => found,
             Err(RunError::Traffic(e)) => {
                 tracing::warn!(window = %line.start, error = %e, "reporting run stops: traffic could not be read");
                 summary.complete = false;
@@ -414,6 +439,7 @@ async fn run_windows(
                 window,
                 usage: &usage,
                 ledger,
+                dating: &dating,
             },
             &mut line,
         )
@@ -422,6 +448,7 @@ async fn run_windows(
         summary.units += line.units;
         summary.skipped_units += line.skipped_units;
         summary.unmatched_units += line.unmatched_units;
+        summary.trial_units += line.trial_units;
         let complete = line.complete;
         summary.windows.push(line);
         if !complete {
@@ -451,20 +478,255 @@ async fn run_windows(
                 .await?;
         }
     }
+    let len = window_len_ms(bridge);
+    let ready = now_ms - config.delay.as_millis() as i64;
+    let open = Window::containing(ready, len);
+    if summary.complete && request.range.is_none() && watermark == Some(open.start_ms) {
+        // Caught up: a renewal inside the window still open gets the part before it reported
+        // now, not only once the whole window closes.
+        let mut line = WindowSummary {
+            start: rfc3339(open.start_ms),
+            end: rfc3339(open.end_ms),
+            start_ms: open.start_ms,
+            end_ms: open.end_ms,
+            early: true,
+            ..WindowSummary::default()
+        };
+        match report_before_renewals(
+            bridge,
+            notices,
+            directory,
+            lease,
+            &api_version,
+            open,
+            ready,
+            &mut line,
+        )
+        .await
+        {
+            Ok(true) => {
+                summary.records += line.records;
+                summary.units += line.units;
+                summary.trial_units += line.trial_units;
+                if !line.complete {
+                    summary.complete = false;
+                }
+                summary.windows.push(line);
+            }
+            Ok(false) => {}
+            Err(RunError::Traffic(e)) => {
+                tracing::warn!(window = %line.start, error = %e, "the part before a renewal waits: traffic could not be read");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     if let Some(end) = watermark {
         bridge
             .metrics
             .usage_reporting_lag
             .set((now_ms - end).max(0) / 1000);
         if lease.is_some() {
-            let len = window_len_ms(bridge);
-            let keep = (repolled_windows(&bridge.config) + config.keep_details_windows) as i64;
+            let repolled = repolled_windows(&bridge.config) as i64;
+            let keep = repolled + config.keep_details_windows as i64;
             bridge.store.prune_ledger(end - keep * len).await?;
             if config.source == TrafficSource::Push {
-                bridge.store.prune_ingested(end - keep * len, len).await?;
+                // Pushed counts matter only while a run may read their window again: past the
+                // re-polls (which reach the whole ingest horizon) they are dropped, whatever the
+                // ledger keeps (`keep_details_windows` is a ledger setting only).
+                bridge
+                    .store
+                    .prune_ingested(end - repolled * len, len)
+                    .await?;
             }
         }
     }
     summary.watermark = watermark.map(rfc3339);
     Ok(summary)
+}
+
+/// The traffic of `part` (a window or a part of one) per billing pair.
+async fn usage_in(
+    bridge: &Bridge,
+    directory: &mut Directory,
+    api_version: &str,
+    part: Window,
+) -> Result<reporter::WindowUsage, RunError> {
+    // A part is read on its own: its ids must not hide those of the whole window.
+    let mut seen = IdSet::default();
+    let rows = window_traffic(bridge, part, &mut seen).await?;
+    directory
+        .resolve(
+            &bridge.store,
+            &bridge.amplify,
+            api_version,
+            rows.iter().map(|r| r.subscription_id.as_str()),
+        )
+        .await
+        .map_err(|e| RunError::Traffic(format!("subscriptions could not be read: {e}")))?;
+    let aggregated = aggregate(&rows, |s| directory.billing_of(s));
+    Ok(reporter::window_usage(aggregated, directory))
+}
+
+/// Whether the traffic source can count a part of a window. Pushed traffic is counted per
+/// window as it arrives, so a window holding a renewal is dated whole, in the open period.
+fn can_cut(bridge: &Bridge) -> bool {
+    bridge.config.reporting.source != TrafficSource::Push
+}
+
+/// Renews `lease` every third of its time, for as long as it is polled; never ends.
+async fn renew_while_running(
+    bridge: &Bridge,
+    lease: Option<&billing_bridge_store::Lease>,
+) -> std::convert::Infallible {
+    let ttl = bridge.config.reporting.lease_ttl;
+    loop {
+        actix_rt::time::sleep(ttl / 3).await;
+        if let Some(lease) = lease
+            && let Err(e) = bridge.store.extend_lease(lease, ttl).await
+        {
+            tracing::warn!(error = %e, "the reporting lease could not be renewed");
+        }
+    }
+}
+
+/// The billing (period, trial, pricing) of every Recurly subscription with traffic in the
+/// window, where the window is cut for each, and the traffic after each cut.
+async fn dating_of(
+    bridge: &Bridge,
+    directory: &mut Directory,
+    api_version: &str,
+    window: Window,
+    usage: &reporter::WindowUsage,
+) -> Result<reporter::Dating, RunError> {
+    let mut dating = reporter::Dating::default();
+    let subscriptions: std::collections::BTreeSet<&String> =
+        usage.pairs.keys().map(|(s, _)| s).collect();
+    for id in subscriptions {
+        let billing = bridge
+            .periods
+            .get(&bridge.recurly, id, window.end_ms, bridge.clock.now_ms())
+            .await
+            .map_err(|e| {
+                RunError::Traffic(format!(
+                    "billing periods could not be read from Recurly: {e}"
+                ))
+            })?;
+        // A subscription Recurly does not know is skipped when its record is refused.
+        let Some(billing) = billing else { continue };
+        if let Some(cut) = billing
+            .period
+            .and_then(|p| split_point(window, &p))
+            .filter(|_| can_cut(bridge))
+        {
+            dating.cuts.insert(id.clone(), cut);
+        }
+        dating.billing.insert(id.clone(), billing);
+    }
+    let points: std::collections::BTreeSet<i64> = dating.cuts.values().copied().collect();
+    for cut in points {
+        let after = usage_in(
+            bridge,
+            directory,
+            api_version,
+            Window {
+                start_ms: cut,
+                end_ms: window.end_ms,
+            },
+        )
+        .await?;
+        for (pair, (_, units)) in after.pairs {
+            if dating.cuts.get(&pair.0) == Some(&cut) {
+                dating.after.insert(pair, units);
+            }
+        }
+    }
+    Ok(dating)
+}
+
+/// Reports, in the window still open, the part before each renewal that has passed (by `ready`,
+/// the delay for late traffic included). `Ok(false)`: no renewal falls in it.
+#[allow(clippy::too_many_arguments)]
+async fn report_before_renewals(
+    bridge: &Bridge,
+    notices: &Notices,
+    directory: &mut Directory,
+    lease: Option<&Lease>,
+    api_version: &str,
+    open: Window,
+    ready: i64,
+    line: &mut WindowSummary,
+) -> Result<bool, RunError> {
+    if !can_cut(bridge) {
+        return Ok(false);
+    }
+    // A period that ended in the window is read again, to see its renewal.
+    for id in bridge.periods.ending_between(open.start_ms, ready) {
+        if let Err(e) = bridge
+            .periods
+            .read(&bridge.recurly, &id, bridge.clock.now_ms())
+            .await
+        {
+            return Err(RunError::Traffic(format!(
+                "billing periods could not be read from Recurly: {e}"
+            )));
+        }
+    }
+    let renewed = bridge.periods.renewed_between(open.start_ms, ready);
+    if renewed.is_empty() {
+        return Ok(false);
+    }
+    let mut usage = reporter::WindowUsage::default();
+    let mut dating = reporter::Dating {
+        before_only: true,
+        ..reporter::Dating::default()
+    };
+    let points: std::collections::BTreeSet<i64> = renewed.iter().map(|(_, at)| *at).collect();
+    for cut in points {
+        let before = usage_in(
+            bridge,
+            directory,
+            api_version,
+            Window {
+                start_ms: open.start_ms,
+                end_ms: cut,
+            },
+        )
+        .await?;
+        for (pair, found) in before.pairs {
+            if renewed.iter().any(|(id, at)| *id == pair.0 && *at == cut) {
+                usage.pairs.insert(pair, found);
+            }
+        }
+    }
+    for (id, cut) in &renewed {
+        let billing = bridge
+            .periods
+            .get(&bridge.recurly, id, *cut, bridge.clock.now_ms())
+            .await
+            .map_err(|e| {
+                RunError::Traffic(format!(
+                    "billing periods could not be read from Recurly: {e}"
+                ))
+            })?;
+        if let Some(billing) = billing {
+            dating.billing.insert(id.clone(), billing);
+            dating.cuts.insert(id.clone(), *cut);
+        }
+    }
+    let ledger = bridge.store.window_ledger(open).await?;
+    reporter::report_window(
+        bridge,
+        notices,
+        directory,
+        lease,
+        reporter::Due {
+            window: open,
+            usage: &usage,
+            ledger,
+            dating: &dating,
+        },
+        line,
+    )
+    .await?;
+    Ok(true)
 }

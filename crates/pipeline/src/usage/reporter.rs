@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use billing_bridge_billing::recurly::{NewUsage, RecurlyError};
 use billing_bridge_domain::codes::usage_add_on_code;
 use billing_bridge_domain::usage::{
-    Aggregate, Window, merchant_tag, to_report, usage_key, usage_timestamp_ms,
+    Aggregate, Dated, Window, allocate, date_part, merchant_tag, moved_usage_key, pieces,
+    redated_after_renewal, to_report, usage_key, usage_timestamp_ms,
 };
 use billing_bridge_notify::{ProviderCard, Tone};
 use billing_bridge_store::Lease;
@@ -20,13 +21,14 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::directory::Directory;
-use super::{PairLine, RunError, UnmatchedLine, WindowSummary};
+use super::{PairLine, PartLine, RunError, UnmatchedLine, WindowSummary};
 use crate::Bridge;
 use crate::metrics::{UnmatchedReason, UsageRecordOutcome};
-use crate::notices::{Notice, NoticeSink};
+use crate::notices::{Notice, Notices};
+use crate::periods::Billing;
 
 /// Usage dates stay this far behind the clock: Recurly refuses usage in the future (§6).
-const CLOCK_SKEW_MS: i64 = 60_000;
+pub const CLOCK_SKEW_MS: i64 = 60_000;
 /// Settlements are written in batches of this many.
 const SETTLE_BATCH: usize = 512;
 
@@ -63,6 +65,11 @@ struct Send {
 
 enum Sent {
     Acked,
+    /// Refused as dated in a period Recurly renewed meanwhile, then taken re-dated into the
+    /// open period.
+    AckedMoved,
+    /// A trial's units: Recurly never bills usage dated in a trial, so nothing is sent.
+    Trial,
     Skipped,
     /// Recurly refused it for a reason only a person can fix: it stays pending (sent again
     /// every run) and the provider is told once.
@@ -78,6 +85,9 @@ fn is_refusal(e: &RecurlyError) -> bool {
 /// Sends one report; a refusal is checked against the subscription's state: an ended
 /// subscription is skipped, anything else stays pending and is reported as failed.
 async fn send(bridge: &Bridge, window: Window, s: &Send) -> Sent {
+    if s.report.how == Some(Dated::Trial) {
+        return Sent::Trial;
+    }
     let (subscription, add_on) = &s.pair;
     let key = usage_key(subscription, add_on, window, s.report.report);
     let usage = NewUsage {
@@ -87,7 +97,7 @@ async fn send(bridge: &Bridge, window: Window, s: &Send) -> Sent {
         merchant_tag: merchant_tag(window, &s.report.amplify_subscription, s.report.report),
     };
     if s.resumed {
-        let age_ms = Utc::now().timestamp_millis() - s.report.created_ms;
+        let age_ms = bridge.clock.now_ms() - s.report.created_ms;
         let trust_ms = bridge.config.reporting.trust_idempotency_for.as_millis() as i64;
         if age_ms > trust_ms {
             // The idempotency key may have expired at Recurly: look before sending again.
@@ -113,7 +123,32 @@ async fn send(bridge: &Bridge, window: Window, s: &Send) -> Sent {
         Err(e) if is_refusal(&e) => match bridge.recurly.subscription(subscription).await {
             Ok(None) => Sent::Skipped,
             Ok(Some(sub)) if matches!(sub.state.as_str(), "expired" | "failed") => Sent::Skipped,
-            Ok(Some(_)) => Sent::Refused(e.to_string()),
+            Ok(Some(sub)) => {
+                // The period may have renewed between reading it and sending: a volume or
+                // stairstep record dated before the renewal is then re-dated, never refused.
+                let billing = bridge.periods.keep(&sub, bridge.clock.now_ms());
+                let redated = billing.period.and_then(|p| {
+                    redated_after_renewal(s.report.usage_ms, &p, billing.pricing_of(add_on))
+                });
+                let Some(at) = redated else {
+                    return Sent::Refused(e.to_string());
+                };
+                let moved = NewUsage {
+                    usage_timestamp: DateTime::<Utc>::from_timestamp_millis(at)
+                        .unwrap_or(usage.usage_timestamp),
+                    ..usage
+                };
+                let key = moved_usage_key(subscription, add_on, window, s.report.report);
+                match bridge
+                    .recurly
+                    .create_usage(subscription, add_on, &moved, &key)
+                    .await
+                {
+                    Ok(_) => Sent::AckedMoved,
+                    Err(again) if is_refusal(&again) => Sent::Refused(again.to_string()),
+                    Err(again) => Sent::Failed(again.to_string()),
+                }
+            }
             Err(lookup) => Sent::Failed(format!("{e}; then {lookup}")),
         },
         Err(e) => Sent::Failed(e.to_string()),
@@ -154,12 +189,53 @@ pub struct Due<'a> {
     pub window: Window,
     pub usage: &'a WindowUsage,
     pub ledger: WindowLedger,
+    pub dating: &'a Dating,
+}
+
+/// How a window's units are dated, per Recurly subscription: its billing (period, trial,
+/// pricing), where the window is cut for it, and the traffic after the cut per pair.
+#[derive(Debug, Default)]
+pub struct Dating {
+    pub billing: BTreeMap<String, std::sync::Arc<Billing>>,
+    pub cuts: BTreeMap<String, i64>,
+    pub after: BTreeMap<Pair, u64>,
+    /// Only the part before each cut is reported (the window is still open: its renewal has
+    /// passed, the rest of it has not).
+    pub before_only: bool,
+}
+
+/// One part of a pair's window to report: (the part, units, `from_ms`).
+fn parts_of(
+    window: Window,
+    pair: &Pair,
+    observed: u64,
+    ledger: &WindowLedger,
+    dating: &Dating,
+) -> Vec<(Window, u64, Option<i64>)> {
+    let reported = ledger.reported(pair);
+    match dating.cuts.get(&pair.0) {
+        None => vec![(window, to_report(observed, reported), None)],
+        Some(&cut) => {
+            let split = pieces(window, Some(cut));
+            if dating.before_only {
+                return vec![(split[0], to_report(observed, reported), None)];
+            }
+            let after_observed = dating.after.get(pair).copied().unwrap_or(0).min(observed);
+            let (before, after) = allocate(
+                observed,
+                after_observed,
+                reported,
+                ledger.reported_from(pair, cut),
+            );
+            vec![(split[0], before, None), (split[1], after, Some(cut))]
+        }
+    }
 }
 
 /// Reports one window. With `lease` `None` (a dry run) nothing is written or sent.
 pub async fn report_window(
     bridge: &Bridge,
-    notices: &impl NoticeSink,
+    notices: &Notices,
     directory: &Directory,
     lease: Option<&Lease>,
     due: Due<'_>,
@@ -169,11 +245,11 @@ pub async fn report_window(
         window,
         usage,
         ledger,
+        dating,
     } = due;
-    let now = Utc::now().timestamp_millis();
+    let now = bridge.clock.now_ms();
     let dry_run = lease.is_none();
-    summary.unmatched_units =
-        usage.aggregate.unmatched_subscription + usage.aggregate.unmatched_resource;
+    summary.unmatched_units = usage.aggregate.unmatched_units();
     // Counted once per window: re-polls and backfills of a reported window see the same rows.
     if !dry_run && !summary.repoll {
         bridge.metrics.unmatched(
@@ -183,6 +259,10 @@ pub async fn report_window(
         bridge.metrics.unmatched(
             UnmatchedReason::Resource,
             usage.aggregate.unmatched_resource,
+        );
+        bridge.metrics.unmatched(
+            UnmatchedReason::AmbiguousResource,
+            usage.aggregate.unmatched_ambiguous,
         );
     }
     if ledger.pruned {
@@ -199,41 +279,76 @@ pub async fn report_window(
             resumed: true,
         })
         .collect();
-    let usage_ms = usage_timestamp_ms(window, now, CLOCK_SKEW_MS);
     let mut intents = Vec::new();
+    let mut next_report: BTreeMap<&Pair, u32> = BTreeMap::new();
     for (pair, (amplify, observed)) in &usage.pairs {
         let reported = ledger.reported(pair);
-        let amount = to_report(*observed, reported);
-        if dry_run {
-            summary.pairs.push(PairLine {
+        let billing = dating.billing.get(&pair.0);
+        let cut = dating.cuts.contains_key(&pair.0);
+        let mut line = PairLine {
+            amplify_subscription: amplify.clone(),
+            recurly_subscription: pair.0.clone(),
+            add_on: pair.1.clone(),
+            observed: *observed,
+            reported,
+            to_report: 0,
+            parts: Vec::new(),
+        };
+        for (part, amount, from_ms) in parts_of(window, pair, *observed, &ledger, dating) {
+            if amount == 0 {
+                continue;
+            }
+            let (usage_ms, how) = match billing.and_then(|b| b.period.as_ref()) {
+                Some(period) => date_part(
+                    part,
+                    cut,
+                    period,
+                    billing.map(|b| b.pricing_of(&pair.1)).unwrap_or_else(|| {
+                        billing_bridge_domain::usage::Pricing::from_tier_type(None)
+                    }),
+                    now,
+                    CLOCK_SKEW_MS,
+                ),
+                None => (
+                    usage_timestamp_ms(window, now, CLOCK_SKEW_MS),
+                    Dated::InPeriod,
+                ),
+            };
+            line.to_report += amount;
+            line.parts.push(PartLine {
+                from: super::rfc3339(part.start_ms),
+                to: super::rfc3339(part.end_ms),
+                units: amount,
+                usage_timestamp: super::rfc3339(usage_ms),
+                how: how.as_str(),
+            });
+            let number = next_report
+                .entry(pair)
+                .or_insert_with(|| ledger.next_report(pair));
+            let report = Report {
+                report: *number,
+                amount,
+                usage_ms,
+                created_ms: now,
                 amplify_subscription: amplify.clone(),
-                recurly_subscription: pair.0.clone(),
-                add_on: pair.1.clone(),
-                observed: *observed,
-                reported,
-                to_report: amount,
+                state: ReportState::Pending,
+                from_ms,
+                how: Some(how),
+            };
+            *number += 1;
+            intents.push(Intent {
+                pair: pair.clone(),
+                report: report.clone(),
+            });
+            sends.push(Send {
+                pair: pair.clone(),
+                report,
+                resumed: false,
             });
         }
-        if amount == 0 {
-            continue;
+        if dry_run {
+            summary.pairs.push(line);
         }
-        let report = Report {
-            report: ledger.next_report(pair),
-            amount,
-            usage_ms,
-            created_ms: now,
-            amplify_subscription: amplify.clone(),
-            state: ReportState::Pending,
-        };
-        intents.push(Intent {
-            pair: pair.clone(),
-            report: report.clone(),
-        });
-        sends.push(Send {
-            pair: pair.clone(),
-            report,
-            resumed: false,
-        });
     }
     if dry_run {
         for ((subscription, resource), (reason, units)) in &usage.aggregate.unmatched {
@@ -244,8 +359,14 @@ pub async fn report_window(
                 reason: UnmatchedReason::from(*reason).as_str(),
             });
         }
-        summary.records = sends.len();
-        summary.units = sends.iter().map(|s| s.report.amount).sum();
+        let sent = sends.iter().filter(|s| s.report.how != Some(Dated::Trial));
+        summary.records = sent.clone().count();
+        summary.units = sent.map(|s| s.report.amount).sum();
+        summary.trial_units = sends
+            .iter()
+            .filter(|s| s.report.how == Some(Dated::Trial))
+            .map(|s| s.report.amount)
+            .sum();
         summary.complete = true;
         return Ok(());
     }
@@ -268,12 +389,24 @@ pub async fn report_window(
             extended = std::time::Instant::now();
         }
         let state = match outcome {
-            Sent::Acked => {
+            Sent::Acked | Sent::AckedMoved => {
                 summary.records += 1;
                 summary.units += s.report.amount;
                 bridge.metrics.usage_units_reported.inc_by(s.report.amount);
                 bridge.metrics.usage_record(UsageRecordOutcome::Created);
+                let how = match outcome {
+                    Sent::AckedMoved => Some(Dated::MovedToOpenPeriod),
+                    _ => s.report.how,
+                };
+                if let Some(how) = how {
+                    bridge.metrics.dated(how, s.report.amount);
+                }
                 ReportState::Acked
+            }
+            Sent::Trial => {
+                summary.trial_units += s.report.amount;
+                bridge.metrics.dated(Dated::Trial, s.report.amount);
+                ReportState::Skipped
             }
             Sent::Skipped => {
                 summary.skipped_units += s.report.amount;
@@ -289,13 +422,16 @@ pub async fn report_window(
                     let name =
                         billed.map_or(s.report.amplify_subscription.as_str(), |b| b.name.as_str());
                     let title = billed.map_or(name, |b| b.title.as_str());
-                    notices.notify(Notice::Provider(skipped_card(name, title, &s.pair.0)));
+                    notices
+                        .notify(Notice::Provider(skipped_card(name, title, &s.pair.0)))
+                        .await;
                 }
                 ReportState::Skipped
             }
             Sent::Refused(error) => {
                 failed += 1;
                 bridge.metrics.usage_record(UsageRecordOutcome::Failed);
+                bridge.metrics.usage_refused_units.inc_by(s.report.amount);
                 tracing::warn!(subscription = %s.pair.0, add_on = %s.pair.1, window = window.start_ms, %error, "usage record refused by Recurly");
                 if bridge
                     .store
@@ -306,7 +442,9 @@ pub async fn report_window(
                     let name = directory
                         .get(&s.report.amplify_subscription)
                         .map_or(s.report.amplify_subscription.as_str(), |b| b.name.as_str());
-                    notices.notify(Notice::Provider(refused_card(name, &s.pair, &error)));
+                    notices
+                        .notify(Notice::Provider(refused_card(name, &s.pair, &error)))
+                        .await;
                 }
                 first_error.get_or_insert(error);
                 continue;

@@ -1,8 +1,10 @@
 //! The TrafficPoller's adapter to Traceability search (reference §5.2), for `[reporting] source
-//! = "search"`: a window's raw `transactionSummary` events, paged with `find`, counted by the
-//! aggregation core (`domain::transactions`) so each `transactionId` counts once however often
-//! it is stored or paged. The request follows §5.2's documented example; what §5.2 leaves open
-//! (how `find` sorts, the answer's shape) is guessed here, in one place.
+//! = "search"`: a window's raw transaction summaries in both shapes agents send (§5.3's
+//! `transactionSummary` LogEvents, §5.4's `api.transaction.summary` InsightsEvents), paged with
+//! `find`, counted by the aggregation core (`domain::transactions`) so each transaction id
+//! counts once however often, and in whichever shapes, it is stored or paged. The request
+//! follows §5.2's documented example; what §5.2 leaves open (how `find` sorts, the answer's
+//! shape, how v4 events are filtered) is guessed here, in one place.
 //!
 //! A run keeps the ids it has read across its windows (oldest first), so a transaction Amplify
 //! holds twice with times in two windows counts once, in the older window, whenever both are
@@ -16,7 +18,8 @@
 use billing_bridge_amplify::{AmplifyClient, AmplifyError};
 use billing_bridge_config::BilledCount;
 use billing_bridge_domain::transactions::{
-    IdSet, Parsed, WindowCounts, parse_event, traffic_rows, tx_key,
+    INSIGHTS_SUMMARY, IdSet, Parsed, TRANSACTION_SUMMARY, WindowCounts, parse_event, traffic_rows,
+    tx_key,
 };
 use billing_bridge_domain::usage::{TrafficRow, Window};
 use serde_json::{Value, json};
@@ -26,12 +29,27 @@ const VERSION: &str = "0.2";
 /// The field holding an event's time (§5.2).
 const TIME_FIELD: &str = "@event_time";
 
-/// One page of a window's `transactionSummary` events, oldest first [I: §5.2 names `find`'s
-/// `params{limit, offset, sort}` but not the form of `sort`].
+/// Selects InsightsEvent v4 transaction summaries [I: §5.2 documents filters on §5.3 bodies
+/// (`type`, `transactionSummary.*`) only; that v4 events are searchable by their top-level
+/// `event` name, with `@event_time` their time, is inferred]. Correct it here.
+pub fn insights_summary_filter() -> Value {
+    json!({"$match": {"event": [INSIGHTS_SUMMARY]}})
+}
+
+/// Selects transaction summaries of both shapes.
+fn summaries_filter() -> Value {
+    json!({"$or": [
+        {"$match": {"type": [TRANSACTION_SUMMARY]}},
+        insights_summary_filter(),
+    ]})
+}
+
+/// One page of a window's transaction summaries (both shapes), oldest first [I: §5.2 names
+/// `find`'s `params{limit, offset, sort}` but not the form of `sort`].
 pub fn find_query(window: Window, limit: u32, offset: u64) -> Value {
     json!({
         "filters": {
-            "$and": [{"$match": {"type": ["transactionSummary"]}}],
+            "$and": [summaries_filter()],
             "$range": {TIME_FIELD: {"gte": window.start_ms, "lt": window.end_ms}}
         },
         "invoke": {
@@ -65,7 +83,7 @@ pub fn events_of(answer: &Value) -> Option<Vec<&Value>> {
     )
 }
 
-/// Every `transactionSummary` of the window whose id `seen` does not hold yet (it holds the ids
+/// Every transaction summary of the window whose id `seen` does not hold yet (it holds the ids
 /// of the run's earlier windows), each id once, as rows for the aggregator.
 pub async fn poll(
     amplify: &AmplifyClient,
@@ -110,7 +128,7 @@ pub async fn poll(
         tracing::warn!(
             window = window.start_ms,
             events = unreadable,
-            "traceability search: events without a transactionId or timestamp are not counted"
+            "traceability search: events without a transaction id or timestamp, or with a field over the size limit, are not counted"
         );
     }
     Ok(traffic_rows(counts.groups(), super::counted(billed)))
@@ -137,10 +155,9 @@ mod tests {
         assert_eq!(q["invoke"]["method"], "find");
         assert_eq!(q["invoke"]["params"]["limit"], 500);
         assert_eq!(q["invoke"]["params"]["offset"], 1500);
-        assert_eq!(
-            q["filters"]["$and"][0]["$match"]["type"],
-            json!(["transactionSummary"])
-        );
+        let shapes = &q["filters"]["$and"][0]["$or"];
+        assert_eq!(shapes[0]["$match"]["type"], json!(["transactionSummary"]));
+        assert_eq!(shapes[1], insights_summary_filter());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The TrafficPoller's adapter to Amplify Traceability: the one place that knows how a window's
 //! traffic is asked for and read. Its contract is partly inferred (reference §5.1, §7.1): the
-//! `groupBy` fields, whether `to` is exclusive, and which row field names the asset resource a
-//! quota lists. Correct a guess here and nothing else changes.
+//! `groupBy` fields and whether `to` is exclusive. Correct a guess here and nothing else
+//! changes.
 
 use billing_bridge_amplify::{AmplifyClient, AmplifyError, SummaryQuery};
 use billing_bridge_config::BilledCount;
@@ -9,7 +9,10 @@ use billing_bridge_domain::usage::{TrafficRow, Window};
 use serde::Deserialize;
 
 /// Rows per (subscription, asset resource) [I: reference §5.1 "per-subscription billing query"].
-pub const GROUP_BY: [&str; 2] = ["subscriptionId", "assetResourceId"];
+/// The name is a group key too: agents write `"unknown"` for a reference they could not resolve
+/// (§5.3), so grouping by id alone would merge every such resource into one row, billed under
+/// whichever name came with it; with the name each row can be matched by it.
+pub const GROUP_BY: [&str; 3] = ["subscriptionId", "assetResourceId", "assetResourceName"];
 
 /// Whether the summary's `to` excludes its instant [?]. Windows are half-open `[start, end)`;
 /// if `to` turns out inclusive, this asks up to `end - 1` so back-to-back windows never count
@@ -48,35 +51,23 @@ pub fn summary_query(window: Window) -> SummaryQuery {
     }
 }
 
-/// A summary row as the aggregator sees it. The asset resource is named as quotas list it
-/// (`spec.resources[].name`, reference §3.3), so the row's name wins over its id.
+/// A summary row as the aggregator sees it: the resource by its id (`assetResourceId`) and by
+/// its name (`assetResourceName`, the resource's own name as agents send it, reference §5.4),
+/// both kept so the aggregator can try the id first.
 pub fn traffic_row(row: SummaryRow, billed: BilledCount) -> TrafficRow {
     let units = match billed {
         BilledCount::Total => row.total_count,
         BilledCount::Success => row.success_count,
     }
     .unwrap_or(0);
-    let present = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let present = |v: Option<String>| v.filter(|s| !s.is_empty() && s != UNKNOWN);
     TrafficRow {
         subscription_id: present(row.subscription_id).unwrap_or_else(|| UNKNOWN.into()),
-        asset_resource: present(row.asset_resource_name)
-            .or(present(row.asset_resource_id))
-            .unwrap_or_else(|| UNKNOWN.into()),
+        resource_id: present(row.asset_resource_id),
+        resource_name: present(row.asset_resource_name),
         quota: None,
         units,
     }
-}
-
-/// The keys a quota's resource entry (`"<asset>/<assetResource>"`) is found under: its full
-/// name, and the part after the last `/` in case rows name the resource alone [?].
-pub fn resource_keys(resource_name: &str) -> Vec<String> {
-    let mut keys = vec![resource_name.to_owned()];
-    if let Some((_, short)) = resource_name.rsplit_once('/')
-        && !short.is_empty()
-    {
-        keys.push(short.to_owned());
-    }
-    keys
 }
 
 /// Every row of a window with units, through the process-wide Amplify limiter.
@@ -101,9 +92,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_are_read_by_name_with_the_configured_count() {
+    fn rows_carry_the_resource_id_and_name_with_the_configured_count() {
         let row: SummaryRow = serde_json::from_value(serde_json::json!({
-            "subscriptionId": "s1", "assetResourceId": "r-id", "assetResourceName": "pets/v1",
+            "subscriptionId": "s1", "assetResourceId": "r-id", "assetResourceName": "pets",
             "totalCount": 9, "successCount": 7, "failureCount": 2, "proxyId": "x"
         }))
         .unwrap();
@@ -111,10 +102,11 @@ mod tests {
         assert_eq!(
             (
                 total.subscription_id.as_str(),
-                total.asset_resource.as_str(),
+                total.resource_id.as_deref(),
+                total.resource_name.as_deref(),
                 total.units
             ),
-            ("s1", "pets/v1", 9)
+            ("s1", Some("r-id"), Some("pets"), 9)
         );
         let row: SummaryRow = serde_json::from_value(serde_json::json!({
             "assetResourceId": "r-id", "assetResourceName": "", "successCount": 7
@@ -124,10 +116,11 @@ mod tests {
         assert_eq!(
             (
                 success.subscription_id.as_str(),
-                success.asset_resource.as_str(),
+                success.resource_id.as_deref(),
+                success.resource_name.as_deref(),
                 success.units
             ),
-            (UNKNOWN, "r-id", 7)
+            (UNKNOWN, Some("r-id"), None, 7)
         );
     }
 
@@ -138,8 +131,9 @@ mod tests {
             end_ms: 2000,
         });
         assert_eq!((q.from_ms, q.to_ms), (1000, 2000));
-        assert_eq!(q.group_by, ["subscriptionId", "assetResourceId"]);
-        assert_eq!(resource_keys("petstore/pets"), ["petstore/pets", "pets"]);
-        assert_eq!(resource_keys("pets"), ["pets"]);
+        assert_eq!(
+            q.group_by,
+            ["subscriptionId", "assetResourceId", "assetResourceName"]
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! Submodules: `auth` (tokens, per-client limit), `resources` (kinds, paths, error body),
 //! `store` (write rules), `rsql` (query filter), `catalog` (HTTP handlers), `webhooks`
 //! (delivery), `platform` (users, teams), `traffic` (stored events, injection, generation),
-//! `traceability` (summary).
+//! `traceability` (summary), `watch` (WatchTopic event retention and reads).
 
 mod auth;
 mod catalog;
@@ -14,6 +14,7 @@ mod rsql;
 mod store;
 mod traceability;
 mod traffic;
+mod watch;
 mod webhooks;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub(crate) struct AmplifyState {
     catalog: Mutex<store::Catalog>,
     directory: RwLock<platform::Directory>,
     outbox: webhooks::Outbox,
+    watch: Mutex<watch::Topics>,
     traffic: RwLock<traffic::TrafficStore>,
     /// The team that owns subscriptions when neither the body nor the seed names one.
     generated_team: RwLock<String>,
@@ -44,6 +46,7 @@ impl AmplifyState {
             catalog: Mutex::new(store::Catalog::default()),
             directory: RwLock::new(platform::Directory::default()),
             outbox: webhooks::Outbox::default(),
+            watch: Mutex::new(watch::Topics::default()),
             traffic: RwLock::new(traffic::TrafficStore::default()),
             generated_team: RwLock::new(uuid::Uuid::new_v4().to_string()),
             requests_per_minute: Mutex::new(config.amplify.requests_per_minute),
@@ -59,13 +62,15 @@ impl AmplifyState {
         }
     }
 
-    /// Forgets resources, users, traffic, deliveries (and queued ones) and request windows.
+    /// Forgets resources, users, traffic, deliveries (and queued ones), WatchTopic events and
+    /// request windows.
     /// Issued tokens stay valid.
     pub fn reset(&self, _config: &SandboxConfig) {
         *self.catalog.lock() = store::Catalog::default();
         *self.directory.write() = platform::Directory::default();
         self.traffic.write().clear();
         self.outbox.reset();
+        *self.watch.lock() = watch::Topics::default();
         self.tokens.reset_windows();
         *self.generated_team.write() = uuid::Uuid::new_v4().to_string();
     }
@@ -103,6 +108,10 @@ pub(crate) fn central_routes(cfg: &mut web::ServiceConfig) {
         web::post().to(traceability::search_route),
     )
     .route("/apis/{tail:.*}", web::route().to(catalog::handle))
+    .route(
+        "/events/management/{version}/watchtopics/{name}",
+        web::get().to(watch::events),
+    )
     .route("/{tail:.*}", web::route().to(central_not_found));
 }
 
@@ -135,7 +144,11 @@ pub(crate) fn control_routes(cfg: &mut web::ServiceConfig) {
         .route("/traffic", web::delete().to(traffic::clear))
         .route("/traffic/generate", web::post().to(traffic::generate_route))
         .route("/deliveries", web::get().to(list_deliveries))
-        .route("/deliveries", web::delete().to(clear_deliveries));
+        .route("/deliveries", web::delete().to(clear_deliveries))
+        .route(
+            "/watchtopics/{name}/purge",
+            web::post().to(watch::purge_route),
+        );
 }
 
 #[derive(Deserialize)]

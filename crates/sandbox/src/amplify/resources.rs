@@ -62,6 +62,13 @@ pub(crate) const KINDS: &[KindSpec] = &[
         ],
     },
     KindSpec {
+        kind: "SubscriptionJob",
+        group: "catalog",
+        plural: "subscriptionjobs",
+        scope: Some("Subscription"),
+        subresources: &["status"],
+    },
+    KindSpec {
         kind: "Marketplace",
         group: "catalog",
         plural: "marketplaces",
@@ -94,6 +101,13 @@ pub(crate) const KINDS: &[KindSpec] = &[
         group: "management",
         plural: "resourcehooks",
         scope: Some("Integration"),
+        subresources: &[],
+    },
+    KindSpec {
+        kind: "WatchTopic",
+        group: "management",
+        plural: "watchtopics",
+        scope: None,
         subresources: &[],
     },
 ];

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::resources::{
     ApiError, KindSpec, central_timestamp, kind_named, new_resource_id, self_link,
 };
+use super::traffic::asset_resource_id;
 
 /// What happened to a resource, as the webhook envelope's `type` names it (reference §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,9 +90,64 @@ pub(crate) fn plan_state_transition_allowed(from: &str, to: &str) -> bool {
 }
 
 /// The state a new resource of this kind starts in, if it has one: plans (reference §3.2) and
-/// products start as drafts [I for products].
+/// products start as drafts [I for products]; subscriptions as active (below).
 fn initial_state(kind: &str) -> Option<Value> {
-    matches!(kind, "Product" | "ProductPlan").then(|| json!("draft"))
+    match kind {
+        "Product" | "ProductPlan" => Some(json!("draft")),
+        // The captured event of a subscription awaiting approval (reference §4.3, resource
+        // version 2) already carries `state: {"name": "active"}`, although the docs say the state
+        // "is not set until the subscription is approved" (§3.4): the captured payload is what
+        // the platform sends, so a subscription has it from creation.
+        "Subscription" => Some(json!({"name": "active"})),
+        _ => None,
+    }
+}
+
+/// Who owns a new subscription: the body's `marketplace.resource.owner` (the sandbox's stand-in
+/// for the calling user, whom the real platform takes), else the first seeded team.
+fn subscription_owner(body: &Value, ctx: &ChangeContext) -> Value {
+    body.pointer("/marketplace/resource/owner")
+        .filter(|o| o.is_object())
+        .cloned()
+        .unwrap_or_else(|| {
+            json!({"type": "team", "id": ctx.default_owner_team, "organization": {"id": ctx.org_id}})
+        })
+}
+
+/// The user who subscribed: the owner's user when the team is private, else the caller.
+fn subscriber_user(owner: &Value, ctx: &ChangeContext) -> String {
+    owner
+        .pointer("/user/id")
+        .and_then(Value::as_str)
+        .map_or_else(|| ctx.user_id.clone(), str::to_owned)
+}
+
+/// The attributes the platform writes on a subscription, as the captured payloads show them
+/// (reference §3.4, §4.3): `marketplaceId`, `tenantId` (the provider organization),
+/// `consumerTenantId` (the owner's organization, only when it is another one), `ownerId` (the
+/// owning team) and `userId` (the subscriber). Which id feeds each is [I] ("attribute semantics
+/// I"), read from the sample's matching values.
+fn platform_subscription_attributes(
+    marketplace: &str,
+    owner: &Value,
+    user: &str,
+    ctx: &ChangeContext,
+) -> Map<String, Value> {
+    let mut attributes = Map::new();
+    attributes.insert("marketplaceId".into(), json!(marketplace));
+    attributes.insert("tenantId".into(), json!(ctx.org_id));
+    if let Some(consumer) = owner
+        .pointer("/organization/id")
+        .and_then(Value::as_str)
+        .filter(|org| *org != ctx.org_id)
+    {
+        attributes.insert("consumerTenantId".into(), json!(consumer));
+    }
+    if let Some(team) = owner.get("id").and_then(Value::as_str) {
+        attributes.insert("ownerId".into(), json!(team));
+    }
+    attributes.insert("userId".into(), json!(user));
+    attributes
 }
 
 /// A webhook whose `spec.enabled` is absent counts as enabled [I: examples always set it].
@@ -336,6 +392,25 @@ fn reference_to(stored: &Stored) -> Value {
     })
 }
 
+/// The `metadata.references` entry of a resource a Quota lists (`<asset>/<resource>`) [I:
+/// reference §3.3 lists resources by name only; that the API server records them as references
+/// like a Subscription's product and plan (§3.4), with the SDK `Reference` fields and the
+/// resource's own name scoped to its asset, is inferred]. This catalog has no AssetResource
+/// kind, so the id is [`asset_resource_id`] of the listed name, as generated traffic carries.
+fn asset_resource_reference(listed: &str) -> Value {
+    let (asset, own) = listed.rsplit_once('/').unwrap_or(("", listed));
+    json!({
+        "id": asset_resource_id(listed),
+        "kind": "AssetResource",
+        "name": own,
+        "scopeKind": "Asset",
+        "scopeName": asset,
+        "selfLink": format!("/catalog/v1/assets/{asset}/assetresources/{own}"),
+        "type": "soft",
+        "group": "catalog",
+    })
+}
+
 fn missing_reference(detail: String) -> ApiError {
     ApiError::new(MISSING_REFERENCE_STATUS, detail)
 }
@@ -349,6 +424,18 @@ fn validate_spec(
 ) -> Result<Vec<Value>, ApiError> {
     let text = |path: &str| body_spec.pointer(path).and_then(Value::as_str);
     match spec.kind {
+        "SubscriptionJob" => {
+            let action = text("/action/type").ok_or_else(|| {
+                ApiError::bad_request("SubscriptionJob spec.action.type is required")
+            })?;
+            if !SUBSCRIPTION_JOB_ACTIONS.contains(&action) {
+                return Err(ApiError::bad_request(format!(
+                    "SubscriptionJob spec.action.type '{action}' is not one of {}",
+                    SUBSCRIPTION_JOB_ACTIONS.join(", ")
+                )));
+            }
+            Ok(Vec::new())
+        }
         "ProductPlan" => {
             let product = text("/product")
                 .ok_or_else(|| ApiError::bad_request("ProductPlan spec.product is required"))?;
@@ -396,6 +483,15 @@ fn validate_spec(
                 reference_to(plan),
             ])
         }
+        "Quota" => Ok(body_spec
+            .get("resources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| r["kind"] == "AssetResource")
+            .filter_map(|r| r["name"].as_str())
+            .map(asset_resource_reference)
+            .collect()),
         "Webhook" => {
             if text("/url").is_none_or(str::is_empty) {
                 return Err(ApiError::bad_request("Webhook spec.url is required"));
@@ -412,35 +508,7 @@ fn validate_spec(
             Ok(Vec::new())
         }
         "ResourceHook" => {
-            let triggers = body_spec
-                .get("triggers")
-                .and_then(Value::as_array)
-                .ok_or_else(|| {
-                    ApiError::bad_request("ResourceHook spec.triggers must be an array")
-                })?;
-            for (i, trigger) in triggers.iter().enumerate() {
-                for field in ["group", "kind"] {
-                    if !trigger.get(field).is_some_and(Value::is_string) {
-                        return Err(ApiError::bad_request(format!(
-                            "spec.triggers[{i}].{field} is required"
-                        )));
-                    }
-                }
-                let types_ok = trigger
-                    .get("type")
-                    .and_then(Value::as_array)
-                    .is_some_and(|t| {
-                        !t.is_empty()
-                            && t.iter().all(|x| {
-                                matches!(x.as_str(), Some("created" | "updated" | "deleted"))
-                            })
-                    });
-                if !types_ok {
-                    return Err(ApiError::bad_request(format!(
-                        "spec.triggers[{i}].type must list created, updated and/or deleted"
-                    )));
-                }
-            }
+            validate_event_filters(body_spec, "triggers", "ResourceHook")?;
             if !body_spec
                 .get("webhooks")
                 .and_then(Value::as_array)
@@ -452,8 +520,46 @@ fn validate_spec(
             }
             Ok(Vec::new())
         }
+        // spec.filters as the SDK's WatchTopicSpecFilters: group, kind, name, type[], scope
+        // (reference §4.5).
+        "WatchTopic" => {
+            validate_event_filters(body_spec, "filters", "WatchTopic")?;
+            Ok(Vec::new())
+        }
         _ => Ok(Vec::new()),
     }
+}
+
+/// A ResourceHook's `spec.triggers` or a WatchTopic's `spec.filters` (reference §4.1, §4.5):
+/// an array of `{group, kind, name?, type: [created|updated|deleted], scope?}`.
+fn validate_event_filters(body_spec: &Value, field: &str, kind: &str) -> Result<(), ApiError> {
+    let filters = body_spec
+        .get(field)
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::bad_request(format!("{kind} spec.{field} must be an array")))?;
+    for (i, filter) in filters.iter().enumerate() {
+        for part in ["group", "kind"] {
+            if !filter.get(part).is_some_and(Value::is_string) {
+                return Err(ApiError::bad_request(format!(
+                    "spec.{field}[{i}].{part} is required"
+                )));
+            }
+        }
+        let types_ok = filter
+            .get("type")
+            .and_then(Value::as_array)
+            .is_some_and(|t| {
+                !t.is_empty()
+                    && t.iter()
+                        .all(|x| matches!(x.as_str(), Some("created" | "updated" | "deleted")))
+            });
+        if !types_ok {
+            return Err(ApiError::bad_request(format!(
+                "spec.{field}[{i}].type must list created, updated and/or deleted"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn bump(document: &mut Value, ctx: &ChangeContext) {
@@ -566,6 +672,24 @@ pub(crate) fn create(
     if let Some(state) = initial_state(spec.kind) {
         document["state"] = state;
     }
+    if spec.kind == "Subscription" {
+        let marketplace = references
+            .iter()
+            .find(|r| r["kind"] == "Marketplace")
+            .and_then(|r| r["name"].as_str())
+            .unwrap_or_default();
+        let owner = subscription_owner(body, ctx);
+        let platform = platform_subscription_attributes(
+            marketplace,
+            &owner,
+            &subscriber_user(&owner, ctx),
+            ctx,
+        );
+        if let Some(attributes) = document["attributes"].as_object_mut() {
+            // The platform's own attributes win over any a client sent under the same names.
+            attributes.extend(platform);
+        }
+    }
     let stored = Stored {
         spec,
         scope: scope.clone(),
@@ -583,7 +707,60 @@ pub(crate) fn create(
     if spec.kind == "Subscription" {
         changes.extend(subscription_sequence(catalog, &name, body, ctx)?);
     }
+    if spec.kind == "SubscriptionJob" {
+        let subscription = scope.as_deref().unwrap_or_default();
+        changes.extend(run_subscription_job(catalog, subscription, &name, ctx)?);
+    }
     Ok((changes, name))
+}
+
+/// `SubscriptionJob.spec.action.type` values (Amplify reference §3.4: the field names are
+/// verified, these strings are inferred [I]).
+pub(crate) const SUBSCRIPTION_JOB_ACTIONS: [&str; 3] =
+    ["archive", "planMigration", "approvalStateChange"];
+/// The `state.name` an archive job leaves its subscription in [I: the UI says "Archived"].
+pub(crate) const ARCHIVED_STATE: &str = "archived";
+
+/// Runs a job at once (the platform runs it at `spec.when.timestamp`, or now without one [I]):
+/// an archive sets the subscription's `state` to archived with the job's reason, then the job's
+/// status to Success. The other actions are accepted and only marked done.
+fn run_subscription_job(
+    catalog: &mut Catalog,
+    subscription: &str,
+    job: &str,
+    ctx: &ChangeContext,
+) -> Result<Vec<Change>, ApiError> {
+    let job_spec = kind_named("SubscriptionJob").expect("SubscriptionJob is a known kind");
+    let sub_spec = kind_named("Subscription").expect("Subscription is a known kind");
+    let action = catalog
+        .get(job_spec, Some(subscription), job)
+        .map(|j| j.document["spec"]["action"].clone())
+        .unwrap_or_default();
+    let mut changes = Vec::new();
+    if action["type"] == SUBSCRIPTION_JOB_ACTIONS[0] {
+        let reason = action["reason"].as_str().unwrap_or_default();
+        let state = json!({"state": {"name": ARCHIVED_STATE, "reason": reason,
+                                      "when": {"timestamp": central_timestamp(ctx.now)}}});
+        changes.extend(put_subresource(
+            catalog,
+            sub_spec,
+            None,
+            subscription,
+            "state",
+            &state,
+            ctx,
+        )?);
+    }
+    changes.extend(put_subresource(
+        catalog,
+        job_spec,
+        Some(subscription),
+        job,
+        "status",
+        &json!({"status": {"level": "Success"}}),
+        ctx,
+    )?);
+    Ok(changes)
 }
 
 /// What the platform does after a subscription is created, each step its own change
@@ -603,17 +780,13 @@ fn subscription_sequence(
         .into_iter()
         .find(|r| r["kind"] == "Marketplace")
         .unwrap_or_default();
-    let owner = body
-        .pointer("/marketplace/resource/owner")
-        .filter(|o| o.is_object())
-        .cloned()
-        .unwrap_or_else(|| {
-            json!({"type": "team", "id": ctx.default_owner_team, "organization": {"id": ctx.org_id}})
-        });
+    let owner = subscription_owner(body, ctx);
+    // The sample's `marketplace.resource.metadata.createUserId` is its `attributes.userId`.
+    let user = subscriber_user(&owner, ctx);
     let marketplace = json!({
         "name": marketplace_ref["name"],
         "resource": {"owner": owner,
-                     "metadata": {"createUserId": ctx.user_id, "modifyUserId": ctx.user_id}},
+                     "metadata": {"createUserId": user, "modifyUserId": user}},
     });
     let automatic = catalog
         .get(spec, None, name)
@@ -716,7 +889,7 @@ pub(crate) fn update(
             )));
         }
         let references = validate_spec(catalog, spec, &new_spec, false)?;
-        if !references.is_empty() {
+        if !references.is_empty() || spec.kind == "Quota" {
             document["metadata"]["references"] = json!(references);
         }
         document["spec"] = new_spec;
@@ -1001,7 +1174,9 @@ mod tests {
         let last = &changes[4].document;
         assert_eq!(last["metadata"]["resourceVersion"], "5");
         assert_eq!(last["approval"]["state"], "pending");
-        assert!(last["state"].is_null());
+        assert_eq!(last["state"], json!({"name": "active"}));
+        assert_eq!(last["attributes"]["tenantId"], ctx().org_id);
+        assert_eq!(last["attributes"]["userId"], ctx().user_id);
         let kinds: Vec<_> = last["metadata"]["references"]
             .as_array()
             .unwrap()

@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 
 use super::resources::ApiError;
 use super::rsql;
-use super::traffic::{DIMENSIONS, EXCEPTION, FAILURE, SUCCESS, TrafficStore, dimension_index};
+use super::traffic::{
+    DIMENSIONS, EXCEPTION, FAILURE, INSIGHTS_SUMMARY, SUCCESS, TrafficStore, dimension_index,
+};
 use crate::SandboxState;
 
 /// The window is `[from, to)`: an event stamped exactly `to` belongs to the next window, so
@@ -121,7 +123,7 @@ fn profile_row_fields(store: &TrafficStore, profile: &[u32]) -> Value {
     let fields: Map<String, Value> = DIMENSIONS
         .iter()
         .zip(profile)
-        .filter_map(|(d, id)| Some((d.field.to_owned(), json!(store.text(*id)?))))
+        .filter_map(|(d, id)| Some((d.field?.to_owned(), json!(store.text(*id)?))))
         .collect();
     Value::Object(fields)
 }
@@ -201,13 +203,14 @@ pub(crate) fn summarize(store: &TrafficStore, query: &SummaryQuery) -> Vec<Value
             let profile = store.profile(slot_profiles[slot]);
             let mut row = Map::new();
             for d in &query.group_by {
-                let field = DIMENSIONS[*d].field;
+                // groupBy names only dimensions with a row field (`dimension_index`).
+                let field = DIMENSIONS[*d].field.unwrap_or_default();
                 row.insert(field.to_owned(), json!(store.text(profile[*d])));
                 if let Some(companion) = companion_field(field)
                     && !query.group_by.contains(&companion)
                 {
                     row.insert(
-                        DIMENSIONS[companion].field.to_owned(),
+                        DIMENSIONS[companion].field.unwrap_or_default().to_owned(),
                         json!(store.text(profile[companion])),
                     );
                 }
@@ -243,32 +246,47 @@ pub(crate) async fn summary(req: HttpRequest, state: web::Data<SandboxState>) ->
 }
 
 /// A field a search filter or `group_by` can name (reference §5.2: paths relative to the event
-/// body; `@event_time` is the event's timestamp).
+/// body; `@event_time` is the event's timestamp, in milliseconds). Each shape's paths match
+/// only the events stored in that shape: `type`, `transactionId` and `transactionSummary.*` a
+/// LogEvent (§5.3); `event`, `session.id` and `data.*` an InsightsEvent v4 (§5.4) [I: that
+/// Lexus searches v4 events by these paths].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SearchField {
     Time,
     Type,
-    TransactionId,
-    Status,
-    Duration,
-    Dimension(usize),
+    Event,
+    /// `transactionId` (false) or `session.id` (true).
+    TransactionId(bool),
+    Status(bool),
+    Duration(bool),
+    /// A stored dimension by its LogEvent (false) or v4 (true) path.
+    Dimension(usize, bool),
 }
 
 fn search_field(name: &str) -> Result<SearchField, ApiError> {
     Ok(match name {
         "@event_time" | "timestamp" => SearchField::Time,
         "type" => SearchField::Type,
-        "transactionId" => SearchField::TransactionId,
-        "transactionSummary.status" => SearchField::Status,
-        "transactionSummary.duration" => SearchField::Duration,
-        path => SearchField::Dimension(
-            DIMENSIONS
-                .iter()
-                .position(|d| d.path == Some(path))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("search field '{path}' is not known"))
-                })?,
-        ),
+        "event" => SearchField::Event,
+        "transactionId" => SearchField::TransactionId(false),
+        "session.id" => SearchField::TransactionId(true),
+        "transactionSummary.status" => SearchField::Status(false),
+        "data.status" => SearchField::Status(true),
+        "transactionSummary.duration" => SearchField::Duration(false),
+        "data.duration" => SearchField::Duration(true),
+        path => {
+            let log = DIMENSIONS.iter().position(|d| d.path == Some(path));
+            let v4 = DIMENSIONS.iter().position(|d| d.v4 == Some(path));
+            match (log, v4) {
+                (Some(d), _) => SearchField::Dimension(d, false),
+                (None, Some(d)) => SearchField::Dimension(d, true),
+                (None, None) => {
+                    return Err(ApiError::bad_request(format!(
+                        "search field '{path}' is not known"
+                    )));
+                }
+            }
+        }
     })
 }
 
@@ -353,24 +371,31 @@ fn compile_filter(filter: &Value) -> Result<Predicate, ApiError> {
 }
 
 fn field_text(store: &TrafficStore, index: usize, field: SearchField) -> Option<String> {
+    let v4 = store.is_v4(index);
+    let shaped = |of_v4: bool| (of_v4 == v4).then_some(());
     match field {
         SearchField::Time => Some(store.timestamps[index].to_string()),
-        SearchField::Type => Some("transactionSummary".to_owned()),
-        SearchField::TransactionId => Some(store.transaction_id(index)),
-        SearchField::Status => {
-            Some(super::traffic::STATUSES[store.statuses[index] as usize].to_owned())
+        SearchField::Type => shaped(false).map(|_| "transactionSummary".to_owned()),
+        SearchField::Event => shaped(true).map(|_| INSIGHTS_SUMMARY.to_owned()),
+        SearchField::TransactionId(of_v4) => shaped(of_v4).map(|_| store.transaction_id(index)),
+        SearchField::Status(of_v4) => shaped(of_v4)
+            .map(|_| super::traffic::STATUSES[store.statuses[index] as usize].to_owned()),
+        SearchField::Duration(of_v4) => shaped(of_v4).map(|_| store.durations[index].to_string()),
+        SearchField::Dimension(d, of_v4) => {
+            shaped(of_v4)?;
+            store
+                .text(store.profile(store.profile_of[index])[d])
+                .map(str::to_owned)
         }
-        SearchField::Duration => Some(store.durations[index].to_string()),
-        SearchField::Dimension(d) => store
-            .text(store.profile(store.profile_of[index])[d])
-            .map(str::to_owned),
     }
 }
 
 fn field_number(store: &TrafficStore, index: usize, field: SearchField) -> Option<f64> {
     match field {
         SearchField::Time => Some(store.timestamps[index] as f64),
-        SearchField::Duration => Some(f64::from(store.durations[index])),
+        SearchField::Duration(of_v4) if of_v4 == store.is_v4(index) => {
+            Some(f64::from(store.durations[index]))
+        }
         other => field_text(store, index, other)?.parse().ok(),
     }
 }
@@ -399,7 +424,8 @@ fn holds(predicate: &Predicate, store: &TrafficStore, index: usize) -> bool {
 const DEFAULT_SEARCH_LIMIT: usize = 10;
 
 /// Runs a search body. Answer shapes are [?] (reference §5.2 documents the request only) and
-/// live here: `find` → array of events (§5.3 shape plus `@event_time`); `count`/`sum` →
+/// live here: `find` → array of events (each in the shape it was published in, §5.3 or §5.4,
+/// plus `@event_time`); `count`/`sum` →
 /// `{"count": n}` / `{"sum": x}`, or with `group_by` an array of `{<field>: value, count|sum}`.
 pub(crate) fn search(store: &TrafficStore, body: &Value) -> Result<Value, ApiError> {
     let predicate = match body.get("filters") {
@@ -536,8 +562,27 @@ mod tests {
         store
     }
 
+    /// Event times are `T0 + ts` milliseconds (a `timestamp` below 10^11 would be seconds).
+    const T0: i64 = 1_796_000_000_000;
+
+    fn at(query: &str) -> Vec<(String, String)> {
+        // `from=100` means T0 + 100.
+        pairs(
+            &query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k @ ("from" | "to"), v)) => {
+                        format!("{k}={}", T0 + v.parse::<i64>().unwrap())
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&"),
+        )
+    }
+
     fn event(ts: i64, sub: &str, asset: &str, status: &str, duration: u32) -> Value {
-        json!({"timestamp": ts, "type": "transactionSummary", "environmentId": "env",
+        json!({"timestamp": T0 + ts, "type": "transactionSummary", "environmentId": "env",
                "transactionSummary": {"status": status, "duration": duration,
                  "assetResource": {"id": asset, "name": format!("{asset}-name")},
                  "consumerDetails": {"subscription": {"id": sub, "name": format!("{sub}-name")}}}})
@@ -553,7 +598,7 @@ mod tests {
             event(120, "s2", "a1", "Success", 7),
             event(99, "s2", "a1", "Success", 7),
         ]);
-        let q = parse_summary_query(&pairs(
+        let q = parse_summary_query(&at(
             "from=100&to=200&groupBy=subscriptionId&groupBy=assetResourceId&count=100",
         ))
         .unwrap();
@@ -592,21 +637,19 @@ mod tests {
             event(1, "s2", "a1", "Success", 1),
             event(1, "s3", "a1", "Success", 1),
         ]);
-        let q = parse_summary_query(&pairs(
-            "from=0&to=10&groupBy=subscriptionId&count=1&offset=1",
-        ))
-        .unwrap();
+        let q = parse_summary_query(&at("from=0&to=10&groupBy=subscriptionId&count=1&offset=1"))
+            .unwrap();
         let rows = summarize(&store, &q);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["subscriptionId"], "s2");
-        let q = parse_summary_query(&pairs(
+        let q = parse_summary_query(&at(
             "from=0&to=10&groupBy=subscriptionId&query=subscriptionId==s3",
         ))
         .unwrap();
         let rows = summarize(&store, &q);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0]["subscriptionId"], "s3");
-        let q = parse_summary_query(&pairs("from=0&to=10")).unwrap();
+        let q = parse_summary_query(&at("from=0&to=10")).unwrap();
         assert_eq!(summarize(&store, &q)[0]["totalCount"], 3);
     }
 
@@ -633,7 +676,7 @@ mod tests {
         ]);
         let body = json!({"filters": {"$and": [{"$match": {"type": ["transactionSummary"]}},
                                                {"$match": {"transactionSummary.consumerDetails.subscription.id": ["s1"]}}],
-                                      "$range": {"@event_time": {"gte": 100, "lt": 200}}},
+                                      "$range": {"@event_time": {"gte": T0 + 100, "lt": T0 + 200}}},
                           "invoke": {"field": "@event_time", "method": "count"},
                           "group_by": [{"field": "transactionSummary.assetResource.id", "type": "string"}]});
         let rows = search(&store, &body).unwrap();
@@ -645,7 +688,7 @@ mod tests {
         let found = search(&store, &json!({"filters": {"$prefix": {"transactionSummary.consumerDetails.subscription.id": "s"}},
                                            "invoke": {"method": "find", "params": {"limit": 2, "offset": 1}}})).unwrap();
         assert_eq!(found.as_array().unwrap().len(), 2);
-        assert_eq!(found[0]["@event_time"], 150);
+        assert_eq!(found[0]["@event_time"], T0 + 150);
         assert!(
             search(
                 &store,
@@ -653,5 +696,129 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn summary_dimensions_are_the_row_fields_of_5_1_only() {
+        // §5.1's captured row fields group; event paths with no row field do not.
+        for ok in [
+            "assetResourceName",
+            "environmentName",
+            "consumerOrgName",
+            "proxyRevision",
+        ] {
+            assert!(
+                parse_summary_query(&pairs(&format!("from=0&to=1&groupBy={ok}"))).is_ok(),
+                "{ok}"
+            );
+        }
+        for no in [
+            "quotaId",
+            "tenantId",
+            "productPlanId",
+            "statusDetail",
+            "publishedProductId",
+        ] {
+            assert!(
+                parse_summary_query(&pairs(&format!("from=0&to=1&groupBy={no}"))).is_err(),
+                "{no}"
+            );
+        }
+        let store = store_with(&[event(1, "s1", "a1", "Success", 1)]);
+        let q = parse_summary_query(&at(
+            "from=0&to=10&groupBy=subscriptionId&groupBy=assetResourceId",
+        ))
+        .unwrap();
+        let row = summarize(&store, &q)[0].clone();
+        let known = [
+            "totalCount",
+            "successCount",
+            "failureCount",
+            "exceptionCount",
+            "avgDurationMs",
+            "minDurationMs",
+            "maxDurationMs",
+            "proxyId",
+            "proxyRevision",
+            "proxyName",
+            "applicationId",
+            "applicationName",
+            "teamId",
+            "teamName",
+            "method",
+            "virtualHost",
+            "uri",
+            "subscriptionId",
+            "subscriptionName",
+            "consumerTeamId",
+            "consumerTeamName",
+            "environmentId",
+            "environmentName",
+            "consumerOrgId",
+            "consumerOrgName",
+            "marketplaceId",
+            "marketplaceName",
+            "productId",
+            "productName",
+            "assetResourceId",
+            "assetResourceName",
+        ];
+        for field in row.as_object().unwrap().keys() {
+            assert!(
+                known.contains(&field.as_str()),
+                "{field} is not a §5.1 row field"
+            );
+        }
+    }
+
+    #[test]
+    fn search_finds_both_shapes_each_by_its_own_paths() {
+        let mut store = store_with(&[event(100, "s1", "a1", "Success", 10)]);
+        store
+            .add_event(
+                &json!({"id": "u", "org": "1", "event": "api.transaction.summary", "version": "4",
+                "timestamp": T0 + 150, "distribution": {"environment": "env"},
+                "data": {"status": "Success", "duration": 4, "assetResource": {"id": "a1"},
+                         "consumerDetails": {"subscription": {"id": "s1"}}},
+                "session": {"id": "t-v4"}}),
+            )
+            .unwrap();
+        let find = |filter: Value| {
+            search(
+                &store,
+                &json!({"filters": filter, "invoke": {"method": "find", "params": {"limit": 10}}}),
+            )
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+        };
+        assert_eq!(
+            find(json!({"$or": [{"$match": {"type": ["transactionSummary"]}},
+                                        {"$match": {"event": ["api.transaction.summary"]}}]})),
+            2
+        );
+        assert_eq!(find(json!({"$match": {"type": ["transactionSummary"]}})), 1);
+        assert_eq!(
+            find(json!({"$match": {"event": ["api.transaction.summary"]}})),
+            1
+        );
+        assert_eq!(find(json!({"$match": {"session.id": ["t-v4"]}})), 1);
+        assert_eq!(
+            find(json!({"$match": {"data.consumerDetails.subscription.id": ["s1"]}})),
+            1
+        );
+        assert_eq!(
+            find(json!({"$match": {"transactionSummary.consumerDetails.subscription.id": ["s1"]}})),
+            1
+        );
+        let found = search(
+            &store,
+            &json!({"filters": {"$match": {"event": ["api.transaction.summary"]}},
+                                           "invoke": {"method": "find"}}),
+        )
+        .unwrap();
+        assert_eq!(found[0]["session"]["id"], "t-v4");
+        assert!(found[0].get("type").is_none());
     }
 }

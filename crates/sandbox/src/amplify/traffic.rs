@@ -1,6 +1,8 @@
-//! Stored API traffic for the Traceability emulator: agent-sdk `transactionSummary` events
-//! (reference §5.3) kept compactly (interned dimension profiles, one row of plain numbers per
-//! event), their validation, deterministic generation, and the `/_sandbox/traffic` routes.
+//! Stored API traffic for the Traceability emulator: transaction summaries as agents publish
+//! them, in either shape (reference §5.3's `transactionSummary` LogEvent, §5.4's
+//! `api.transaction.summary` InsightsEvent v4), kept compactly (interned dimension profiles, one
+//! row of plain numbers per event), their validation, deterministic generation, and the
+//! `/_sandbox/traffic` routes.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,109 +15,212 @@ use serde_json::{Value, json};
 use super::store::Catalog;
 use crate::SandboxState;
 
-/// A field of a summary row and where it comes from in an event (reference §5.1 row names,
-/// §5.3 event paths). Fields without a path (names the events do not carry) group as absent.
+/// One stored field of a transaction summary: where it sits in a LogEvent (§5.3) and in an
+/// InsightsEvent v4 (§5.4), and the Traceability summary row field (§5.1) it groups as, if any.
+/// Row fields without a path (names no agent sends) group as absent.
 #[derive(Debug)]
 pub(crate) struct Dimension {
-    pub field: &'static str,
+    /// The §5.1 summary row field; `None` when §5.1 lists no field for it.
+    pub field: Option<&'static str>,
+    /// Its path in a LogEvent.
     pub path: Option<&'static str>,
+    /// Its path in an InsightsEvent v4, when v4 copies it as is (the proxy is rewritten, see
+    /// [`TrafficStore::event_json`]).
+    pub v4: Option<&'static str>,
 }
 
-const fn dim(field: &'static str, path: &'static str) -> Dimension {
-    Dimension {
-        field,
-        path: Some(path),
-    }
+const fn dim(
+    field: Option<&'static str>,
+    path: Option<&'static str>,
+    v4: Option<&'static str>,
+) -> Dimension {
+    Dimension { field, path, v4 }
 }
 
-/// The one table mapping event paths to summary row fields. The pairing of row names with
-/// event paths is [I] (reference §5.1 lists row fields, §5.3 event fields; no spec links them).
+/// Index of the proxy id and name in [`DIMENSIONS`] (v4 derives `api` and `proxy` from them).
+const PROXY_ID: usize = 8;
+const PROXY_NAME: usize = 9;
+
+/// The one table of stored fields. Paths are the SDK's builders' (`LogEvent`/`Summary` in
+/// `pkg/transaction/definitions.go`, `TransactionSummaryData` in `v2event.go`); row fields are
+/// §5.1's captured list; the pairing of row names with event paths is [I] (no spec links them).
 pub(crate) const DIMENSIONS: &[Dimension] = &[
-    dim("environmentId", "environmentId"),
-    Dimension {
-        field: "environmentName",
-        path: None,
-    },
-    dim("tenantId", "tenantId"),
-    dim("statusDetail", "transactionSummary.statusDetail"),
-    dim("teamId", "transactionSummary.team.id"),
-    dim("teamName", "transactionSummary.team.name"),
-    dim("proxyId", "transactionSummary.proxy.id"),
-    dim("proxyName", "transactionSummary.proxy.name"),
-    dim("proxyRevision", "transactionSummary.proxy.revision"),
-    dim("method", "transactionSummary.entryPoint.method"),
-    dim("virtualHost", "transactionSummary.entryPoint.host"),
-    dim("uri", "transactionSummary.entryPoint.path"),
-    dim("entryPointType", "transactionSummary.entryPoint.type"),
-    dim("applicationId", "transactionSummary.application.id"),
-    dim("applicationName", "transactionSummary.application.name"),
-    dim("productId", "transactionSummary.product.id"),
-    dim("productName", "transactionSummary.product.name"),
-    dim("productVersionId", "transactionSummary.product.versionId"),
     dim(
-        "productVersionName",
-        "transactionSummary.product.versionName",
+        Some("environmentId"),
+        Some("environmentId"),
+        Some("distribution.environment"),
     ),
-    dim("productPlanId", "transactionSummary.productPlan.id"),
-    dim("quotaId", "transactionSummary.quota.id"),
-    dim("assetResourceId", "transactionSummary.assetResource.id"),
-    dim("assetResourceName", "transactionSummary.assetResource.name"),
+    dim(Some("environmentName"), Some("environmentName"), None),
+    dim(None, Some("tenantId"), Some("org")),
+    dim(None, Some("trcbltPartitionId"), None),
+    dim(None, Some("apicDeployment"), Some("data.apicDeployment")),
     dim(
-        "subscriptionId",
-        "transactionSummary.consumerDetails.subscription.id",
+        None,
+        Some("transactionSummary.statusDetail"),
+        Some("data.statusDetail"),
+    ),
+    dim(Some("teamId"), Some("transactionSummary.team.id"), None),
+    dim(Some("teamName"), None, None),
+    // PROXY_ID, PROXY_NAME
+    dim(Some("proxyId"), Some("transactionSummary.proxy.id"), None),
+    dim(
+        Some("proxyName"),
+        Some("transactionSummary.proxy.name"),
+        None,
     ),
     dim(
-        "subscriptionName",
-        "transactionSummary.consumerDetails.subscription.name",
+        Some("proxyRevision"),
+        Some("transactionSummary.proxy.revision"),
+        None,
     ),
     dim(
-        "consumerApplicationId",
-        "transactionSummary.consumerDetails.application.id",
+        None,
+        Some("transactionSummary.proxy.apiServiceId"),
+        Some("data.api.apiServiceId"),
     ),
     dim(
-        "consumerApplicationName",
-        "transactionSummary.consumerDetails.application.name",
+        None,
+        Some("transactionSummary.proxy.apiServiceInstance"),
+        Some("data.apiServiceRevision.id"),
+    ),
+    dim(None, Some("transactionSummary.entryPoint.type"), None),
+    dim(
+        Some("method"),
+        Some("transactionSummary.entryPoint.method"),
+        Some("data.entryPoint.method"),
     ),
     dim(
-        "consumerOrgId",
-        "transactionSummary.consumerDetails.application.consumerOrgId",
-    ),
-    Dimension {
-        field: "consumerOrgName",
-        path: None,
-    },
-    Dimension {
-        field: "consumerTeamId",
-        path: None,
-    },
-    Dimension {
-        field: "consumerTeamName",
-        path: None,
-    },
-    dim(
-        "publishedProductId",
-        "transactionSummary.consumerDetails.publishedProduct.id",
+        Some("virtualHost"),
+        Some("transactionSummary.entryPoint.host"),
+        Some("data.entryPoint.host"),
     ),
     dim(
-        "publishedProductName",
-        "transactionSummary.consumerDetails.publishedProduct.name",
+        Some("uri"),
+        Some("transactionSummary.entryPoint.path"),
+        Some("data.entryPoint.path"),
     ),
     dim(
-        "marketplaceId",
-        "transactionSummary.consumerDetails.marketplace.guid",
+        Some("applicationId"),
+        Some("transactionSummary.application.id"),
+        None,
     ),
     dim(
-        "marketplaceName",
-        "transactionSummary.consumerDetails.marketplace.name",
+        Some("applicationName"),
+        Some("transactionSummary.application.name"),
+        None,
     ),
     dim(
-        "marketplaceConsumerOrgId",
-        "transactionSummary.consumerDetails.marketplace.consumerOrgId",
+        Some("productId"),
+        Some("transactionSummary.product.id"),
+        Some("data.product.id"),
     ),
+    dim(
+        Some("productName"),
+        Some("transactionSummary.product.name"),
+        None,
+    ),
+    dim(
+        None,
+        Some("transactionSummary.product.versionId"),
+        Some("data.product.versionId"),
+    ),
+    dim(None, Some("transactionSummary.product.versionName"), None),
+    dim(
+        None,
+        Some("transactionSummary.productPlan.id"),
+        Some("data.productPlan.id"),
+    ),
+    dim(
+        None,
+        Some("transactionSummary.quota.id"),
+        Some("data.quota.id"),
+    ),
+    dim(
+        Some("assetResourceId"),
+        Some("transactionSummary.assetResource.id"),
+        Some("data.assetResource.id"),
+    ),
+    dim(
+        Some("assetResourceName"),
+        Some("transactionSummary.assetResource.name"),
+        None,
+    ),
+    dim(
+        Some("subscriptionId"),
+        Some("transactionSummary.consumerDetails.subscription.id"),
+        Some("data.consumerDetails.subscription.id"),
+    ),
+    dim(
+        Some("subscriptionName"),
+        Some("transactionSummary.consumerDetails.subscription.name"),
+        None,
+    ),
+    dim(
+        None,
+        Some("transactionSummary.consumerDetails.application.id"),
+        Some("data.consumerDetails.application.id"),
+    ),
+    dim(
+        None,
+        Some("transactionSummary.consumerDetails.application.name"),
+        None,
+    ),
+    dim(
+        Some("consumerOrgId"),
+        Some("transactionSummary.consumerDetails.application.consumerOrgId"),
+        Some("data.consumerDetails.application.consumerOrgId"),
+    ),
+    dim(Some("consumerOrgName"), None, None),
+    dim(Some("consumerTeamId"), None, None),
+    dim(Some("consumerTeamName"), None, None),
+    dim(
+        None,
+        Some("transactionSummary.consumerDetails.publishedProduct.id"),
+        Some("data.consumerDetails.publishedProduct.id"),
+    ),
+    dim(
+        None,
+        Some("transactionSummary.consumerDetails.publishedProduct.name"),
+        None,
+    ),
+    dim(
+        Some("marketplaceId"),
+        Some("transactionSummary.consumerDetails.marketplace.guid"),
+        Some("data.consumerDetails.marketplace.guid"),
+    ),
+    dim(Some("marketplaceName"), None, None),
+    dim(
+        None,
+        Some("transactionSummary.consumerDetails.marketplace.consumerOrgId"),
+        Some("data.consumerDetails.consumerOrgId"),
+    ),
+    // v4 only: the agent that sent it.
+    dim(None, None, Some("data.reporter.version")),
+    dim(None, None, Some("data.reporter.type")),
+    dim(None, None, Some("data.reporter.agentSDKVersion")),
+    dim(None, None, Some("data.reporter.agentName")),
 ];
 
+/// The dimension a §5.1 summary row field names.
 pub(crate) fn dimension_index(field: &str) -> Option<usize> {
-    DIMENSIONS.iter().position(|d| d.field == field)
+    DIMENSIONS.iter().position(|d| d.field == Some(field))
+}
+
+/// What prefixes a proxy id in a LogEvent's `proxy.id` and v4's `api.id`, and not in v4's
+/// `proxy.id` (SDK `util.go` `SummaryEventProxyIDPrefix`).
+const PROXY_ID_PREFIX: &str = "remoteApiId_";
+/// The InsightsEvent name of a transaction summary and its envelope version (§5.4).
+pub(crate) const INSIGHTS_SUMMARY: &str = "api.transaction.summary";
+const INSIGHTS_VERSION: &str = "4";
+/// A `timestamp` below this is epoch seconds (an agent that never calls `SetTimestamp`, §5.4).
+pub(crate) const SECONDS_BELOW: i64 = 100_000_000_000;
+
+/// How a stored event was (or is to be) published.
+pub(crate) mod shape {
+    /// An InsightsEvent v4, not a LogEvent.
+    pub const V4: u8 = 1;
+    /// Its `timestamp` is in seconds.
+    pub const SECONDS: u8 = 2;
 }
 
 /// `transactionSummary.status` values, in the order they are stored (reference §5.3).
@@ -139,6 +244,8 @@ pub(crate) struct TrafficStore {
     pub profile_of: Vec<u32>,
     pub durations: Vec<u32>,
     pub statuses: Vec<u8>,
+    /// [`shape`] flags per event.
+    pub shapes: Vec<u8>,
     /// Transaction ids of injected events, by event index; generated ones are derived.
     transaction_ids: HashMap<usize, Box<str>>,
 }
@@ -154,6 +261,7 @@ impl Default for TrafficStore {
             profile_of: Vec::new(),
             durations: Vec::new(),
             statuses: Vec::new(),
+            shapes: Vec::new(),
             transaction_ids: HashMap::new(),
         }
     }
@@ -204,11 +312,13 @@ impl TrafficStore {
         id
     }
 
-    fn push(&mut self, timestamp: i64, profile: u32, duration: u32, status: u8) {
+    /// Stores an event; `timestamp` is in milliseconds whatever `shape` says it is sent in.
+    fn push(&mut self, timestamp: i64, profile: u32, duration: u32, status: u8, shape: u8) {
         self.timestamps.push(timestamp);
         self.profile_of.push(profile);
         self.durations.push(duration);
         self.statuses.push(status);
+        self.shapes.push(shape);
     }
 
     fn add(&mut self, event: ParsedEvent) {
@@ -216,7 +326,18 @@ impl TrafficStore {
         if let Some(id) = event.transaction_id {
             self.transaction_ids.insert(self.len(), id.into());
         }
-        self.push(event.timestamp, profile, event.duration, event.status);
+        self.push(
+            event.timestamp,
+            profile,
+            event.duration,
+            event.status,
+            event.shape,
+        );
+    }
+
+    /// Whether event `index` is published as an InsightsEvent v4.
+    pub fn is_v4(&self, index: usize) -> bool {
+        self.shapes[index] & shape::V4 != 0
     }
 
     /// Validates one event and stores it.
@@ -234,11 +355,35 @@ impl TrafficStore {
             .unwrap_or_else(|| format!("sandbox-txn-{index:010}"))
     }
 
-    /// Event `index` rebuilt in the §5.3 shape.
+    /// The `timestamp` event `index` is published with: milliseconds, or seconds for an agent
+    /// that never sets it.
+    fn sent_timestamp(&self, index: usize) -> i64 {
+        let ms = self.timestamps[index];
+        if self.shapes[index] & shape::SECONDS != 0 {
+            ms.div_euclid(1000)
+        } else {
+            ms
+        }
+    }
+
+    fn dimension_text(&self, index: usize, d: usize) -> Option<&str> {
+        self.text(self.profile(self.profile_of[index])[d])
+    }
+
+    /// Event `index` as its agent published it: a §5.3 LogEvent or a §5.4 InsightsEvent v4.
     pub fn event_json(&self, index: usize) -> Value {
+        if self.is_v4(index) {
+            self.insights_json(index)
+        } else {
+            self.log_event_json(index)
+        }
+    }
+
+    /// Event `index` as a §5.3 LogEvent (`NewTransactionSummaryBuilder`).
+    pub fn log_event_json(&self, index: usize) -> Value {
         let mut event = json!({
             "version": "1.0",
-            "timestamp": self.timestamps[index],
+            "timestamp": self.sent_timestamp(index),
             "transactionId": self.transaction_id(index),
             "type": "transactionSummary",
             "transactionSummary": {
@@ -246,14 +391,57 @@ impl TrafficStore {
                 "duration": self.durations[index],
             }
         });
-        for (d, id) in DIMENSIONS
-            .iter()
-            .zip(self.profile(self.profile_of[index]).iter())
-        {
-            if let (Some(path), Some(text)) = (d.path, self.text(*id)) {
-                let pointer = format!("/{}", path.replace('.', "/"));
-                set_pointer(&mut event, &pointer, json!(text));
+        for (i, d) in DIMENSIONS.iter().enumerate() {
+            if let (Some(path), Some(text)) = (d.path, self.dimension_text(index, i)) {
+                set_path(&mut event, path, field_value(path, text));
             }
+        }
+        event
+    }
+
+    /// Event `index` as a §5.4 InsightsEvent v4, as `BuildTransactionV2Data` builds it from
+    /// the LogEvent: a fresh top-level `id` every time (it is not the transaction's), the
+    /// transaction id as `session.id`, absent fields left out.
+    pub fn insights_json(&self, index: usize) -> Value {
+        let mut event = json!({
+            "id": fresh_uuid(),
+            "event": INSIGHTS_SUMMARY,
+            "version": INSIGHTS_VERSION,
+            "timestamp": self.sent_timestamp(index),
+            "distribution": {},
+            "data": {
+                "version": "2",
+                "status": STATUSES[self.statuses[index] as usize],
+                "duration": self.durations[index],
+            },
+            "session": {"id": self.transaction_id(index)},
+        });
+        for (i, d) in DIMENSIONS.iter().enumerate() {
+            if let (Some(path), Some(text)) = (d.v4, self.dimension_text(index, i)) {
+                set_path(&mut event, path, json!(text));
+            }
+        }
+        // `api` keeps the LogEvent's prefixed proxy id; `proxy` has it without the prefix.
+        let id = self.dimension_text(index, PROXY_ID);
+        let name = self.dimension_text(index, PROXY_NAME);
+        if id.is_some() || name.is_some() {
+            let id = id.unwrap_or_default();
+            set_path(&mut event, "data.api.id", json!(id));
+            set_path(
+                &mut event,
+                "data.proxy.id",
+                json!(id.strip_prefix(PROXY_ID_PREFIX).unwrap_or(id)),
+            );
+            if let Some(name) = name {
+                set_path(&mut event, "data.api.name", json!(name));
+                set_path(&mut event, "data.proxy.name", json!(name));
+            }
+        }
+        if event["data"]["consumerDetails"].is_object()
+            && !event["data"]["consumerDetails"]["application"].is_object()
+        {
+            // buildConsumerDetails always writes an application, empty or not.
+            event["data"]["consumerDetails"]["application"] = json!({});
         }
         event
     }
@@ -263,9 +451,32 @@ impl TrafficStore {
     }
 }
 
-fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
+/// A fresh v4 event id (a uuid v4 in form), new on every build as the SDK's `uuid.NewString()`.
+fn fresh_uuid() -> String {
+    let bits: u128 = rand::random();
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// A stored field's JSON value: numbers where the SDK writes numbers (`proxy.revision`).
+fn field_value(path: &str, text: &str) -> Value {
+    match text.parse::<i64>() {
+        Ok(n) if path.ends_with(".revision") => json!(n),
+        _ => json!(text),
+    }
+}
+
+/// Sets the value at a dotted path, creating objects on the way.
+fn set_path(root: &mut Value, path: &str, value: Value) {
     let mut current = root;
-    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    let parts: Vec<&str> = path.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         if i == parts.len() - 1 {
             current[*part] = value;
@@ -278,43 +489,79 @@ fn set_pointer(root: &mut Value, pointer: &str, value: Value) {
     }
 }
 
+fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(root, |v, part| v.get(part))
+}
+
 /// One valid event, reduced to what is stored.
 #[derive(Debug, PartialEq)]
 pub(crate) struct ParsedEvent {
+    /// Epoch milliseconds.
     pub timestamp: i64,
     pub status: u8,
     pub duration: u32,
     pub dimensions: Vec<Option<String>>,
     pub transaction_id: Option<String>,
+    /// [`shape`] flags.
+    pub shape: u8,
 }
 
-/// Checks one injected event against the §5.3 shape.
+fn text_at(event: &Value, path: &str) -> Result<Option<String>, String> {
+    match get_path(event, path) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(format!("{path} must be a string")),
+    }
+}
+
+/// Checks one injected event against its shape: a §5.3 `transactionSummary` LogEvent or a
+/// §5.4 `api.transaction.summary` InsightsEvent v4 (other types and legs are not stored).
 pub(crate) fn parse_event(event: &Value) -> Result<ParsedEvent, String> {
     if !event.is_object() {
         return Err("must be a JSON object".to_owned());
     }
-    if event.get("type").and_then(Value::as_str) != Some("transactionSummary") {
-        return Err("type must be \"transactionSummary\"".to_owned());
-    }
-    let timestamp = event
+    let v4 = event.get("type").is_none() && event.get("event").is_some();
+    let (summary_key, id_path) = if v4 {
+        if event.get("event").and_then(Value::as_str) != Some(INSIGHTS_SUMMARY) {
+            return Err(format!("event must be \"{INSIGHTS_SUMMARY}\""));
+        }
+        if event.get("version").and_then(Value::as_str) != Some(INSIGHTS_VERSION) {
+            return Err(format!("version must be \"{INSIGHTS_VERSION}\""));
+        }
+        ("data", "session.id")
+    } else {
+        if event.get("type").and_then(Value::as_str) != Some("transactionSummary") {
+            return Err(
+                "type must be \"transactionSummary\" (or event \"api.transaction.summary\")"
+                    .to_owned(),
+            );
+        }
+        ("transactionSummary", "transactionId")
+    };
+    let sent = event
         .get("timestamp")
         .and_then(Value::as_i64)
         .filter(|t| *t >= 0)
-        .ok_or("timestamp must be epoch milliseconds (a non-negative integer)")?;
+        .ok_or("timestamp must be epoch milliseconds or seconds (a non-negative integer)")?;
+    let seconds = sent < SECONDS_BELOW;
+    let timestamp = if seconds { sent * 1000 } else { sent };
     let summary = event
-        .get("transactionSummary")
+        .get(summary_key)
         .filter(|s| s.is_object())
-        .ok_or("transactionSummary must be an object")?;
-    let status_text = summary
-        .get("status")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+        .ok_or_else(|| format!("{summary_key} must be an object"))?;
+    let status_text = summary.get("status").and_then(Value::as_str);
+    // v4 leaves an empty status out (omitempty).
+    let status_text = match status_text {
+        None if v4 => "Unknown",
+        other => other.unwrap_or_default(),
+    };
     let status = STATUSES
         .iter()
         .position(|s| *s == status_text)
         .ok_or_else(|| {
             format!(
-                "transactionSummary.status must be one of {}",
+                "{summary_key}.status must be one of {}",
                 STATUSES.join(", ")
             )
         })? as u8;
@@ -323,26 +570,31 @@ pub(crate) fn parse_event(event: &Value) -> Result<ParsedEvent, String> {
         Some(d) => d
             .as_f64()
             .filter(|d| *d >= 0.0 && *d <= u32::MAX as f64)
-            .ok_or("transactionSummary.duration must be a non-negative number of milliseconds")?
+            .ok_or_else(|| {
+                format!("{summary_key}.duration must be a non-negative number of milliseconds")
+            })?
             .round() as u32,
     };
     let mut dimensions = Vec::with_capacity(DIMENSIONS.len());
-    for d in DIMENSIONS {
-        let value = match d.path {
-            None => None,
-            Some(path) => match event.pointer(&format!("/{}", path.replace('.', "/"))) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                Some(_) => return Err(format!("{path} must be a string")),
-            },
+    for (i, d) in DIMENSIONS.iter().enumerate() {
+        let value = match (v4, d.path, d.v4) {
+            (false, Some(path), _) => text_at(event, path)?,
+            (true, _, Some(path)) => text_at(event, path)?,
+            (true, _, None) if i == PROXY_ID => {
+                text_at(event, "data.api.id")?
+                    .or(text_at(event, "data.proxy.id")?.map(|id| format!("{PROXY_ID_PREFIX}{id}")))
+            }
+            (true, _, None) if i == PROXY_NAME => {
+                text_at(event, "data.api.name")?.or(text_at(event, "data.proxy.name")?)
+            }
+            _ => None,
         };
         dimensions.push(value);
     }
-    let transaction_id = match event.get("transactionId") {
+    let transaction_id = match get_path(event, id_path) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err("transactionId must be a string".to_owned()),
+        Some(_) => return Err(format!("{id_path} must be a string")),
     };
     Ok(ParsedEvent {
         timestamp,
@@ -350,6 +602,7 @@ pub(crate) fn parse_event(event: &Value) -> Result<ParsedEvent, String> {
         duration,
         dimensions,
         transaction_id,
+        shape: if v4 { shape::V4 } else { 0 } | if seconds { shape::SECONDS } else { 0 },
     })
 }
 
@@ -357,9 +610,14 @@ pub(crate) fn parse_event(event: &Value) -> Result<ParsedEvent, String> {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct GeneratedAsset {
     pub id: String,
+    /// The name events carry (`assetResource.name`): the resource's own name, as the SDK sends
+    /// it.
     pub name: String,
     #[serde(default)]
     pub quota_id: Option<String>,
+    /// The name the quota lists (`<asset>/<resource>`), for the generate answer; not sent.
+    #[serde(default)]
+    pub listed: Option<String>,
 }
 
 /// A subscription to generate traffic for.
@@ -395,7 +653,15 @@ pub(crate) struct GenerateRequest {
     pub to: i64,
     #[serde(default)]
     pub subscriptions: Option<Vec<GeneratedSubscription>>,
+    /// The share (0.0–1.0) of events published as InsightsEvents v4 (agent-sdk ≥ v1.1.146);
+    /// the rest are LogEvents. Default [`DEFAULT_V4_SHARE`].
+    #[serde(default, alias = "v4Share")]
+    pub v4_share: Option<f64>,
 }
+
+/// LogEvents only unless asked: traffic generated before both shapes existed stays the same for
+/// the same seed.
+pub(crate) const DEFAULT_V4_SHARE: f64 = 0.0;
 
 /// Most events one generate call may produce (memory guard).
 const MAX_GENERATED: u64 = 20_000_000;
@@ -440,8 +706,12 @@ pub(crate) fn subscriptions_from_catalog(catalog: &Catalog) -> Vec<GeneratedSubs
                 if let Some(name) = r["name"].as_str() {
                     assets.push(GeneratedAsset {
                         id: asset_resource_id(name),
-                        name: name.to_owned(),
+                        name: name
+                            .rsplit_once('/')
+                            .map_or(name, |(_, own)| own)
+                            .to_owned(),
                         quota_id: quota.document["metadata"]["id"].as_str().map(str::to_owned),
+                        listed: Some(name.to_owned()),
                     });
                 }
             }
@@ -472,38 +742,148 @@ pub(crate) fn subscriptions_from_catalog(catalog: &Catalog) -> Vec<GeneratedSubs
     found
 }
 
-/// The dimension values of generated events for one (subscription, asset resource).
-fn generated_dimensions(sub: &GeneratedSubscription, asset_index: usize) -> Vec<Option<String>> {
+/// The tenant, environment and agent generated events name [I: fixed values of the shapes the
+/// SDK's builders set].
+const GENERATED_TENANT: &str = "100000142";
+const GENERATED_ENVIRONMENT: &str = "sandbox-environment";
+const GENERATED_AGENT: [(&str, &str); 4] = [
+    ("data.reporter.version", "1.0.0"),
+    ("data.reporter.type", "SandboxTraceabilityAgent"),
+    ("data.reporter.agentSDKVersion", "1.1.152"),
+    ("data.reporter.agentName", "sandbox-traceability-agent"),
+];
+
+/// `statusDetail` per status (the HTTP status the gateway answered).
+fn status_detail(status: u8) -> &'static str {
+    match status {
+        SUCCESS => "200",
+        FAILURE => "500",
+        EXCEPTION => "502",
+        _ => "0",
+    }
+}
+
+/// The dimension values of generated events for one (subscription, asset resource, status):
+/// every field the SDK's summary builder sets (and v4's reporter).
+fn generated_dimensions(
+    sub: &GeneratedSubscription,
+    asset_index: usize,
+    status: u8,
+) -> Vec<Option<String>> {
     let asset = &sub.asset_resources[asset_index];
     let quota = asset
         .quota_id
         .clone()
         .or_else(|| sub.quota_ids.get(asset_index).cloned());
-    let values: HashMap<&str, Option<String>> = HashMap::from([
+    let some = |s: &str| Some(s.to_owned());
+    let by_path: HashMap<&str, Option<String>> = HashMap::from([
         (
             "environmentId",
-            sub.environment_id
-                .clone()
-                .or(Some("sandbox-environment".to_owned())),
+            sub.environment_id.clone().or(some(GENERATED_ENVIRONMENT)),
         ),
-        ("statusDetail", None),
-        ("proxyId", Some(format!("remoteApiId_{}", asset.name))),
-        ("proxyName", Some(asset.name.clone())),
-        ("productId", sub.product_id.clone()),
-        ("productName", sub.product_name.clone()),
-        ("productPlanId", sub.product_plan_id.clone()),
-        ("quotaId", quota),
-        ("assetResourceId", Some(asset.id.clone())),
-        ("assetResourceName", Some(asset.name.clone())),
-        ("subscriptionId", Some(sub.id.clone())),
-        ("subscriptionName", Some(sub.name.clone())),
-        ("consumerApplicationId", Some(format!("app-{}", sub.id))),
-        ("consumerOrgId", sub.consumer_org_id.clone()),
-        ("marketplaceId", sub.marketplace_id.clone()),
+        ("environmentName", some("Sandbox")),
+        ("tenantId", some(GENERATED_TENANT)),
+        ("trcbltPartitionId", some(GENERATED_TENANT)),
+        ("apicDeployment", some("prod")),
+        (
+            "transactionSummary.statusDetail",
+            some(status_detail(status)),
+        ),
+        ("transactionSummary.team.id", some("sandbox-provider-team")),
+        (
+            "transactionSummary.proxy.id",
+            Some(format!("{PROXY_ID_PREFIX}{}", asset.name)),
+        ),
+        ("transactionSummary.proxy.name", Some(asset.name.clone())),
+        ("transactionSummary.proxy.revision", some("1")),
+        (
+            "transactionSummary.proxy.apiServiceId",
+            Some(format!("svc-{}", asset.id)),
+        ),
+        (
+            "transactionSummary.proxy.apiServiceInstance",
+            Some(format!("inst-{}", asset.id)),
+        ),
+        ("transactionSummary.entryPoint.type", some("http")),
+        ("transactionSummary.entryPoint.method", some("GET")),
+        (
+            "transactionSummary.entryPoint.path",
+            Some(format!("/{}", asset.name)),
+        ),
+        (
+            "transactionSummary.entryPoint.host",
+            some("api.sandbox.example"),
+        ),
+        ("transactionSummary.product.id", sub.product_id.clone()),
+        ("transactionSummary.product.name", sub.product_name.clone()),
+        (
+            "transactionSummary.product.versionId",
+            sub.product_id.as_ref().map(|p| format!("{p}-release")),
+        ),
+        (
+            "transactionSummary.product.versionName",
+            sub.product_id.as_ref().map(|_| "1.0.0".to_owned()),
+        ),
+        (
+            "transactionSummary.productPlan.id",
+            sub.product_plan_id.clone(),
+        ),
+        ("transactionSummary.quota.id", quota),
+        (
+            "transactionSummary.assetResource.id",
+            Some(asset.id.clone()),
+        ),
+        (
+            "transactionSummary.assetResource.name",
+            Some(asset.name.clone()),
+        ),
+        (
+            "transactionSummary.consumerDetails.subscription.id",
+            Some(sub.id.clone()),
+        ),
+        (
+            "transactionSummary.consumerDetails.subscription.name",
+            Some(sub.name.clone()),
+        ),
+        (
+            "transactionSummary.consumerDetails.application.id",
+            Some(format!("app-{}", sub.id)),
+        ),
+        (
+            "transactionSummary.consumerDetails.application.name",
+            Some(format!("{} app", sub.name)),
+        ),
+        (
+            "transactionSummary.consumerDetails.application.consumerOrgId",
+            sub.consumer_org_id.clone(),
+        ),
+        (
+            "transactionSummary.consumerDetails.publishedProduct.id",
+            sub.product_id.as_ref().map(|p| format!("{p}-published")),
+        ),
+        (
+            "transactionSummary.consumerDetails.publishedProduct.name",
+            sub.product_name.clone(),
+        ),
+        (
+            "transactionSummary.consumerDetails.marketplace.guid",
+            sub.marketplace_id.clone(),
+        ),
+        (
+            "transactionSummary.consumerDetails.marketplace.consumerOrgId",
+            sub.consumer_org_id.clone(),
+        ),
     ]);
     DIMENSIONS
         .iter()
-        .map(|d| values.get(d.field).cloned().flatten())
+        .map(|d| match (d.path, d.v4) {
+            (Some(path), _) => by_path.get(path).cloned().flatten(),
+            (None, Some(v4)) => GENERATED_AGENT
+                .iter()
+                .find(|(p, _)| *p == v4)
+                .map(|(_, v)| (*v).to_owned()),
+            (None, None) => None,
+        })
         .collect()
 }
 
@@ -536,9 +916,18 @@ pub(crate) fn generate(
     if pairs.is_empty() {
         return Err("no subscription with asset resources to generate traffic for".to_owned());
     }
-    let profiles: Vec<u32> = pairs
+    let v4_share = request.v4_share.unwrap_or(DEFAULT_V4_SHARE);
+    if !(0.0..=1.0).contains(&v4_share) {
+        return Err("v4_share must be between 0.0 and 1.0".to_owned());
+    }
+    // One profile per (pair, status): statusDetail follows the status.
+    let profiles: Vec<[u32; 3]> = pairs
         .iter()
-        .map(|(s, a)| store.profile_for(&generated_dimensions(&subscriptions[*s], *a)))
+        .map(|(s, a)| {
+            [SUCCESS, FAILURE, EXCEPTION].map(|status| {
+                store.profile_for(&generated_dimensions(&subscriptions[*s], *a, status))
+            })
+        })
         .collect();
     let mut per_pair = vec![GeneratedTotals::default(); pairs.len()];
     let mut rng = StdRng::seed_from_u64(request.seed);
@@ -546,6 +935,7 @@ pub(crate) fn generate(
     store.profile_of.reserve(request.count as usize);
     store.durations.reserve(request.count as usize);
     store.statuses.reserve(request.count as usize);
+    store.shapes.reserve(request.count as usize);
     for _ in 0..request.count {
         let pair = rng.random_range(0..pairs.len());
         let timestamp = rng.random_range(request.from..request.to);
@@ -556,7 +946,19 @@ pub(crate) fn generate(
             _ => EXCEPTION,
         };
         let duration = rng.random_range(5..500u32);
-        store.push(timestamp, profiles[pair], duration, status);
+        // Drawn only when asked for, so LogEvent-only traffic is the same as before for a seed.
+        let shape = if v4_share > 0.0 && rng.random_bool(v4_share) {
+            shape::V4
+        } else {
+            0
+        };
+        store.push(
+            timestamp,
+            profiles[pair][status as usize],
+            duration,
+            status,
+            shape,
+        );
         let totals = &mut per_pair[pair];
         totals.total += 1;
         match status {
@@ -637,26 +1039,21 @@ pub(crate) async fn generate_route(
     let mut store = state.amplify.traffic.write();
     match generate(&mut store, &request, &subscriptions) {
         Ok(totals) => {
-            let names: HashMap<(&str, &str), (&str, &str)> = subscriptions
+            let names: HashMap<(&str, &str), (&str, &GeneratedAsset)> = subscriptions
                 .iter()
                 .flat_map(|s| {
-                    s.asset_resources.iter().map(move |a| {
-                        (
-                            (s.id.as_str(), a.id.as_str()),
-                            (s.name.as_str(), a.name.as_str()),
-                        )
-                    })
+                    s.asset_resources
+                        .iter()
+                        .map(move |a| ((s.id.as_str(), a.id.as_str()), (s.name.as_str(), a)))
                 })
                 .collect();
             let rows: Vec<Value> = totals
                 .iter()
                 .map(|((sub, asset), t)| {
-                    let (sub_name, asset_name) = names
-                        .get(&(sub.as_str(), asset.as_str()))
-                        .copied()
-                        .unwrap_or_default();
+                    let (sub_name, generated) = names[&(sub.as_str(), asset.as_str())];
                     json!({"subscriptionId": sub, "subscriptionName": sub_name,
-                           "assetResourceId": asset, "assetResourceName": asset_name,
+                           "assetResourceId": asset, "assetResourceName": generated.name,
+                           "listedName": generated.listed, "quotaId": generated.quota_id,
                            "totalCount": t.total, "successCount": t.success,
                            "failureCount": t.failure, "exceptionCount": t.exception})
                 })
@@ -725,13 +1122,15 @@ mod tests {
             asset_resources: vec![
                 GeneratedAsset {
                     id: "a1".into(),
-                    name: "api/a1".into(),
+                    name: "a1".into(),
                     quota_id: None,
+                    listed: Some("api/a1".into()),
                 },
                 GeneratedAsset {
                     id: "a2".into(),
-                    name: "api/a2".into(),
+                    name: "a2".into(),
                     quota_id: None,
+                    listed: Some("api/a2".into()),
                 },
             ],
             product_id: None,
@@ -748,6 +1147,7 @@ mod tests {
             from: 0,
             to: 10_000,
             subscriptions: None,
+            v4_share: None,
         };
         let mut a = TrafficStore::default();
         let mut b = TrafficStore::default();
@@ -761,5 +1161,240 @@ mod tests {
                 .all(|t| t.total == t.success + t.failure + t.exception)
         );
         assert!(a.timestamps.iter().all(|t| (0..10_000).contains(t)));
+    }
+
+    fn paths_of(value: &Value, prefix: &str, out: &mut Vec<String>) {
+        if let Value::Object(map) = value {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                paths_of(v, &path, out);
+            }
+        } else {
+            out.push(prefix.to_owned());
+        }
+    }
+
+    fn catalog_sub() -> GeneratedSubscription {
+        GeneratedSubscription {
+            id: "8a2e-sub".into(),
+            name: "acme-gold".into(),
+            asset_resources: vec![GeneratedAsset {
+                id: asset_resource_id("pets/list"),
+                name: "list".into(),
+                quota_id: Some("8a2e-quota".into()),
+                listed: Some("pets/list".into()),
+            }],
+            product_id: Some("8a2e-product".into()),
+            product_name: Some("pets".into()),
+            product_plan_id: Some("8a2e-plan".into()),
+            quota_ids: vec![],
+            marketplace_id: Some("mkt-guid".into()),
+            consumer_org_id: Some("650130132060094".into()),
+            environment_id: None,
+        }
+    }
+
+    #[test]
+    fn generated_events_carry_what_the_sdk_builders_set_in_both_shapes() {
+        let request = GenerateRequest {
+            seed: 3,
+            count: 400,
+            from: 1_796_000_000_000,
+            to: 1_796_000_360_000,
+            subscriptions: None,
+            v4_share: Some(0.5),
+        };
+        let mut store = TrafficStore::default();
+        generate(&mut store, &request, &[catalog_sub()]).unwrap();
+        let v4 = (0..store.len()).filter(|i| store.is_v4(*i)).count();
+        assert!((120..280).contains(&v4), "about half are v4: {v4}");
+        let log_index = (0..store.len()).find(|i| !store.is_v4(*i)).unwrap();
+        let v4_index = (0..store.len()).find(|i| store.is_v4(*i)).unwrap();
+
+        let mut log = Vec::new();
+        paths_of(&store.event_json(log_index), "", &mut log);
+        for path in [
+            "version",
+            "timestamp",
+            "transactionId",
+            "environmentId",
+            "environmentName",
+            "tenantId",
+            "trcbltPartitionId",
+            "apicDeployment",
+            "type",
+            "transactionSummary.status",
+            "transactionSummary.statusDetail",
+            "transactionSummary.duration",
+            "transactionSummary.team.id",
+            "transactionSummary.proxy.id",
+            "transactionSummary.proxy.name",
+            "transactionSummary.proxy.revision",
+            "transactionSummary.entryPoint.type",
+            "transactionSummary.entryPoint.method",
+            "transactionSummary.entryPoint.path",
+            "transactionSummary.entryPoint.host",
+            "transactionSummary.product.id",
+            "transactionSummary.product.name",
+            "transactionSummary.product.versionId",
+            "transactionSummary.product.versionName",
+            "transactionSummary.productPlan.id",
+            "transactionSummary.quota.id",
+            "transactionSummary.assetResource.id",
+            "transactionSummary.assetResource.name",
+            "transactionSummary.consumerDetails.subscription.id",
+            "transactionSummary.consumerDetails.subscription.name",
+            "transactionSummary.consumerDetails.application.id",
+            "transactionSummary.consumerDetails.application.name",
+            "transactionSummary.consumerDetails.application.consumerOrgId",
+            "transactionSummary.consumerDetails.publishedProduct.id",
+            "transactionSummary.consumerDetails.publishedProduct.name",
+            "transactionSummary.consumerDetails.marketplace.guid",
+            "transactionSummary.consumerDetails.marketplace.consumerOrgId",
+        ] {
+            assert!(
+                log.iter().any(|p| p == path),
+                "LogEvent lacks {path}: {log:?}"
+            );
+        }
+        assert!(!log.iter().any(|p| p.contains("reporter")), "{log:?}");
+        let event = store.event_json(log_index);
+        assert_eq!(
+            event["transactionSummary"]["assetResource"]["name"], "list",
+            "own name"
+        );
+        assert_eq!(event["transactionSummary"]["proxy"]["revision"], 1);
+
+        let first = store.event_json(v4_index);
+        let mut v4_paths = Vec::new();
+        paths_of(&first, "", &mut v4_paths);
+        for path in [
+            "id",
+            "org",
+            "event",
+            "version",
+            "timestamp",
+            "distribution.environment",
+            "data.version",
+            "data.apicDeployment",
+            "data.status",
+            "data.statusDetail",
+            "data.duration",
+            "data.api.id",
+            "data.api.apiServiceId",
+            "data.api.name",
+            "data.entryPoint.method",
+            "data.entryPoint.path",
+            "data.entryPoint.host",
+            "data.assetResource.id",
+            "data.apiServiceRevision.id",
+            "data.product.id",
+            "data.product.versionId",
+            "data.productPlan.id",
+            "data.quota.id",
+            "data.consumerDetails.consumerOrgId",
+            "data.consumerDetails.marketplace.guid",
+            "data.consumerDetails.application.id",
+            "data.consumerDetails.application.consumerOrgId",
+            "data.consumerDetails.publishedProduct.id",
+            "data.consumerDetails.subscription.id",
+            "data.proxy.id",
+            "data.proxy.name",
+            "data.reporter.version",
+            "data.reporter.type",
+            "data.reporter.agentSDKVersion",
+            "data.reporter.agentName",
+            "session.id",
+        ] {
+            assert!(
+                v4_paths.iter().any(|p| p == path),
+                "v4 lacks {path}: {v4_paths:?}"
+            );
+        }
+        for absent in [
+            "type",
+            "transactionId",
+            "transactionSummary",
+            "data.assetResource.name",
+        ] {
+            assert!(
+                !v4_paths.iter().any(|p| p.starts_with(absent)),
+                "v4 has {absent}"
+            );
+        }
+        assert_eq!(first["session"]["id"], store.transaction_id(v4_index));
+        assert_eq!(first["data"]["api"]["id"], "remoteApiId_list");
+        assert_eq!(first["data"]["proxy"]["id"], "list");
+        assert_ne!(
+            first["id"],
+            store.event_json(v4_index)["id"],
+            "the envelope id is new on every build"
+        );
+    }
+
+    #[test]
+    fn injected_events_of_either_shape_and_seconds_come_back_as_sent() {
+        let log = json!({"version": "1.0", "timestamp": 1_796_229_002i64, "transactionId": "t-1",
+            "type": "transactionSummary",
+            "transactionSummary": {"status": "Success", "duration": 3,
+                "assetResource": {"id": "ar-1", "name": "list"},
+                "consumerDetails": {"subscription": {"id": "s1"}}}});
+        let v4 = json!({"id": "x", "org": "1", "event": "api.transaction.summary", "version": "4",
+            "timestamp": 1_796_229_002_500i64, "distribution": {"environment": "env"},
+            "data": {"version": "2", "status": "Failure", "duration": 9,
+                "api": {"id": "remoteApiId_p1", "name": "Pets"}, "proxy": {"id": "p1", "name": "Pets"},
+                "assetResource": {"id": "ar-1"},
+                "consumerDetails": {"application": {}, "subscription": {"id": "s1"}}},
+            "session": {"id": "t-2"}});
+        let mut store = TrafficStore::default();
+        store.add_event(&log).unwrap();
+        store.add_event(&v4).unwrap();
+        assert_eq!(store.timestamps, [1_796_229_002_000, 1_796_229_002_500]);
+        let back = store.event_json(0);
+        assert_eq!(back["timestamp"], 1_796_229_002i64, "seconds stay seconds");
+        assert_eq!(back["transactionId"], "t-1");
+        let back = store.event_json(1);
+        assert_eq!(back["session"]["id"], "t-2");
+        assert_eq!(back["timestamp"], 1_796_229_002_500i64);
+        assert_eq!(back["data"]["status"], "Failure");
+        assert_eq!(
+            back["data"]["api"],
+            json!({"id": "remoteApiId_p1", "name": "Pets"})
+        );
+        assert_eq!(back["data"]["proxy"], json!({"id": "p1", "name": "Pets"}));
+        assert_eq!(back["data"]["assetResource"], json!({"id": "ar-1"}));
+        assert_eq!(back["distribution"]["environment"], "env");
+        assert_eq!(back["org"], "1");
+        for (bad, says) in [
+            (
+                json!({"event": "api.transaction.event", "version": "4", "timestamp": 1, "data": {}}),
+                "event must be",
+            ),
+            (
+                json!({"event": "api.transaction.summary", "version": "3", "timestamp": 1, "data": {}}),
+                "version",
+            ),
+            (
+                json!({"event": "api.transaction.summary", "version": "4", "timestamp": 1}),
+                "data must be an object",
+            ),
+            (
+                json!({"type": "transactionSummary", "transactionId": 5, "timestamp": 1, "transactionSummary": {"status": "Success"}}),
+                "transactionId must be a string",
+            ),
+        ] {
+            let error = parse_event(&bad).unwrap_err();
+            assert!(error.contains(says), "{error:?} should say {says:?}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_dimensions_are_where_v4_looks_for_them() {
+        assert_eq!(DIMENSIONS[PROXY_ID].field, Some("proxyId"));
+        assert_eq!(DIMENSIONS[PROXY_NAME].field, Some("proxyName"));
     }
 }

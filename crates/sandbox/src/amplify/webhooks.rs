@@ -230,7 +230,7 @@ fn secret_value(
         .map(str::to_owned)
 }
 
-/// Queues the events of `changes`. Called with the catalog still locked, so events leave in the
+/// Queues the events of `changes` for webhooks and retains them in WatchTopics. Called with the catalog still locked, so events leave in the
 /// order the changes were made.
 pub(crate) fn publish(
     state: &SandboxState,
@@ -245,6 +245,8 @@ pub(crate) fn publish(
         for job in jobs_for(catalog, change, &event) {
             state.amplify.outbox.enqueue(job);
         }
+        // The same event (same id) is retained by every WatchTopic whose filters match it.
+        super::watch::retain(state, catalog, change, &event);
     }
 }
 

@@ -45,7 +45,10 @@ impl Store {
         body.insert("has_future_subscription".into(), json!(has("future")));
         body.insert("has_canceled_subscription".into(), json!(has("canceled")));
         body.insert("has_paused_subscription".into(), json!(has("paused")));
-        body.insert("has_past_due_invoice".into(), json!(false));
+        body.insert(
+            "has_past_due_invoice".into(),
+            json!(self.has_past_due_invoice(&account.id)),
+        );
         Value::Object(body)
     }
 
@@ -148,8 +151,7 @@ impl Store {
                 self.subscriptions_of(&a.id)
                     .any(|s| matches!(s.text("state"), "active" | "canceled" | "future"))
             };
-            // No invoices exist in the sandbox, so nothing is past due.
-            !past_due
+            (!past_due || self.has_past_due_invoice(&a.id))
                 && email.is_none_or(|e| a.text("email") == e)
                 && subscriber.is_none_or(|want| subscribed() == want)
         });
@@ -187,18 +189,12 @@ impl Store {
                 "Account may already be inactive.",
             ));
         }
-        if closing_an_account_expires_its_subscriptions() {
-            let live: Vec<String> = self
-                .subscriptions_of(&id)
-                .filter(|s| !matches!(s.text("state"), "expired" | "failed"))
-                .map(|s| s.id.clone())
-                .collect();
-            for sub_id in live {
-                self.expire_subscription(&sub_id, true, now);
-            }
-        }
+        self.cancel_for_closed_account(&id, now);
         let account = self.accounts.get_mut(&id).expect("account looked up above");
         account.deactivate(now);
+        let mut fields = serde_json::Map::new();
+        fields.insert("account_code".into(), account.field("code").clone());
+        self.notify(now, "account", "closed", &id, fields);
         Ok(Reply::Json(
             200,
             self.render_account(&self.accounts[&id], now),

@@ -5,22 +5,27 @@
 //! header, the sliding rate-limit window, `Idempotency-Key`, then the route's [`Store`] method.
 
 mod accounts;
+mod billing;
 mod catalog;
+mod clock;
 mod errors;
+mod fields;
 mod idempotency;
 mod paging;
 mod store;
 mod subscriptions;
 mod usage;
 mod validation;
+mod webhooks;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
@@ -61,6 +66,12 @@ pub(crate) struct RecurlyState {
     /// writes, usage calls, refusals): peeking the window scans every hit in it, too slow to
     /// do on every request of a busy site.
     last_decision: Mutex<Option<(Instant, Decision)>>,
+    /// The one clock every Recurly timestamp is written with.
+    pub(crate) clock: clock::Clock,
+    pub(crate) notifier: webhooks::Notifier,
+    /// Milliseconds since the epoch of the store's next due work (`i64::MAX`: none), read
+    /// without a lock before each request.
+    next_due_ms: AtomicI64,
 }
 
 /// How long a counted decision stands in for a peek at the window.
@@ -77,16 +88,51 @@ fn window_for(config: &SandboxConfig) -> Option<Arc<SlidingWindow>> {
 
 impl RecurlyState {
     pub fn new(config: &SandboxConfig) -> Self {
+        let mut store = Store::default();
+        store.billing.settings = config.recurly.dunning;
         Self {
-            store: RwLock::new(Store::default()),
+            store: RwLock::new(store),
             keys: IdempotencyKeys::default(),
             window: RwLock::new(window_for(config)),
             last_decision: Mutex::new(None),
+            clock: clock::Clock::default(),
+            notifier: webhooks::Notifier::default(),
+            next_due_ms: AtomicI64::new(i64::MAX),
         }
+    }
+
+    /// Hands the notifications the last store operation caused to the notifier and notes when
+    /// the next due work is.
+    fn after_write(&self, mut store: parking_lot::RwLockWriteGuard<'_, Store>) {
+        let events = std::mem::take(&mut store.billing.outbox);
+        let next = store
+            .next_due()
+            .map_or(i64::MAX, |at| at.timestamp_millis());
+        self.next_due_ms.store(next, Ordering::SeqCst);
+        drop(store);
+        self.notifier.enqueue(events);
+    }
+
+    /// Runs the renewals, dunning attempts and expiries due by the clock's now (contract: due
+    /// work is processed before any request is served). Cheap when nothing is due.
+    pub(crate) fn catch_up(&self) -> Vec<billing::Processed> {
+        let now = self.clock.now();
+        self.catch_up_to(now)
+    }
+
+    fn catch_up_to(&self, now: DateTime<Utc>) -> Vec<billing::Processed> {
+        if self.next_due_ms.load(Ordering::SeqCst) > now.timestamp_millis() {
+            return Vec::new();
+        }
+        let mut store = self.store.write();
+        let done = store.process_due(now);
+        self.after_write(store);
+        done
     }
 
     /// A changed limit starts a fresh window; an unchanged one keeps its count.
     pub fn configure(&self, config: &SandboxConfig) {
+        self.store.write().billing.settings = config.recurly.dunning;
         let budget = config
             .recurly
             .per_minute_limit()
@@ -99,7 +145,12 @@ impl RecurlyState {
     }
 
     pub fn reset(&self, config: &SandboxConfig) {
-        *self.store.write() = Store::default();
+        let mut store = Store::default();
+        store.billing.settings = config.recurly.dunning;
+        *self.store.write() = store;
+        self.next_due_ms.store(i64::MAX, Ordering::SeqCst);
+        self.clock.reset();
+        self.notifier.reset();
         self.keys.clear();
         *self.window.write() = window_for(config);
         *self.last_decision.lock() = None;
@@ -136,7 +187,139 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Routes under `/_sandbox/` that belong to Recurly.
 pub(crate) fn control_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/recurly/usage_totals", web::get().to(usage_totals));
+    cfg.route("/recurly/usage_totals", web::get().to(usage_totals))
+        .route("/clock", web::get().to(get_clock))
+        .route("/clock", web::post().to(move_clock))
+        .route(
+            "/recurly/accounts/{code}/payments",
+            web::put().to(set_payments),
+        )
+        .route(
+            "/recurly/webhook_endpoints",
+            web::post().to(webhooks::add_endpoint),
+        )
+        .route(
+            "/recurly/webhook_endpoints",
+            web::get().to(webhooks::list_endpoints),
+        )
+        .route(
+            "/recurly/webhook_endpoints/{id}",
+            web::delete().to(webhooks::delete_endpoint),
+        )
+        .route(
+            "/recurly/notifications",
+            web::get().to(webhooks::list_notifications),
+        )
+        .route(
+            "/recurly/notifications/drop_next",
+            web::put().to(webhooks::drop_next),
+        );
+}
+
+/// Starts the worker that runs due work and notification deliveries as real time passes.
+pub(crate) fn spawn_background(state: Arc<SandboxState>) {
+    webhooks::spawn_worker(state);
+}
+
+fn control_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({"error": message.into()}))
+}
+
+async fn get_clock(state: web::Data<SandboxState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .json(serde_json::json!({"now": clock::rfc3339_ms(state.recurly.clock.now())}))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockMove {
+    advance_secs: Option<u64>,
+    to: Option<String>,
+}
+
+/// `POST /_sandbox/clock`: moves the clock forward, then runs every renewal, dunning attempt,
+/// expiry and notification delivery now due, and lists them in time order.
+async fn move_clock(state: web::Data<SandboxState>, body: web::Bytes) -> HttpResponse {
+    let input: ClockMove = match serde_json::from_slice(&body) {
+        Ok(input) => input,
+        Err(e) => {
+            return control_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"advance_secs\": N}} or {{\"to\": \"RFC 3339\"}}: {e}"),
+            );
+        }
+    };
+    let recurly = &state.recurly;
+    let target = match (input.advance_secs, input.to.as_deref()) {
+        (Some(secs), None) => i64::try_from(secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .and_then(|d| recurly.clock.now().checked_add_signed(d)),
+        (None, Some(text)) => match paging::parse_time(text) {
+            Some(at) => Some(at),
+            None => {
+                return control_error(StatusCode::BAD_REQUEST, "`to` must be an RFC 3339 time");
+            }
+        },
+        _ => {
+            return control_error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `advance_secs` and `to`",
+            );
+        }
+    };
+    let Some(target) = target else {
+        return control_error(StatusCode::BAD_REQUEST, "advance_secs is too large");
+    };
+    let now = match recurly.clock.move_to(target) {
+        Ok(now) => now,
+        Err(now) => {
+            return control_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the clock only moves forward: {} is before now ({})",
+                    clock::rfc3339_ms(target),
+                    clock::rfc3339_ms(now)
+                ),
+            );
+        }
+    };
+    let mut processed = recurly.catch_up_to(now);
+    processed.extend(recurly.notifier.deliver_due(&recurly.clock).await);
+    processed.sort_by_key(|p| p.time);
+    HttpResponse::Ok().json(serde_json::json!({
+        "now": clock::rfc3339_ms(recurly.clock.now()),
+        "processed": processed,
+    }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payments {
+    fail: bool,
+}
+
+/// `PUT /_sandbox/recurly/accounts/{code}/payments` `{"fail": bool}`: while set, the account's
+/// renewal invoices fail to collect and go through dunning.
+async fn set_payments(
+    state: web::Data<SandboxState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match serde_json::from_slice::<Payments>(&body) {
+        Ok(Payments { fail }) => {
+            state
+                .recurly
+                .store
+                .write()
+                .set_payments_failing(&path, fail);
+            HttpResponse::Ok().json(serde_json::json!({"account_code": *path, "fail": fail}))
+        }
+        Err(e) => control_error(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"fail\": true|false}}: {e}"),
+        ),
+    }
 }
 
 async fn usage_totals(state: web::Data<SandboxState>) -> HttpResponse {
@@ -156,8 +339,9 @@ pub(crate) fn seed(state: &SandboxState, seed: &Value) -> Result<Value, String> 
             SECTIONS.join(", ")
         ));
     }
+    state.recurly.catch_up();
     let mut store = state.recurly.store.write();
-    let now = Utc::now();
+    let now = state.recurly.clock.now();
     let mut created = serde_json::Map::new();
     for section in SECTIONS {
         let Some(items) = sections.get(section) else {
@@ -175,14 +359,21 @@ pub(crate) fn seed(state: &SandboxState, seed: &Value) -> Result<Value, String> 
                 _ => store.create_subscription(item, now),
             };
             match reply {
-                Ok(Reply::Json(_, body)) => bodies.push(body),
+                Ok(Reply::Json(_, mut body)) => {
+                    fields::complete_answer(&mut body);
+                    bodies.push(body)
+                }
                 Ok(_) => {}
                 // The message already names every refused field ("Code is invalid, …").
-                Err(e) => return Err(format!("{section}[{i}]: {}", e.message)),
+                Err(e) => {
+                    state.recurly.after_write(store);
+                    return Err(format!("{section}[{i}]: {}", e.message));
+                }
             }
         }
         created.insert(section.to_owned(), Value::Array(bodies));
     }
+    state.recurly.after_write(store);
     Ok(Value::Object(created))
 }
 
@@ -409,16 +600,22 @@ async fn dispatch(
     }
 
     let head = method == Method::HEAD;
+    recurly.catch_up();
     let result = parse_body(&req, &body).and_then(|input| {
         let query = req.query_string();
         run(recurly, &method, &segments, &relative, query, &req, &input)
     });
     let (status, text, total) = match result {
-        Ok(Reply::Json(status, value)) => (status, Some(value.to_string()), None),
+        Ok(Reply::Json(status, mut value)) => {
+            fields::complete_answer(&mut value);
+            (status, Some(value.to_string()), None)
+        }
         Ok(Reply::Raw(status, text)) => (status, Some(text), None),
         Ok(Reply::List(page)) => {
             let total = page.total;
-            (200, Some(page.body().to_string()), Some(total))
+            let mut body = page.body();
+            fields::complete_answer(&mut body);
+            (200, Some(body.to_string()), Some(total))
         }
         Ok(Reply::NoContent) => (204, None, None),
         Err(error) => (
@@ -480,7 +677,7 @@ fn run(
     req: &HttpRequest,
     input: &Value,
 ) -> Result<Reply, ApiError> {
-    let now = Utc::now();
+    let now = recurly.clock.now();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let list =
         |sorts: &[&str]| ListQuery::parse(path.split('?').next().unwrap_or(path), query, sorts);
@@ -508,6 +705,16 @@ fn run(
                 store.list_usage(sub, add_on, &list(USAGE_SORTS)?)
             }
             ["usage", usage] => store.get_usage(usage),
+            ["subscriptions", sub, "invoices"] => {
+                store.list_invoices(Some(sub), None, &list(DATE_SORTS)?)
+            }
+            ["accounts", account, "invoices"] => {
+                store.list_invoices(None, Some(account), &list(DATE_SORTS)?)
+            }
+            ["invoices", invoice] => store.get_invoice(invoice),
+            ["invoices", invoice, "line_items"] => {
+                store.list_line_items(invoice, &list(DATE_SORTS)?)
+            }
             _ => Err(no_route(method, path)),
         };
     }
@@ -517,7 +724,7 @@ fn run(
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
     };
-    match (method.as_str(), seg.as_slice()) {
+    let result = match (method.as_str(), seg.as_slice()) {
         ("POST", ["plans"]) => store.create_plan(input, now),
         ("PUT", ["plans", plan]) => store.update_plan(plan, input, now),
         ("DELETE", ["plans", plan]) => store.delete_plan(plan, now),
@@ -550,7 +757,9 @@ fn run(
         ("PUT", ["usage", usage]) => store.update_usage(usage, input, now),
         ("DELETE", ["usage", usage]) => store.delete_usage(usage),
         _ => Err(no_route(method, path)),
-    }
+    };
+    recurly.after_write(store);
+    result
 }
 
 fn no_route(method: &Method, path: &str) -> ApiError {

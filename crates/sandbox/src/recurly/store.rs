@@ -27,12 +27,6 @@ pub(crate) fn deleted_codes_stay_taken() -> bool {
     true
 }
 
-/// Closing an account expires its live subscriptions at once [I: Recurly's UI describes
-/// closing an account as terminating its subscriptions].
-pub(crate) fn closing_an_account_expires_its_subscriptions() -> bool {
-    true
-}
-
 /// RFC 3339 in UTC with whole seconds, as Recurly writes timestamps.
 pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -132,12 +126,14 @@ pub(crate) struct UsageRecord {
     pub usage_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
     pub amount: f64,
+    /// When a renewal put it on an invoice; `None` while unbilled (trial usage stays so).
+    pub billed_at: Option<DateTime<Utc>>,
 }
 
 /// What a handler answers: a status and JSON body, or a list page (HEAD needs its total).
 pub(crate) enum Reply {
     Json(u16, Value),
-    /// A body serialized straight from the stored record, sparing a deep copy on hot reads.
+    /// A stored record's body, serialized with every documented field (`fields.rs`).
     Raw(u16, String),
     List(Page<Value>),
     NoContent,
@@ -145,7 +141,9 @@ pub(crate) enum Reply {
 
 impl Reply {
     pub(super) fn raw(status: u16, body: &Map<String, Value>) -> Reply {
-        Reply::Raw(status, serde_json::to_string(body).unwrap_or_default())
+        let mut body = Value::Object(body.clone());
+        super::fields::complete_answer(&mut body);
+        Reply::Raw(status, body.to_string())
     }
 }
 
@@ -168,6 +166,8 @@ pub(crate) struct Store {
     pub(super) account_subscriptions: HashMap<String, Vec<String>>,
     pub(super) usage: HashMap<String, UsageRecord>,
     pub(super) usage_by_add_on: HashMap<(String, String), Vec<String>>,
+    /// The billing cycle: invoices, what each subscription has been billed, due work.
+    pub(super) billing: super::billing::Billing,
 }
 
 /// `{id}` or `{prefix}{natural key}` in a path, e.g. `code-basic`.

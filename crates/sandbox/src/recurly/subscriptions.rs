@@ -266,8 +266,9 @@ impl Store {
             .entry(account_id)
             .or_default()
             .push(sub_id.clone());
-        let body = record.body.clone();
-        self.subscriptions.insert(sub_id, record);
+        self.subscriptions.insert(sub_id.clone(), record);
+        self.subscription_created(&sub_id, now);
+        let body = self.subscriptions[&sub_id].body.clone();
         Ok(Reply::Json(201, Value::Object(body)))
     }
 
@@ -708,12 +709,27 @@ impl Store {
         } else {
             "current_term_ends_at"
         };
-        let expires = sub.field(ends).clone();
-        sub.touch(now);
-        sub.body.insert("state".into(), json!(next_state));
-        sub.body.insert("canceled_at".into(), json!(timestamp(now)));
-        sub.body.insert("expires_at".into(), expires);
-        Ok(Reply::Json(200, Value::Object(sub.body.clone())))
+        mark_canceled(sub, next_state, ends, now);
+        let body = sub.body.clone();
+        self.notify_subscription(&id, "canceled", now);
+        Ok(Reply::Json(200, Value::Object(body)))
+    }
+
+    /// Closing an account "cancels any active subscriptions (canceled subscriptions will remain
+    /// active until the end of the current billing cycle before expiring)" (OpenAPI
+    /// `deactivate_account`): each active one becomes `canceled`, expiring when its current
+    /// period ends; its add-ons still take usage until then.
+    pub(super) fn cancel_for_closed_account(&mut self, account_id: &str, now: DateTime<Utc>) {
+        let active: Vec<String> = self
+            .subscriptions_of(account_id)
+            .filter(|s| s.text("state") == "active")
+            .map(|s| s.id.clone())
+            .collect();
+        for id in active {
+            let sub = self.subscriptions.get_mut(&id).expect("listed above");
+            mark_canceled(sub, "canceled", "current_period_ends_at", now);
+            self.notify_subscription(&id, "canceled", now);
+        }
     }
 
     pub fn reactivate_subscription(&mut self, key: &str, now: DateTime<Utc>) -> Result<Reply> {
@@ -732,7 +748,9 @@ impl Store {
         sub.body.insert("state".into(), json!("active"));
         sub.body.remove("canceled_at");
         sub.body.remove("expires_at");
-        Ok(Reply::Json(200, Value::Object(sub.body.clone())))
+        let body = sub.body.clone();
+        self.notify_subscription(&id, "reactivated", now);
+        Ok(Reply::Json(200, Value::Object(body)))
     }
 
     /// DELETE /subscriptions/{id}?refund=&charge=: expires it now. With `charge=false` Recurly
@@ -767,7 +785,9 @@ impl Store {
                 "Cannot expire an inactive subscription.",
             ));
         }
+        self.terminated(&id, charge, now);
         self.expire_subscription(&id, charge, now);
+        self.notify_subscription(&id, "expired", now);
         Ok(Reply::Json(
             200,
             Value::Object(self.subscriptions[&id].body.clone()),
@@ -791,6 +811,7 @@ impl Store {
                     .into_iter()
                     .flatten()
                     .filter_map(|u| self.usage.get(u))
+                    .filter(|u| u.billed_at.is_none())
                     .map(|u| u.amount)
                     .fold(0.0, |total, amount| total + amount);
                 if unbilled != 0.0 {
@@ -811,6 +832,15 @@ impl Store {
             sub.body.insert("canceled_at".into(), json!(timestamp(now)));
         }
     }
+}
+
+/// Cancels `sub` into `state`, to expire at the time its field `ends` holds.
+fn mark_canceled(sub: &mut Record, state: &str, ends: &str, now: DateTime<Utc>) {
+    let expires = sub.field(ends).clone();
+    sub.touch(now);
+    sub.body.insert("state".into(), json!(state));
+    sub.body.insert("canceled_at".into(), json!(timestamp(now)));
+    sub.body.insert("expires_at".into(), expires);
 }
 
 /// `(add_ons_total, subtotal)`: fixed add-ons at their price × quantity (usage is billed in

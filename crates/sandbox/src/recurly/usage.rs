@@ -134,6 +134,7 @@ impl Store {
         checker.finish()?;
         let usage_at = usage_at.unwrap_or(now);
         let recorded_at = recorded_at.unwrap_or(now);
+        self.check_correction(&sub.id, add_on, usage_at)?;
         let amount = amount.unwrap_or_default();
         let mut body = Map::new();
         body.insert("amount".into(), json!(amount));
@@ -158,10 +159,13 @@ impl Store {
         if let Some(unit) = priced.get("measured_unit_id") {
             body.insert("measured_unit_id".into(), unit.clone());
         }
-        // Nothing is billed in the sandbox; Recurly sends the unset field as null (reference §6).
+        // Unbilled until a renewal invoices it; Recurly sends the unset field as null (§6).
         body.insert("billed_at".into(), Value::Null);
         body.insert("usage_timestamp".into(), json!(timestamp(usage_at)));
         body.insert("recording_timestamp".into(), json!(timestamp(recorded_at)));
+        let mut fields = Map::new();
+        fields.insert("subscription_uuid".into(), sub.field("uuid").clone());
+        fields.insert("add_on_code".into(), priced["code"].clone());
         let subscription_id = sub.id.clone();
         let add_on_id = priced["id"].as_str().unwrap_or_default().to_owned();
         let seq = self.next_seq();
@@ -173,7 +177,7 @@ impl Store {
             .or_default()
             .push(id.clone());
         self.usage.insert(
-            id,
+            id.clone(),
             UsageRecord {
                 record,
                 subscription_id,
@@ -181,16 +185,20 @@ impl Store {
                 usage_at,
                 recorded_at,
                 amount,
+                billed_at: None,
             },
         );
+        self.notify(now, "usage", "created", &id, fields);
         Ok(Reply::Json(201, Value::Object(body)))
     }
 
     pub fn list_usage(&self, sub_key: &str, add_on_key: &str, query: &ListQuery) -> Result<Reply> {
         let (sub, add_on) = self.usage_target(sub_key, add_on_key)?;
-        let billed_only = match query.param("billing_status") {
-            None | Some("unbilled") | Some("all") => false,
-            Some("billed") => true,
+        // `billing_status` defaults to `unbilled` (reference §6).
+        let wanted: Option<bool> = match query.param("billing_status") {
+            None | Some("unbilled") => Some(false),
+            Some("all") => None,
+            Some("billed") => Some(true),
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
                     "billing_status must be unbilled, billed or all, not '{other}'"
@@ -204,14 +212,13 @@ impl Store {
                 .unwrap_or_default()
                 .to_owned(),
         );
-        // Nothing is ever billed in the sandbox, so `billed` is always empty.
         let records = self
             .usage_by_add_on
             .get(&pair)
             .into_iter()
             .flatten()
-            .filter(|_| !billed_only)
-            .filter_map(|id| self.usage.get(id));
+            .filter_map(|id| self.usage.get(id))
+            .filter(|u| wanted.is_none_or(|billed| u.billed_at.is_some() == billed));
         let by_recording = query.sort == "recorded_timestamp";
         let rows = records
             .map(|u| Row {
@@ -259,6 +266,29 @@ impl Store {
             recorded_at,
         } = Self::usage_fields(input, &mut checker, now);
         checker.finish()?;
+        let usage = self.usage_record(id)?;
+        if usage.billed_at.is_some()
+            && (amount.is_some() || usage_at.is_some() || recorded_at.is_some())
+        {
+            return Err(ApiError::validation_message(
+                super::billing::BILLED_USAGE_IMMUTABLE,
+                "amount",
+            ));
+        }
+        if let Some(at) = usage_at {
+            let add_on = self
+                .subscriptions
+                .get(&usage.subscription_id)
+                .and_then(|s| {
+                    s.field("add_ons")
+                        .as_array()?
+                        .iter()
+                        .find(|a| a["add_on"]["id"] == json!(usage.add_on_id))
+                        .cloned()
+                })
+                .unwrap_or(Value::Null);
+            self.check_correction(&usage.subscription_id, &add_on, at)?;
+        }
         let usage = self.usage.get_mut(id).expect("usage looked up above");
         if let Some(amount) = amount {
             usage.amount = amount;
@@ -286,6 +316,12 @@ impl Store {
     }
 
     pub fn delete_usage(&mut self, id: &str) -> Result<Reply> {
+        if self.usage_record(id)?.billed_at.is_some() {
+            return Err(ApiError::validation_message(
+                super::billing::BILLED_USAGE_UNDELETABLE,
+                "usage_id",
+            ));
+        }
         let usage = self
             .usage
             .remove(id)

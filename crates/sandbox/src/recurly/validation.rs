@@ -460,11 +460,33 @@ pub(crate) fn is_plan_code(code: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-'))
 }
 
-/// `accounting_code` when the request leaves it out: Recurly fills in the plan or add-on code
-/// and then validates it like an explicit one, so a code over 20 characters or with capitals
-/// fails unless `accounting_code` is given [I: reference §3.1].
-pub(crate) fn effective_accounting_code(explicit: Option<&str>, code: &str) -> String {
-    explicit.unwrap_or(code).to_owned()
+/// `accounting_code` when the request leaves it out. Recurly documents only that it "defaults to
+/// the plan's (add-on's) code", not what happens when that code breaks the accounting code's own
+/// rule (lowercase, at most 20 characters) [U: reference §3.1]. A plan or add-on code may be 50
+/// characters, so refusing would make valid codes unusable without an accounting code; the
+/// sandbox accepts it and answers the code when it fits the rule, else `null` (the answer's
+/// schema cannot hold it).
+pub(crate) fn defaulted_accounting_code(code: &str) -> Option<String> {
+    let mut probe = Checker::default();
+    check_accounting_code(&mut probe, String::new(), code);
+    probe.errors.is_empty().then(|| code.to_owned())
+}
+
+/// The `accounting_code` a plan or add-on gets: an explicit one is checked (errors under
+/// `param`), an absent one defaulted.
+fn accounting_code_field(
+    checker: &mut Checker,
+    param: String,
+    explicit: Option<&str>,
+    code: &str,
+) -> Value {
+    match explicit {
+        Some(given) => {
+            check_accounting_code(checker, param, given);
+            json!(given)
+        }
+        None => json!(defaulted_accounting_code(code)),
+    }
 }
 
 /// `/^[a-z0-9_+-]+$/` (case-sensitive) and at most 20 characters.
@@ -516,12 +538,13 @@ pub(crate) fn plan_fields(input: &Map<String, Value>, checker: &mut Checker) -> 
     let mut out = Map::new();
     if let Some(code) = checker.string(input, "", "code", CODE_MAX, true) {
         if is_plan_code(&code) {
-            let accounting = effective_accounting_code(
+            let accounting = accounting_code_field(
+                checker,
+                "accounting_code".into(),
                 input.get("accounting_code").and_then(Value::as_str),
                 &code,
             );
-            check_accounting_code(checker, "accounting_code".into(), &accounting);
-            out.insert("accounting_code".into(), json!(accounting));
+            out.insert("accounting_code".into(), accounting);
         } else {
             checker.fail("code", "is invalid");
         }
@@ -714,10 +737,13 @@ pub(crate) fn add_on_fields(
 ) -> Map<String, Value> {
     let mut out = Map::new();
     if let Some(code) = checker.string(input, prefix, "code", CODE_MAX, true) {
-        let accounting =
-            effective_accounting_code(input.get("accounting_code").and_then(Value::as_str), &code);
-        check_accounting_code(checker, format!("{prefix}accounting_code"), &accounting);
-        out.insert("accounting_code".into(), json!(accounting));
+        let accounting = accounting_code_field(
+            checker,
+            format!("{prefix}accounting_code"),
+            input.get("accounting_code").and_then(Value::as_str),
+            &code,
+        );
+        out.insert("accounting_code".into(), accounting);
         out.insert("code".into(), json!(code));
     }
     if let Some(name) = checker.string(input, prefix, "name", NAME_MAX, true) {
@@ -1145,14 +1171,25 @@ mod tests {
     }
 
     #[test]
-    fn a_long_plan_code_fails_through_its_defaulted_accounting_code() {
+    fn an_absent_accounting_code_never_refuses_a_long_or_capitalised_code() {
+        for code in ["acme-weather-basic-2026", "Basic"] {
+            let mut checker = Checker::default();
+            let input = json!({"code": code, "name": "x", "currencies": [{"currency": "USD", "unit_amount": 0}]});
+            let plan = plan_fields(input.as_object().unwrap(), &mut checker);
+            assert!(checker.errors.is_empty(), "{code}: {:?}", checker.errors);
+            assert_eq!(plan["accounting_code"], Value::Null, "{code}");
+        }
         let mut checker = Checker::default();
-        let input = json!({"code": "acme-weather-basic-2026", "name": "x", "currencies": [{"currency": "USD", "unit_amount": 0}]});
-        plan_fields(input.as_object().unwrap(), &mut checker);
-        assert_eq!(params(&checker), ["accounting_code"]);
-
+        let input = json!({"code": "basic", "name": "x", "currencies": [{"currency": "USD", "unit_amount": 0}]});
+        let plan = plan_fields(input.as_object().unwrap(), &mut checker);
+        assert_eq!(
+            plan["accounting_code"], "basic",
+            "a code that fits is the default"
+        );
+        // An explicit one is still held to the rule.
         let mut checker = Checker::default();
-        let input = json!({"code": "Basic", "name": "x", "currencies": [{"currency": "USD"}]});
+        let input = json!({"code": "basic", "accounting_code": "acme-weather-basic-2026", "name": "x",
+            "currencies": [{"currency": "USD", "unit_amount": 0}]});
         plan_fields(input.as_object().unwrap(), &mut checker);
         assert_eq!(params(&checker), ["accounting_code"]);
     }

@@ -1,0 +1,224 @@
+//! Dispatch owned by the store's queue (issue 14): a pass that must be tried again is kept by the
+//! store, so a `serve` killed (SIGKILL) between the failed pass and its retry still provisions
+//! the resource once, after restart, without a reconcile pass; and plans have a queue and a
+//! provisioner of their own, so a slow Recurly (2 s a call) working through subscriptions does
+//! not hold a plan up behind them.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::provisioning::{
+    Provider, WAIT, hooks, paid_plan_spec, plan_code, priced_quotas, recurly_writes, seed,
+};
+use crate::reporting_cli::{TempDir, binary_config, serve_with};
+use crate::support::{TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
+
+/// A metric's value in a `/metrics` text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_of(sb: &TestSandbox, url: &str) -> String {
+    sb.http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn faults(sb: &TestSandbox, upstream: &str, settings: Option<Value>) {
+    let url = sb.at(&format!("/_sandbox/faults/{upstream}"));
+    let status = match settings {
+        Some(settings) => sb.http.put(url).json(&settings).send().await,
+        None => sb.http.delete(url).send().await,
+    }
+    .unwrap()
+    .status();
+    assert!(status.is_success(), "{upstream} faults: {status}");
+}
+
+#[actix_rt::test]
+async fn a_serve_killed_between_a_failed_pass_and_its_retry_provisions_the_plan_once_after_restart_without_a_reconcile()
+ {
+    let sb = bridge_sandbox().await;
+    let dir = TempDir::new();
+    let state = dir.path("bridge.state");
+    // The retry comes 3 s after the failed pass (then 6 s, 12 s): room to kill and restart.
+    let config = |listen: &str| {
+        binary_config(&sb, listen, &state, "").replace(
+            "[provisioning]\n",
+            "[provisioning]\nretry_first = \"3s\"\nretry_max = \"12s\"\n",
+        )
+    };
+    let mut first = serve_with(&sb, &dir, config).await;
+    crate::provisioning::hooks_at(&sb, &first.url).await;
+    let provider = Provider::new(&sb).await;
+    let plan = provider.catalog("silver").await;
+    let code = plan_code(&plan);
+    // The draft plan's passes (one per quota added) go by first.
+    wait_for("the draft plan's passes", WAIT, || async {
+        let text = metrics_of(&sb, &first.url).await;
+        (metric(
+            &text,
+            r#"billing_bridge_provisioning_total{resource="plan",outcome="waiting"}"#,
+        ) >= 3.0)
+            .then_some(())
+    })
+    .await;
+
+    // Amplify fails every read of plans: the activation's pass must be tried again.
+    let outage = json!({"error_rate": 1.0, "error_status": 503, "path_contains": "/productplans", "methods": ["GET"]});
+    faults(&sb, "amplify", Some(outage)).await;
+    provider.activate("silver").await;
+    wait_for("the failed pass", Duration::from_secs(30), || async {
+        let text = metrics_of(&sb, &first.url).await;
+        (metric(
+            &text,
+            r#"billing_bridge_provisioning_total{resource="plan",outcome="retry"}"#,
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    first.kill();
+    let killed = Instant::now();
+
+    // The restarted process's start-up reconcile pass fails too (Amplify still fails), so only
+    // the retry the store kept can provision the plan.
+    let second = serve_with(&sb, &dir, config).await;
+    wait_for(
+        "the start-up reconcile pass failing",
+        Duration::from_secs(60),
+        || async {
+            second
+                .log()
+                .contains("reconciliation pass failed")
+                .then_some(())
+        },
+    )
+    .await;
+    faults(&sb, "amplify", None).await;
+    let created = wait_for(
+        "the Recurly plan from the kept retry",
+        Duration::from_secs(60),
+        || async {
+            let posts = recurly_writes(&sb, "POST", "/plans").await;
+            (!posts.is_empty()).then_some(posts)
+        },
+    )
+    .await;
+    assert_eq!(created.len(), 1, "one plan created");
+    assert_eq!(created[0]["body"]["code"], code.as_str());
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "provisioned after the restart"
+    );
+    // The pass goes on after the Recurly plan (the link written back, the card): its outcome is
+    // counted when it ends.
+    let text = wait_for("the pass counted as provisioned", WAIT, || async {
+        let text = metrics_of(&sb, &second.url).await;
+        (metric(
+            &text,
+            r#"billing_bridge_provisioning_total{resource="plan",outcome="provisioned"}"#,
+        ) == 1.0)
+            .then_some(text)
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "billing_bridge_reconcile_passes_total"),
+        0.0,
+        "no reconcile pass did it\n{}",
+        second.log()
+    );
+    // Once: later passes over it change nothing.
+    assert_eq!(recurly_writes(&sb, "POST", "/plans").await.len(), 1);
+}
+
+#[actix_rt::test]
+async fn a_slow_recurly_does_not_hold_a_plan_up_behind_a_queue_of_subscriptions() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "").await;
+    hooks(&bridge).await;
+    let provider = Provider::new(&sb).await;
+    provider.catalog("silver").await;
+    provider.activate("silver").await;
+    wait_for("the plan link", WAIT, || async {
+        let plan = provider.get("/catalog/v1/productplans/silver").await;
+        plan["attributes"]["recurlyPlanCode"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    let subscriptions = 6;
+    let accounts: Vec<Value> = (1..=subscriptions)
+        .map(|i| json!({"code": format!("amplify-team-team-{i}")}))
+        .collect();
+    seed(&sb, json!({"recurly": {"accounts": accounts}})).await;
+    // A draft plan whose quotas are in place before Recurly slows down.
+    let gold = provider
+        .plan("gold", "Gold", "weather", paid_plan_spec("weather"))
+        .await;
+    for (quota, pricing) in priced_quotas() {
+        provider.quota("gold", quota, pricing).await;
+    }
+
+    // Every Recurly call now takes 2 s; the subscriptions queue up first, then the plan.
+    faults(&sb, "recurly", Some(json!({"latency_ms": 2000}))).await;
+    for i in 1..=subscriptions {
+        provider
+            .subscribe(
+                &format!("sub-{i}"),
+                "silver",
+                &format!("team-{i}"),
+                "user-1",
+            )
+            .await;
+    }
+    provider.activate("gold").await;
+    let code = plan_code(&gold);
+    wait_for(
+        "the gold plan in Recurly",
+        Duration::from_secs(60),
+        || async {
+            recurly_writes(&sb, "POST", "/plans")
+                .await
+                .iter()
+                .any(|r| r["body"]["code"] == code.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    let mut approved = 0;
+    for i in 1..=subscriptions {
+        let sub = provider
+            .get(&format!("/catalog/v1/subscriptions/sub-{i}"))
+            .await;
+        approved += usize::from(sub["approval"]["state"] == "approved");
+    }
+    assert!(
+        approved <= subscriptions / 2,
+        "the plan waited behind the subscriptions: {approved} of {subscriptions} approved first"
+    );
+    // The subscriptions still get through.
+    wait_for(
+        "every subscription approved",
+        Duration::from_secs(120),
+        || async {
+            for i in 1..=subscriptions {
+                let sub = provider
+                    .get(&format!("/catalog/v1/subscriptions/sub-{i}"))
+                    .await;
+                if sub["approval"]["state"] != "approved" {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
