@@ -233,7 +233,17 @@ pub async fn recurly_list(sb: &TestSandbox, path: &str) -> Vec<Value> {
 
 /// The requests the bridge sent to Recurly with `method` whose path ends with `suffix`.
 pub async fn recurly_writes(sb: &TestSandbox, method: &str, suffix: &str) -> Vec<Value> {
-    sandbox_json(sb, "/_sandbox/requests?upstream=recurly")
+    requests_to(sb, "recurly", method, suffix).await
+}
+
+/// The requests `upstream` received with `method` on a path ending in `suffix`, as recorded.
+pub async fn requests_to(
+    sb: &TestSandbox,
+    upstream: &str,
+    method: &str,
+    suffix: &str,
+) -> Vec<Value> {
+    sandbox_json(sb, &format!("/_sandbox/requests?upstream={upstream}"))
         .await
         .as_array()
         .unwrap()
@@ -243,6 +253,21 @@ pub async fn recurly_writes(sb: &TestSandbox, method: &str, suffix: &str) -> Vec
         })
         .cloned()
         .collect()
+}
+
+/// Pairs of recorded requests that were being answered at the same time: one arrived before
+/// the other was answered (the sandbox takes `arrived` and `seq` from one counter).
+pub fn overlapping_pairs(requests: &[Value]) -> usize {
+    let arrived = |r: &Value| r["arrived"].as_u64().expect("arrived");
+    let answered = |r: &Value| r["seq"].as_u64().expect("seq");
+    let mut pairs = 0;
+    for (i, a) in requests.iter().enumerate() {
+        pairs += requests[i + 1..]
+            .iter()
+            .filter(|b| arrived(a) < answered(b) && arrived(b) < answered(a))
+            .count();
+    }
+    pairs
 }
 
 /// The bridge's `/metrics` text.

@@ -1,15 +1,17 @@
 //! Dispatch owned by the store's queue (issue 14): a pass that must be tried again is kept by the
 //! store, so a `serve` killed (SIGKILL) between the failed pass and its retry still provisions
-//! the resource once, after restart, without a reconcile pass; and plans have a queue and a
+//! the resource once, after restart, without a reconcile pass; plans have a queue and a
 //! provisioner of their own, so a slow Recurly (2 s a call) working through subscriptions does
-//! not hold a plan up behind them.
+//! not hold a plan up behind them; several passes of a kind are in flight at once, but never two
+//! of one resource.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::provisioning::{
-    Provider, WAIT, hooks, paid_plan_spec, plan_code, priced_quotas, recurly_writes, seed,
+    Provider, WAIT, hooks, overlapping_pairs, paid_plan_spec, plan_code, priced_quotas,
+    recurly_writes, requests_to, seed,
 };
 use crate::reporting_cli::{TempDir, binary_config, serve_with};
 use crate::support::{TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
@@ -142,7 +144,9 @@ async fn a_serve_killed_between_a_failed_pass_and_its_retry_provisions_the_plan_
 #[actix_rt::test]
 async fn a_slow_recurly_does_not_hold_a_plan_up_behind_a_queue_of_subscriptions() {
     let sb = bridge_sandbox().await;
-    let bridge = spawn_bridge(&sb, "").await;
+    // Two subscription passes at a time: the six subscriptions need three rounds of Recurly
+    // calls, the plan one.
+    let bridge = spawn_bridge(&sb, "[provisioning]\nconcurrency = 2\n").await;
     hooks(&bridge).await;
     let provider = Provider::new(&sb).await;
     provider.catalog("silver").await;
@@ -204,7 +208,7 @@ async fn a_slow_recurly_does_not_hold_a_plan_up_behind_a_queue_of_subscriptions(
         approved <= subscriptions / 2,
         "the plan waited behind the subscriptions: {approved} of {subscriptions} approved first"
     );
-    // The subscriptions still get through.
+    // The subscriptions still get through, two at a time.
     wait_for(
         "every subscription approved",
         Duration::from_secs(120),
@@ -221,4 +225,100 @@ async fn a_slow_recurly_does_not_hold_a_plan_up_behind_a_queue_of_subscriptions(
         },
     )
     .await;
+    // Side by side: some two of the subscriptions' creations were in Recurly at once.
+    let created = recurly_writes(&sb, "POST", "/subscriptions").await;
+    assert_eq!(created.len(), subscriptions, "one creation each");
+    assert!(
+        overlapping_pairs(&created) > 0,
+        "no two subscription passes were in flight at once"
+    );
+}
+
+#[actix_rt::test]
+async fn two_events_for_one_subscription_are_never_passed_at_once() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "[provisioning]\nconcurrency = 4\n").await;
+    hooks(&bridge).await;
+    let provider = Provider::new(&sb).await;
+    provider.catalog("silver").await;
+    provider.activate("silver").await;
+    wait_for("the plan link", WAIT, || async {
+        let plan = provider.get("/catalog/v1/productplans/silver").await;
+        plan["attributes"]["recurlyPlanCode"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    seed(
+        &sb,
+        json!({"recurly": {"accounts": [{"code": "amplify-team-team-1"}]}}),
+    )
+    .await;
+    // Every read of the subscription takes a second: passes that ran side by side would read
+    // it at the same time.
+    faults(
+        &sb,
+        "amplify",
+        Some(json!({"latency_ms": 1000, "path_contains": "/subscriptions/sub-1", "methods": ["GET"]})),
+    )
+    .await;
+    provider
+        .subscribe("sub-1", "silver", "team-1", "user-1")
+        .await;
+    // The event Amplify sent when the subscription asked for approval, twice more under other
+    // ids: three events of one subscription in the queue at once, four passes allowed in flight.
+    let created = crate::provisioning::delivered_envelope(&sb, |e| {
+        e["payload"]["kind"] == "Subscription"
+            && e["payload"]["name"] == "sub-1"
+            && e["metadata"]["subresource"] == "approval"
+            && e["payload"]["approval"]["state"] == "pending"
+    })
+    .await;
+    for copy in ["copy-1", "copy-2"] {
+        let mut event = created.clone();
+        event["id"] = json!(copy);
+        let (status, _, body) = crate::provisioning::post_webhook(
+            &sb,
+            &bridge,
+            Some(crate::support::WEBHOOK_SECRET),
+            event.to_string(),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["status"]),
+            (202, &json!("accepted")),
+            "{body}"
+        );
+    }
+    let passes = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(r#"billing_bridge_provisioning_total{resource="subscription""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    wait_for("three passes of sub-1", Duration::from_secs(60), || async {
+        let text = metrics_of(&sb, &bridge.url).await;
+        (passes(&text) >= 3.0).then_some(())
+    })
+    .await;
+    let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
+    assert_eq!(sub["approval"]["state"], "approved");
+    let reads = requests_to(&sb, "amplify", "GET", "/subscriptions/sub-1").await;
+    assert!(
+        reads.len() >= 3,
+        "one read per pass at least: {}",
+        reads.len()
+    );
+    assert_eq!(
+        overlapping_pairs(&reads),
+        0,
+        "two passes of sub-1 read it at once"
+    );
+    assert_eq!(
+        recurly_writes(&sb, "POST", "/subscriptions").await.len(),
+        1,
+        "one Recurly subscription"
+    );
 }

@@ -385,6 +385,79 @@ async fn duplicated_webhooks_through_the_load_balancer_have_one_effect_each() {
 }
 
 #[actix_rt::test]
+async fn one_plan_s_events_at_three_instances_are_passed_one_at_a_time() {
+    if !tools_present() {
+        return;
+    }
+    let sb = bridge_sandbox().await;
+    let redis = Redis::start().await.expect("redis-server is installed");
+    let config = write_config(&sb, &redis, "");
+    let instances = three_instances(&config).await;
+    install_hooks_nowhere(&sb, &config).await;
+    let provider = Provider::new(&sb).await;
+    let envelope = activation_envelopes(&sb, &provider, 1).await.remove(0);
+    // Every read of the plan takes a second: passes at two instances side by side would read
+    // it at the same time.
+    let slow =
+        json!({"latency_ms": 1000, "path_contains": "/productplans/plan-0", "methods": ["GET"]});
+    let status = sb
+        .http
+        .put(sb.at("/_sandbox/faults/amplify"))
+        .json(&slow)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    // The activation under three ids, one to each instance: three events of one plan in the
+    // shared queue at once.
+    let http = reqwest::Client::new();
+    for (i, instance) in instances.iter().enumerate() {
+        let mut event = envelope.clone();
+        event["id"] = json!(format!("copy-{i}"));
+        deliver(&http, &format!("{}/webhooks/amplify", instance.url), &event).await;
+    }
+    let passes = || async {
+        let mut passes = 0.0;
+        for instance in &instances {
+            let text = reqwest::get(format!("{}/metrics", instance.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            passes += text
+                .lines()
+                .filter(|l| l.starts_with(r#"billing_bridge_provisioning_total{resource="plan""#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        passes
+    };
+    wait_for(
+        "three passes of the plan",
+        Duration::from_secs(60),
+        || async { (passes().await >= 3.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(billed_cards(&sb).await, 1, "one card");
+    let reads =
+        crate::provisioning::requests_to(&sb, "amplify", "GET", "/productplans/plan-0").await;
+    assert!(
+        reads.len() >= 3,
+        "a read per pass at least: {}",
+        reads.len()
+    );
+    assert_eq!(
+        crate::provisioning::overlapping_pairs(&reads),
+        0,
+        "two instances passed the plan at once"
+    );
+    let created = recurly_writes(&sb, "POST", "/plans").await;
+    assert_eq!(created.len(), 1, "one Recurly plan");
+}
+
+#[actix_rt::test]
 async fn redis_restarted_under_load_loses_no_acknowledged_event() {
     if !tools_present() {
         return;

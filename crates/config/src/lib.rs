@@ -170,6 +170,8 @@ pub struct ProvisioningConfig {
     pub retry_first: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Passes of one kind in flight at once (never two of one resource).
+    pub concurrency: usize,
 }
 
 /// Which Traceability count is billed.
@@ -440,6 +442,9 @@ impl BridgeConfig {
                     "intake.watch_topic '{topic}' is no Amplify resource name (lower-case letters, digits, '-', '.')"
                 ));
             }
+        }
+        if self.provisioning.concurrency == 0 || self.provisioning.concurrency > 64 {
+            problems.push("provisioning.concurrency must be between 1 and 64".into());
         }
         let reporting = &self.reporting;
         if reporting.window.as_millis() < 1_000

@@ -4,7 +4,7 @@
 //! and on demand.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use billing_bridge_domain::events::{ResourceEvent, ResourceKind};
@@ -12,6 +12,7 @@ use billing_bridge_store::Delivery;
 use tracing::Instrument;
 
 use crate::Bridge;
+use crate::dispatch::Lanes;
 use crate::notices::Notices;
 use crate::plan::{PlanOutcome, provision_plan};
 use crate::reconcile::{ReconcileSummary, reconcile};
@@ -77,10 +78,66 @@ async fn finish(bridge: &Bridge, delivery: &Delivery, retry: bool) {
     }
 }
 
-/// Takes the events of one kind from that kind's queue in the store, one pass at a time, and
-/// finishes each (acknowledged, or handed back for later). One per kind, so a slow upstream
-/// call of one kind never holds up the other; the queue is the mailbox, bounded by
-/// `server.queue_capacity` (intake answers 503 beyond).
+/// How long a resource's lease in the store is taken for; renewed every third of it while its
+/// pass runs (a pass can wait minutes for Amplify's budget).
+const RESOURCE_LEASE: Duration = Duration::from_secs(30);
+/// How long a pass waits for a resource another instance is passing before the event is handed
+/// back for later (counted as a pass to try again).
+const RESOURCE_WAIT: Duration = Duration::from_secs(60);
+/// How often a waiting pass looks at the resource's lease again.
+const RESOURCE_POLL: Duration = Duration::from_millis(250);
+
+/// The lease that keeps two instances sharing a store from passing one resource at once.
+fn resource_lease(event: &ResourceEvent) -> String {
+    format!("provision/{}/{}", event.kind.label(), event.name)
+}
+
+/// One delivery, start to finish: the resource's lease in the store, the pass, the
+/// acknowledgement or the hand-back.
+async fn deliver(bridge: Arc<Bridge>, notices: Notices, delivery: Delivery) {
+    let event = &delivery.event;
+    let name = resource_lease(event);
+    let waited = Instant::now();
+    let lease = loop {
+        match bridge.store.acquire_lease(&name, RESOURCE_LEASE).await {
+            Ok(Some(lease)) => break Some(lease),
+            Ok(None) if waited.elapsed() < RESOURCE_WAIT => {
+                actix_rt::time::sleep(RESOURCE_POLL).await
+            }
+            Ok(None) => {
+                tracing::info!(resource = %event.name, "another instance is passing this resource; the event is handed back for later");
+                finish(&bridge, &delivery, true).await;
+                return;
+            }
+            // Without the store the pass cannot be finished either: handed back after
+            // store.reclaim_after, as any delivery never finished.
+            Err(e) => {
+                tracing::warn!(resource = %event.name, error = %e, "store unavailable; the event comes back after store.reclaim_after");
+                return;
+            }
+        }
+    };
+    let retry = match &lease {
+        Some(lease) => {
+            bridge
+                .holding(lease, RESOURCE_LEASE, pass(&bridge, &notices, event))
+                .await
+        }
+        None => pass(&bridge, &notices, event).await,
+    };
+    finish(&bridge, &delivery, retry).await;
+    if let Some(lease) = lease {
+        let _ = bridge.store.release_lease(&lease).await;
+    }
+    bridge.refresh_depths().await;
+}
+
+/// Takes the events of one kind from that kind's queue in the store and passes up to
+/// `[provisioning] concurrency` of them at once, never two of one resource (a later event of
+/// a resource being passed waits behind it, in order; see `dispatch`). One per kind, so a slow
+/// upstream call of one kind never holds up the other; the queue is the mailbox, bounded by
+/// `server.queue_capacity` (intake answers 503 beyond), and an event is taken only when a slot
+/// is free to pass it.
 pub struct Provisioner {
     pub bridge: Arc<Bridge>,
     pub notices: Notices,
@@ -92,25 +149,29 @@ impl Actor for Provisioner {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let (bridge, notices, kind) = (self.bridge.clone(), self.notices.clone(), self.kind);
+        let lanes = Lanes::new(bridge.config.provisioning.concurrency);
         ctx.spawn(
             async move {
                 loop {
+                    let slot = lanes.slot().await;
                     let next = bridge.store.next_event(kind, POLL).await;
                     // Each provisioner asks the store every second: its answer is the store's
                     // health.
                     bridge.metrics.store_up.set(i64::from(next.is_ok()));
                     match next {
                         Ok(Some(delivery)) => {
-                            let retry = pass(&bridge, &notices, &delivery.event).await;
-                            finish(&bridge, &delivery, retry).await;
+                            let key = delivery.event.name.clone();
+                            let (bridge, notices) = (bridge.clone(), notices.clone());
+                            lanes.run(slot, key, delivery, move |delivery| {
+                                deliver(bridge.clone(), notices.clone(), delivery)
+                            });
                         }
-                        Ok(None) => {}
+                        Ok(None) => bridge.refresh_depths().await,
                         Err(e) => {
                             tracing::warn!(error = %e, "store unavailable; the provisioner waits");
                             actix_rt::time::sleep(POLL).await;
                         }
                     }
-                    bridge.refresh_depths().await;
                 }
             }
             .into_actor(self),

@@ -69,6 +69,36 @@ pub struct Channels {
 pub struct BuildError(pub String);
 
 impl Bridge {
+    /// Runs `work` while renewing `lease` for `ttl` every third of it, so work that outlasts the
+    /// lease keeps it. A renewal that fails (the lease lost meanwhile) is logged; what the lease
+    /// fences (the ledger's writes by its token) still stops the work's writes.
+    pub async fn holding<F: std::future::Future>(
+        &self,
+        lease: &billing_bridge_store::Lease,
+        ttl: Duration,
+        work: F,
+    ) -> F::Output {
+        let (work, renew) = (std::pin::pin!(work), std::pin::pin!(self.renew(lease, ttl)));
+        match futures_util::future::select(work, renew).await {
+            futures_util::future::Either::Left((output, _)) => output,
+            futures_util::future::Either::Right((never, _)) => match never {},
+        }
+    }
+
+    /// Renews `lease` for `ttl` every third of it, for as long as it is polled.
+    async fn renew(
+        &self,
+        lease: &billing_bridge_store::Lease,
+        ttl: Duration,
+    ) -> std::convert::Infallible {
+        loop {
+            actix_rt::time::sleep(ttl / 3).await;
+            if let Err(e) = self.store.extend_lease(lease, ttl).await {
+                tracing::warn!(error = %e, "a lease could not be renewed");
+            }
+        }
+    }
+
     /// Sets the depth gauges from the store: events not finished (in all and per provisioner)
     /// and the notification outbox. The one place they move, called by each consumer after
     /// each item and by `/metrics`, so they count what the store holds, not what was sent.

@@ -8,6 +8,7 @@
 pub mod actors;
 pub mod billing_state;
 pub mod bridge;
+pub mod dispatch;
 pub mod hooks;
 pub mod metrics;
 pub mod notices;

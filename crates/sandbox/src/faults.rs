@@ -223,6 +223,7 @@ pub async fn gate(
         .expect("sandbox state is registered on the app");
     let method = req.method().as_str().to_owned();
     let path = req.path().to_owned();
+    let arrived = state.recorder.next_seq();
     let (delay, injection) = state.faults.decide(upstream, &method, &path);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -272,6 +273,7 @@ pub async fn gate(
                 record_limit,
                 RecordedRequest {
                     seq: state.recorder.next_seq(),
+                    arrived,
                     upstream,
                     method,
                     path,
@@ -299,6 +301,7 @@ pub async fn gate(
         record_limit,
         RecordedRequest {
             seq: state.recorder.next_seq(),
+            arrived,
             upstream,
             method,
             path,

@@ -12,7 +12,12 @@ use crate::Upstream;
 /// One request as an upstream saw it, and its answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecordedRequest {
+    /// Taken when the answer was ready, from the same counter as `arrived`.
     pub seq: u64,
+    /// Taken when the request arrived (before any injected latency): two requests overlapped
+    /// when one arrived before the other's `seq`, whatever the clock did.
+    #[serde(default)]
+    pub arrived: u64,
     pub upstream: Upstream,
     pub method: String,
     pub path: String,

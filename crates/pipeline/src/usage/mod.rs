@@ -325,10 +325,13 @@ pub async fn run(
     // A window can take longer than the lease (a large run waits for Amplify's reporting lane):
     // the lease is renewed every third of its time while the run goes on. Its ledger writes stay
     // fenced by the lease's token, so a lease lost anyway still stops them.
-    let heartbeat = std::pin::pin!(renew_while_running(bridge, lease.as_ref()));
-    let result = match futures_util::future::select(run, heartbeat).await {
-        futures_util::future::Either::Left((result, _)) => result,
-        futures_util::future::Either::Right((never, _)) => match never {},
+    let result = match lease.as_ref() {
+        Some(lease) => {
+            bridge
+                .holding(lease, bridge.config.reporting.lease_ttl, run)
+                .await
+        }
+        None => run.await,
     };
     let outcome = match &result {
         Ok(summary) if summary.complete => RunOutcome::Complete,
@@ -571,22 +574,6 @@ async fn usage_in(
 /// window as it arrives, so a window holding a renewal is dated whole, in the open period.
 fn can_cut(bridge: &Bridge) -> bool {
     bridge.config.reporting.source != TrafficSource::Push
-}
-
-/// Renews `lease` every third of its time, for as long as it is polled; never ends.
-async fn renew_while_running(
-    bridge: &Bridge,
-    lease: Option<&billing_bridge_store::Lease>,
-) -> std::convert::Infallible {
-    let ttl = bridge.config.reporting.lease_ttl;
-    loop {
-        actix_rt::time::sleep(ttl / 3).await;
-        if let Some(lease) = lease
-            && let Err(e) = bridge.store.extend_lease(lease, ttl).await
-        {
-            tracing::warn!(error = %e, "the reporting lease could not be renewed");
-        }
-    }
 }
 
 /// The billing (period, trial, pricing) of every Recurly subscription with traffic in the
