@@ -13,12 +13,12 @@ use crate::ingest::{
     INGEST_PATH, REFUSED, Rng, TRANSACTIONS, array_body, bearer, counts, ndjson_body, post_ingest,
     push_overrides, sample,
 };
-use crate::provisioning::{Provider, WAIT, hooks, metrics, paid_plan_spec, seed};
+use crate::provisioning::{Provider, hooks, metrics, paid_plan_spec, seed};
 use crate::reporting::{
     Billed, Expected, Quota, closed_windows, inject, metric_sum, report, reporting_overrides, span,
     usage_totals, wait_billed,
 };
-use crate::support::{TestBridge, TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
+use crate::support::{TestBridge, TestSandbox, bridge_sandbox, spawn_bridge};
 
 const UNMATCHED: &str = "billing_bridge_usage_unmatched_units_total";
 
@@ -149,13 +149,7 @@ async fn setup<'a>(sb: &'a TestSandbox, overrides: &str, subscribers: usize) -> 
         names.push((name, resources));
     }
     provider.activate("gold").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/gold").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("gold").await;
     let mut quotas = Vec::new();
     for (name, resources) in names {
         // Read back as the bridge reads quotas, with their references.

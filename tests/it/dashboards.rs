@@ -274,11 +274,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_alert_over_a_provisionin
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
         .await;
-    wait_for("the approval", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
-        (sub["approval"]["state"] == "approved").then_some(())
-    })
-    .await;
+    provider.approval("sub-1", "approved").await;
     let activation = delivered_envelope(&sb, |e| {
         e["payload"]["kind"] == "ProductPlan"
             && e["payload"]["name"] == "silver"

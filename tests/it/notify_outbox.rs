@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::provisioning::{Provider, WAIT, cards, mails, sandbox_json, seed};
 use crate::reporting_cli::{TempDir, binary_config, serve_with};
-use crate::support::{TEAMS_CHANNEL, TestSandbox, bridge_sandbox, wait_for};
+use crate::support::{TEAMS_CHANNEL, TestSandbox, bridge_sandbox, metric_sum, wait_for};
 
 /// Errors the sandbox injected into `upstream` so far.
 async fn refused(sb: &TestSandbox, upstream: &str) -> u64 {
@@ -41,23 +41,6 @@ async fn outage(sb: &TestSandbox, on: bool) {
         .status();
         assert!(status.is_success(), "{upstream}: {status}");
     }
-}
-
-/// A metric's value in a `/metrics` text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn approval(provider: &Provider<'_>, name: &str, state: &str) {
-    wait_for(&format!("{name} {state}"), WAIT, || async {
-        let sub = provider
-            .get(&format!("/catalog/v1/subscriptions/{name}"))
-            .await;
-        (sub["approval"]["state"] == state).then_some(())
-    })
-    .await;
 }
 
 #[actix_rt::test]
@@ -116,21 +99,15 @@ base_url = "{sb}/sendgrid"
     let provider = Provider::new(&sb).await;
     provider.catalog("silver").await;
     provider.activate("silver").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
         .await;
-    approval(&provider, "sub-1", "approved").await;
+    provider.approval("sub-1", "approved").await;
     provider
         .subscribe("sub-2", "silver", "team-2", "user-2")
         .await;
-    approval(&provider, "sub-2", "rejected").await;
+    provider.approval("sub-2", "rejected").await;
     outage_part(2).await;
     // Both channels refused the first process's notices, several times each.
     wait_for("refused tries at both channels", WAIT, || async {
@@ -147,7 +124,7 @@ base_url = "{sb}/sendgrid"
         .await;
     let before_restart = (refused(&sb, "teams").await, refused(&sb, "sendgrid").await);
     let second = serve_with(&sb, &dir, config).await;
-    approval(&provider, "sub-3", "approved").await;
+    provider.approval("sub-3", "approved").await;
     outage_part(1).await;
     wait_for("the restarted process retrying", WAIT, || async {
         (refused(&sb, "teams").await >= before_restart.0 + 4
@@ -171,26 +148,31 @@ base_url = "{sb}/sendgrid"
             .text()
             .await
             .ok()?;
-        let sent = metric(
+        let sent = metric_sum(
             &text,
-            r#"billing_bridge_notifications_total{channel="mail",outcome="sent"}"#,
-        ) + metric(
+            "billing_bridge_notifications_total",
+            r#"channel="mail",outcome="sent""#,
+        ) + metric_sum(
             &text,
-            r#"billing_bridge_notifications_total{channel="teams",outcome="sent"}"#,
+            "billing_bridge_notifications_total",
+            r#"channel="teams",outcome="sent""#,
         );
-        let waiting = metric(
+        let waiting = metric_sum(
             &text,
-            r#"billing_bridge_mailbox_depth_messages{actor="notifier"}"#,
+            "billing_bridge_mailbox_depth_messages",
+            r#"actor="notifier""#,
         );
         (sent >= 4.0 && waiting == 0.0).then_some(text)
     })
     .await;
-    let expired = metric(
+    let expired = metric_sum(
         &text,
-        r#"billing_bridge_notifications_total{channel="mail",outcome="expired"}"#,
-    ) + metric(
+        "billing_bridge_notifications_total",
+        r#"channel="mail",outcome="expired""#,
+    ) + metric_sum(
         &text,
-        r#"billing_bridge_notifications_total{channel="teams",outcome="expired"}"#,
+        "billing_bridge_notifications_total",
+        r#"channel="teams",outcome="expired""#,
     );
     assert_eq!(expired, 0.0, "{text}");
     println!(

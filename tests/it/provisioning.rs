@@ -13,6 +13,9 @@ use crate::support::{
 };
 
 pub const WAIT: Duration = Duration::from_secs(10);
+/// For waits on the pipeline (a pass, a link, an approval): generous, as polling costs a
+/// passing test nothing.
+pub const LONG_WAIT: Duration = Duration::from_secs(60);
 
 /// A provider acting on the sandbox's Amplify.
 pub struct Provider<'a> {
@@ -145,6 +148,28 @@ impl<'a> Provider<'a> {
         assert_eq!(status, 200, "activating {plan}: {body}");
     }
 
+    /// Waits until the bridge has linked `plan` to its Recurly plan; returns the plan.
+    pub async fn linked(&self, plan: &str) -> Value {
+        let path = format!("/catalog/v1/productplans/{plan}");
+        wait_for(&format!("the link of {plan}"), LONG_WAIT, || async {
+            let plan = self.get(&path).await;
+            plan["attributes"]["recurlyPlanCode"]
+                .is_string()
+                .then_some(plan)
+        })
+        .await
+    }
+
+    /// Waits until `subscription`'s approval is in `state`; returns the subscription.
+    pub async fn approval(&self, subscription: &str, state: &str) -> Value {
+        let path = format!("/catalog/v1/subscriptions/{subscription}");
+        wait_for(&format!("{subscription} {state}"), LONG_WAIT, || async {
+            let sub = self.get(&path).await;
+            (sub["approval"]["state"] == state).then_some(sub)
+        })
+        .await
+    }
+
     /// A subscription owned by `user`'s team `team` in org 650130132060094 (the sandbox takes the
     /// consumer from `marketplace.resource.owner`; the real platform from the caller).
     pub async fn subscribe(&self, name: &str, plan: &str, team: &str, user: &str) -> Value {
@@ -272,14 +297,7 @@ pub fn overlapping_pairs(requests: &[Value]) -> usize {
 
 /// The bridge's `/metrics` text.
 pub async fn metrics(sb: &TestSandbox, bridge: &TestBridge) -> String {
-    sb.http
-        .get(format!("{}/metrics", bridge.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    crate::support::metrics_at(sb, &bridge.url).await
 }
 
 /// Waits for the reconciliation pass the bridge runs on start, so state a test creates later is
@@ -492,11 +510,7 @@ async fn an_activated_plan_and_a_pending_subscription_are_billed_approved_and_an
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
         .await;
-    let approved = wait_for("the approval", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved = provider.approval("sub-1", "approved").await;
     let billing_id = approved["attributes"]["recurlySubscriptionId"]
         .as_str()
         .expect("linked")
@@ -524,11 +538,7 @@ async fn an_activated_plan_and_a_pending_subscription_are_billed_approved_and_an
     provider
         .subscribe("sub-2", "silver", "team-2", "user-1")
         .await;
-    let rejected = wait_for("the rejection", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-2").await;
-        (sub["approval"]["state"] == "rejected").then_some(sub)
-    })
-    .await;
+    let rejected = provider.approval("sub-2", "rejected").await;
     assert!(
         rejected["approval"]["reason"]
             .as_str()

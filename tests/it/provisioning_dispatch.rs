@@ -14,25 +14,7 @@ use crate::provisioning::{
     recurly_writes, requests_to, seed,
 };
 use crate::reporting_cli::{TempDir, binary_config, serve_with};
-use crate::support::{TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
-
-/// A metric's value in a `/metrics` text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics_of(sb: &TestSandbox, url: &str) -> String {
-    sb.http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
+use crate::support::{TestSandbox, bridge_sandbox, metric_sum, metrics_at, spawn_bridge, wait_for};
 
 async fn faults(sb: &TestSandbox, upstream: &str, settings: Option<Value>) {
     let url = sb.at(&format!("/_sandbox/faults/{upstream}"));
@@ -65,10 +47,11 @@ async fn a_serve_killed_between_a_failed_pass_and_its_retry_provisions_the_plan_
     let code = plan_code(&plan);
     // The draft plan's passes (one per quota added) go by first.
     wait_for("the draft plan's passes", WAIT, || async {
-        let text = metrics_of(&sb, &first.url).await;
-        (metric(
+        let text = metrics_at(&sb, &first.url).await;
+        (metric_sum(
             &text,
-            r#"billing_bridge_provisioning_total{resource="plan",outcome="waiting"}"#,
+            "billing_bridge_provisioning_total",
+            r#"resource="plan",outcome="waiting""#,
         ) >= 3.0)
             .then_some(())
     })
@@ -79,10 +62,11 @@ async fn a_serve_killed_between_a_failed_pass_and_its_retry_provisions_the_plan_
     faults(&sb, "amplify", Some(outage)).await;
     provider.activate("silver").await;
     wait_for("the failed pass", Duration::from_secs(30), || async {
-        let text = metrics_of(&sb, &first.url).await;
-        (metric(
+        let text = metrics_at(&sb, &first.url).await;
+        (metric_sum(
             &text,
-            r#"billing_bridge_provisioning_total{resource="plan",outcome="retry"}"#,
+            "billing_bridge_provisioning_total",
+            r#"resource="plan",outcome="retry""#,
         ) >= 1.0)
             .then_some(())
     })
@@ -123,16 +107,17 @@ async fn a_serve_killed_between_a_failed_pass_and_its_retry_provisions_the_plan_
     // The pass goes on after the Recurly plan (the link written back, the card): its outcome is
     // counted when it ends.
     let text = wait_for("the pass counted as provisioned", WAIT, || async {
-        let text = metrics_of(&sb, &second.url).await;
-        (metric(
+        let text = metrics_at(&sb, &second.url).await;
+        (metric_sum(
             &text,
-            r#"billing_bridge_provisioning_total{resource="plan",outcome="provisioned"}"#,
+            "billing_bridge_provisioning_total",
+            r#"resource="plan",outcome="provisioned""#,
         ) == 1.0)
             .then_some(text)
     })
     .await;
     assert_eq!(
-        metric(&text, "billing_bridge_reconcile_passes_total"),
+        metric_sum(&text, "billing_bridge_reconcile_passes_total", ""),
         0.0,
         "no reconcile pass did it\n{}",
         second.log()
@@ -151,13 +136,7 @@ async fn a_slow_recurly_does_not_hold_a_plan_up_behind_a_queue_of_subscriptions(
     let provider = Provider::new(&sb).await;
     provider.catalog("silver").await;
     provider.activate("silver").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     let subscriptions = 6;
     let accounts: Vec<Value> = (1..=subscriptions)
         .map(|i| json!({"code": format!("amplify-team-team-{i}")}))
@@ -242,13 +221,7 @@ async fn two_events_for_one_subscription_are_never_passed_at_once() {
     let provider = Provider::new(&sb).await;
     provider.catalog("silver").await;
     provider.activate("silver").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     seed(
         &sb,
         json!({"recurly": {"accounts": [{"code": "amplify-team-team-1"}]}}),
@@ -290,17 +263,14 @@ async fn two_events_for_one_subscription_are_never_passed_at_once() {
             "{body}"
         );
     }
-    let passes = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with(r#"billing_bridge_provisioning_total{resource="subscription""#)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     wait_for("three passes of sub-1", Duration::from_secs(60), || async {
-        let text = metrics_of(&sb, &bridge.url).await;
-        (passes(&text) >= 3.0).then_some(())
+        let text = metrics_at(&sb, &bridge.url).await;
+        (metric_sum(
+            &text,
+            "billing_bridge_provisioning_total",
+            r#"resource="subscription""#,
+        ) >= 3.0)
+            .then_some(())
     })
     .await;
     let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;

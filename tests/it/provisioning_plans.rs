@@ -300,13 +300,7 @@ async fn a_quota_added_to_an_active_plan_becomes_a_new_add_on_and_deprecation_ta
     let code = plan_code(&plan);
     provider.activate("silver").await;
     recurly_plan(&sb, &code).await;
-    wait_for("the link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
 
     let quota = provider
         .quota(

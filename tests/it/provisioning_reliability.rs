@@ -76,13 +76,7 @@ async fn the_same_webhook_delivered_five_times_has_one_effect() {
         .map(|(s, b)| (s, b.to_owned()))
         .collect();
     assert_eq!(answers, expected);
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
 
     seed(&sb, json!({
         "amplify": {"users": [{"guid": "user-1", "email": "dev@consumer.example", "firstname": "Dana", "lastname": "Dev"}]},
@@ -123,11 +117,7 @@ async fn the_same_webhook_delivered_five_times_has_one_effect() {
     let (status, _, body) = send().await;
     assert_eq!((status, &body["status"]), (202, &json!("duplicate")));
 
-    let approved = wait_for("the approval", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved = provider.approval("sub-1", "approved").await;
     settle_by_hand(&provider, &bridge, "weather").await;
     assert_eq!(recurly_list(&sb, "/plans?limit=200").await.len(), 1);
     assert_eq!(recurly_writes(&sb, "POST", "/plans").await.len(), 1);
@@ -182,21 +172,11 @@ async fn the_reconciler_repairs_webhooks_that_never_arrived() {
     })
     .await;
     assert_eq!(billed["name"], "Silver");
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     // With the plan linked, the next pass takes its pending subscription.
     let second = reconcile_now(&sb, &bridge).await;
     assert_eq!(second["queued"], 1, "the pending subscription: {second}");
-    let approved = wait_for("the approval", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved = provider.approval("sub-1", "approved").await;
     let id = approved["attributes"]["recurlySubscriptionId"]
         .as_str()
         .unwrap();
@@ -405,13 +385,7 @@ async fn with_amplify_writes_failing_each_subscription_is_billed_approved_and_ma
     let provider = Provider::new(&sb).await;
     provider.catalog("silver").await;
     provider.activate("silver").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     let users: Vec<Value> = (1..=SUBSCRIPTIONS)
         .map(|n| json!({"guid": format!("user-{n}"), "email": format!("dev{n}@consumer.example")}))
         .collect();

@@ -23,13 +23,7 @@ async fn billed_catalog<'a>(
     let provider = Provider::new(sb).await;
     let plan = provider.catalog("silver").await;
     provider.activate("silver").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     seed(
         sb,
         json!({"amplify": {"users": [{"guid": "user-1", "email": "dev@consumer.example", "firstname": "Dana", "lastname": "Dev"}],

@@ -90,21 +90,11 @@ async fn billed_subscriber<'a>(
         json!({"recurly": {"accounts": [{"code": "amplify-team-team-1", "email": "b@consumer.example"}]}}),
     )
     .await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
         .await;
-    let approved = wait_for("sub-1 approved", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved = provider.approval("sub-1", "approved").await;
     let recurly_id = approved["attributes"]["recurlySubscriptionId"]
         .as_str()
         .expect("linked")
@@ -360,11 +350,7 @@ async fn billing_the_bridge_did_not_make_is_never_ended() {
     provider
         .subscribe("sub-c", "silver", "team-1", "user-1")
         .await;
-    let approved = wait_for("sub-c approved", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-c").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved = provider.approval("sub-c", "approved").await;
     let made = approved["attributes"]["recurlySubscriptionId"]
         .as_str()
         .unwrap()
@@ -450,13 +436,7 @@ async fn subscriptions_ended_while_the_bridge_was_stopped_are_canceled_at_the_ne
     .await;
     let mut billed = Vec::new();
     for (name, team) in [("sub-1", "team-1"), ("sub-2", "team-2")] {
-        wait_for("the plan link", WAIT, || async {
-            let plan = provider.get("/catalog/v1/productplans/silver").await;
-            plan["attributes"]["recurlyPlanCode"]
-                .is_string()
-                .then_some(())
-        })
-        .await;
+        provider.linked("silver").await;
         provider.subscribe(name, "silver", team, "user-1").await;
         let approved = wait_for(&format!("{name} approved"), WAIT, || async {
             let sub = provider

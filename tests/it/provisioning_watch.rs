@@ -61,21 +61,11 @@ async fn events_deleted_and_created_while_serve_was_stopped_are_processed_at_sta
         json!({"recurly": {"accounts": [{"code": "amplify-team-team-1"}, {"code": "amplify-team-team-2"}]}}),
     )
     .await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
         .await;
-    let approved = wait_for("sub-1 approved", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-1").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved = provider.approval("sub-1", "approved").await;
     let billed_1 = approved["attributes"]["recurlySubscriptionId"]
         .as_str()
         .unwrap()
@@ -131,11 +121,7 @@ async fn events_deleted_and_created_while_serve_was_stopped_are_processed_at_sta
         (recurly_state(&sb, &billed_1).await == "canceled").then_some(())
     })
     .await;
-    let approved_2 = wait_for("sub-2 approved", WAIT, || async {
-        let sub = provider.get("/catalog/v1/subscriptions/sub-2").await;
-        (sub["approval"]["state"] == "approved").then_some(sub)
-    })
-    .await;
+    let approved_2 = provider.approval("sub-2", "approved").await;
     let billed_2 = approved_2["attributes"]["recurlySubscriptionId"]
         .as_str()
         .expect("sub-2 linked")

@@ -171,13 +171,7 @@ pub async fn billed_subscriptions(
         });
     }
     provider.activate("silver").await;
-    wait_for("the plan link", WAIT, || async {
-        let plan = provider.get("/catalog/v1/productplans/silver").await;
-        plan["attributes"]["recurlyPlanCode"]
-            .is_string()
-            .then_some(())
-    })
-    .await;
+    provider.linked("silver").await;
     let teams: Vec<Value> = (1..=subscribers)
         .map(|i| json!({"guid": format!("team-{i}"), "name": format!("Consumers {i}"), "users": ["user-1"]}))
         .collect();
@@ -442,20 +436,7 @@ pub async fn report_until_complete(
     panic!("no complete run in {tries} tries: {summaries:#?}");
 }
 
-/// The sum of the samples of metric `name` whose labels include `labels` (e.g. `reason="x"`).
-pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest),
-                None => (series, ""),
-            };
-            (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
-        })
-        .fold(0.0, |sum, value| sum + value)
-}
+pub use crate::support::metric_sum;
 
 /// Sets Recurly faults in the sandbox (README "Fault settings").
 pub async fn recurly_faults(sb: &TestSandbox, settings: Value) {

@@ -426,11 +426,11 @@ async fn one_plan_s_events_at_three_instances_are_passed_one_at_a_time() {
                 .text()
                 .await
                 .unwrap();
-            passes += text
-                .lines()
-                .filter(|l| l.starts_with(r#"billing_bridge_provisioning_total{resource="plan""#))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            passes += crate::support::metric_sum(
+                &text,
+                "billing_bridge_provisioning_total",
+                r#"resource="plan""#,
+            );
         }
         passes
     };

@@ -274,3 +274,30 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The sum of the samples of metric `name` whose labels include `labels` (e.g. `reason="x"`).
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest),
+                None => (series, ""),
+            };
+            (metric == name && rest.contains(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .fold(0.0, |sum, value| sum + value)
+}
+
+/// A bridge's `/metrics` text.
+pub async fn metrics_at(sb: &TestSandbox, bridge_url: &str) -> String {
+    sb.http
+        .get(format!("{bridge_url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}

@@ -10,6 +10,7 @@ pub mod billing_state;
 pub mod bridge;
 pub mod dispatch;
 pub mod hooks;
+pub mod intake;
 pub mod metrics;
 pub mod notices;
 pub mod periods;

@@ -14,25 +14,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use billing_bridge_amplify::{AmplifyError, EventType, Lane, WebhookEnvelope};
 use billing_bridge_domain::amplify::Resource;
-use billing_bridge_domain::events::{
-    ChangeType, EventPayload, ResourceKind, watch_event_of_interest,
-};
-use billing_bridge_domain::trust::amplify_name;
-use billing_bridge_store::{Claim, StoreError};
+use billing_bridge_domain::events::EventPayload;
+use billing_bridge_store::StoreError;
+
+use crate::intake::{NotAdmitted, QueueError, Queued, Source, admit, queue_once};
 use serde_json::Value;
 use tracing::Instrument;
 
 use crate::Bridge;
 use crate::actors::{ReconcileNow, Reconciler};
-
-/// As intake: how long an event is held as "processing" while it is queued, and how long an
-/// accepted id is remembered.
-const CLAIM_HOLD: Duration = Duration::from_secs(30);
-const DONE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How long an event the webhook is accepting right now is waited for before the read stops
-/// there (and the next read starts from it).
-const IN_FLIGHT_WAIT: Duration = Duration::from_millis(250);
-const IN_FLIGHT_POLL: Duration = Duration::from_millis(5);
 
 /// What one read did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,61 +129,24 @@ async fn take(bridge: &Bridge, raw: &Value) -> Outcome {
     if envelope.id.trim().is_empty() {
         return Outcome::Ignored;
     }
-    if let Some(tenant) = config
-        .amplify
-        .tenant_id
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        && envelope.organization.as_ref().map(|o| o.id.as_str()) != Some(tenant)
-    {
-        return Outcome::Ignored;
-    }
-    let change = match envelope.event_type {
-        EventType::ResourceCreated => ChangeType::Created,
-        EventType::ResourceUpdated => ChangeType::Updated,
-        EventType::ResourceDeleted => ChangeType::Deleted,
-        EventType::SubResourceUpdated => ChangeType::SubResourceUpdated,
+    let mut event = match admit(config, &envelope, Source::WatchTopic) {
+        Ok(event) => event,
+        Err(NotAdmitted::Ignored(_)) => return Outcome::Ignored,
+        Err(NotAdmitted::BadName(_)) => {
+            tracing::warn!(event = %envelope.id, "a watch topic event names no Amplify resource; skipped");
+            return Outcome::Ignored;
+        }
     };
-    let Some(mut event) = watch_event_of_interest(
-        &envelope.id,
-        change,
-        envelope.subresource(),
-        &envelope.payload,
-        envelope.correlation_id.as_deref(),
-    ) else {
-        return Outcome::Ignored;
-    };
-    if amplify_name(&event.name).is_err() {
-        tracing::warn!(event = %envelope.id, "a watch topic event names no Amplify resource; skipped");
-        return Outcome::Ignored;
-    }
-    let enabled = match event.kind {
-        ResourceKind::ProductPlan => config.provisioning.plans,
-        ResourceKind::Subscription => config.provisioning.subscriptions,
-    };
-    if !enabled {
-        return Outcome::Ignored;
-    }
     event.trace_parent = crate::trace::traceparent(&tracing::Span::current());
-    let store = &bridge.store;
-    let waited_until = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
-    loop {
-        match store.claim_event(&envelope.id, CLAIM_HOLD).await {
-            Ok(Claim::Done) => return Outcome::Duplicate,
-            Ok(Claim::InFlight) if tokio::time::Instant::now() < waited_until => {
-                tokio::time::sleep(IN_FLIGHT_POLL).await;
-            }
-            Ok(Claim::InFlight) | Err(_) => return Outcome::Later,
-            Ok(Claim::Claimed) => break,
+    match queue_once(&bridge.store, event).await {
+        Ok(Queued::Queued) => Outcome::Queued,
+        Ok(Queued::Duplicate) => Outcome::Duplicate,
+        Err(QueueError::InFlight) => Outcome::Later,
+        Err(QueueError::Store(e)) => {
+            tracing::warn!(error = %e, "could not queue a watch topic event; the next read takes it again");
+            Outcome::Later
         }
     }
-    if let Err(e) = store.enqueue(event).await {
-        tracing::warn!(error = %e, "could not queue a watch topic event; the next read takes it again");
-        let _ = store.abandon_event(&envelope.id).await;
-        return Outcome::Later;
-    }
-    let _ = store.finish_event(&envelope.id, DONE_KEEP).await;
-    Outcome::Queued
 }
 
 /// Reads the topic at start and every `watch_every`, one read at a time; asks the Reconciler

@@ -1,14 +1,12 @@
 //! Webhook intake: secret, size, shape, organization, interest, dedupe, queue. Each refusal says
 //! what was wrong, and nothing of a refused or ignored request is processed.
 
-use std::time::Duration;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use billing_bridge_amplify::{EnvelopeHead, EventType, WebhookEnvelope};
-use billing_bridge_domain::events::{ChangeType, EventPayload, ResourceKind, event_of_interest};
-use billing_bridge_domain::trust::amplify_name;
+use billing_bridge_domain::events::EventPayload;
+use billing_bridge_pipeline::intake::{NotAdmitted, QueueError, Queued, Source, admit, queue_once};
 use billing_bridge_pipeline::metrics::{WebhookIgnored, WebhookOutcome};
-use billing_bridge_store::{Claim, StoreError};
+use billing_bridge_store::StoreError;
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -18,13 +16,6 @@ use crate::{AppState, secret_matches};
 
 /// Where Amplify posts events; `install-hooks` registers this path.
 pub const WEBHOOK_PATH: &str = "/webhooks/amplify";
-/// How long an event is held as "processing" while it is being queued.
-const CLAIM_HOLD: Duration = Duration::from_secs(30);
-/// How long a copy waits for the request accepting the same event, and how often it looks.
-const IN_FLIGHT_WAIT: Duration = Duration::from_millis(250);
-const IN_FLIGHT_POLL: Duration = Duration::from_millis(2);
-/// How long an accepted event id is remembered, so replays are recognised.
-const DONE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Counts the outcome and notes it on the webhook's span.
 fn record_outcome(state: &AppState, outcome: WebhookOutcome) {
@@ -182,89 +173,37 @@ async fn accept(
             "the event has an empty id".into(),
         );
     }
-    // Only the configured organization's events are looked at (reference §4.3: `organization.id`
-    // is the provider organization the event was sent for).
-    if let Some(tenant) = config
-        .amplify
-        .tenant_id
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        && envelope.organization.as_ref().map(|o| o.id.as_str()) != Some(tenant)
-    {
-        return ignored(&state, WebhookIgnored::OtherOrganization);
-    }
-    let change = match envelope.event_type {
-        EventType::ResourceCreated => ChangeType::Created,
-        EventType::ResourceUpdated => ChangeType::Updated,
-        EventType::ResourceDeleted => ChangeType::Deleted,
-        EventType::SubResourceUpdated => ChangeType::SubResourceUpdated,
+    let mut event = match admit(config, &envelope, Source::Webhook) {
+        Ok(event) => event,
+        Err(NotAdmitted::Ignored(reason)) => return ignored(&state, reason),
+        Err(NotAdmitted::BadName(e)) => {
+            return refuse(
+                &state,
+                WebhookOutcome::Malformed,
+                StatusCode::BAD_REQUEST,
+                format!("the event's resource name is refused: {e}"),
+            );
+        }
     };
-    let Some(mut event) = event_of_interest(
-        &envelope.id,
-        change,
-        envelope.subresource(),
-        &envelope.payload,
-        envelope.correlation_id.as_deref(),
-    ) else {
-        return ignored(&state, WebhookIgnored::NotOfInterest);
-    };
-    // The names become URL path segments of the provisioner's reads: a name that is no Amplify
-    // name (`../../management`) is refused here, before anything is queued.
-    if let Err(e) = amplify_name(&event.name) {
-        return refuse(
-            &state,
-            WebhookOutcome::Malformed,
-            StatusCode::BAD_REQUEST,
-            format!("the event's resource name is refused: {e}"),
-        );
-    }
     span.record("kind", tracing::field::debug(&event.kind));
     span.record("resource", event.name.as_str());
     event.trace_parent = billing_bridge_pipeline::trace::traceparent(&span);
-    let enabled = match event.kind {
-        ResourceKind::ProductPlan => config.provisioning.plans,
-        ResourceKind::Subscription => config.provisioning.subscriptions,
-    };
-    if !enabled {
-        return ignored(&state, WebhookIgnored::PipelineOff);
-    }
-
-    let store = &state.bridge.store;
-    // A copy of an event another request is accepting right now usually learns the outcome
-    // within milliseconds: wait a little for it rather than make the sender try again.
-    let waited_until = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
-    loop {
-        match store.claim_event(&envelope.id, CLAIM_HOLD).await {
-            Ok(Claim::Done) => return answered(&state, WebhookOutcome::Duplicate, "duplicate"),
-            Ok(Claim::InFlight) if tokio::time::Instant::now() < waited_until => {
-                tokio::time::sleep(IN_FLIGHT_POLL).await;
-            }
-            Ok(Claim::InFlight) => {
-                return busy(
-                    &state,
-                    1,
-                    "the same event is being accepted right now; send it again shortly".into(),
-                );
-            }
-            Ok(Claim::Claimed) => break,
-            Err(e) => return busy(&state, 5, format!("cannot accept events now: {e}")),
-        }
-    }
     tracing::debug!(event = %envelope.id, kind = ?event.kind, resource = %event.name, correlation = ?event.correlation_id, "webhook accepted");
-    match store.enqueue(event).await {
-        Ok(()) => {}
-        Err(e) => {
-            let _ = store.abandon_event(&envelope.id).await;
+    match queue_once(&state.bridge.store, event).await {
+        Ok(Queued::Queued) => answered(&state, WebhookOutcome::Accepted, "accepted"),
+        Ok(Queued::Duplicate) => answered(&state, WebhookOutcome::Duplicate, "duplicate"),
+        Err(QueueError::InFlight) => busy(
+            &state,
+            1,
+            "the same event is being accepted right now; send it again shortly".into(),
+        ),
+        Err(QueueError::Store(e)) => {
             let retry = if matches!(e, StoreError::QueueFull { .. }) {
                 5
             } else {
                 10
             };
-            return busy(&state, retry, format!("cannot accept events now: {e}"));
+            busy(&state, retry, format!("cannot accept events now: {e}"))
         }
     }
-    // The event is queued: a replay from here on is a duplicate. If marking fails, the worst case
-    // is a replay processed twice, which level-triggered provisioning absorbs.
-    let _ = store.finish_event(&envelope.id, DONE_KEEP).await;
-    answered(&state, WebhookOutcome::Accepted, "accepted")
 }
