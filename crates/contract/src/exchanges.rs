@@ -29,17 +29,13 @@ pub fn check_recorded_exchanges(
     let contract = RecurlyContract::get();
     let mut found = Vec::new();
     for entry in entries {
-        let seq = entry
-            .get("seq")
-            .map(|s| format!("#{s} "))
-            .unwrap_or_default();
-        let method = entry.get("method").and_then(Value::as_str).unwrap_or("?");
-        let full_path = entry.get("path").and_then(Value::as_str).unwrap_or("?");
-        let path = full_path.strip_prefix(prefix).unwrap_or(full_path);
-        let status = entry
-            .get("status")
-            .and_then(Value::as_u64)
-            .and_then(|s| u16::try_from(s).ok());
+        let Recorded {
+            seq,
+            method,
+            full_path,
+            path,
+            status,
+        } = Recorded::read(entry, prefix);
         let tag = |violations: Violations| {
             violations.0.into_iter().map(|v| Violation {
                 operation: format!("{seq}{} [{method} {full_path} → {status:?}]", v.operation),
@@ -85,6 +81,37 @@ pub fn check_recorded_exchanges(
     Violations(found).into_result()
 }
 
+/// What identifies a recorded exchange in a violation, read from the recorder's entry.
+struct Recorded<'a> {
+    /// `#seq ` when the entry has one.
+    seq: String,
+    method: &'a str,
+    /// The path as recorded, with the upstream's prefix.
+    full_path: &'a str,
+    /// The path the contract knows.
+    path: &'a str,
+    status: Option<u16>,
+}
+
+impl<'a> Recorded<'a> {
+    fn read(entry: &'a Value, prefix: &str) -> Self {
+        let full_path = entry.get("path").and_then(Value::as_str).unwrap_or("?");
+        Recorded {
+            seq: entry
+                .get("seq")
+                .map(|s| format!("#{s} "))
+                .unwrap_or_default(),
+            method: entry.get("method").and_then(Value::as_str).unwrap_or("?"),
+            full_path,
+            path: full_path.strip_prefix(prefix).unwrap_or(full_path),
+            status: entry
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok()),
+        }
+    }
+}
+
 /// The recorder keeps bodies as JSON when they parse and as text otherwise; an empty text is no
 /// body at all.
 fn json_or_raw(body: &Value) -> Value {
@@ -101,18 +128,14 @@ pub fn check_recorded_answers_complete(entries: &[Value], prefix: &str) -> Resul
     let contract = RecurlyContract::get();
     let mut found = Vec::new();
     for entry in entries {
-        let seq = entry
-            .get("seq")
-            .map(|s| format!("#{s} "))
-            .unwrap_or_default();
-        let method = entry.get("method").and_then(Value::as_str).unwrap_or("?");
-        let full_path = entry.get("path").and_then(Value::as_str).unwrap_or("?");
-        let path = full_path.strip_prefix(prefix).unwrap_or(full_path);
-        let Some(status) = entry
-            .get("status")
-            .and_then(Value::as_u64)
-            .and_then(|s| u16::try_from(s).ok())
-        else {
+        let Recorded {
+            seq,
+            method,
+            full_path,
+            path,
+            status,
+        } = Recorded::read(entry, prefix);
+        let Some(status) = status else {
             continue;
         };
         let body = json_or_raw(entry.get("response_body").unwrap_or(&Value::Null));

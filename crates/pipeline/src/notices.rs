@@ -78,6 +78,14 @@ impl Notices {
         Self { bridge }
     }
 
+    /// [`notify`](Self::notify), the first time `key` is seen (within a week): for notices that
+    /// must be sent once although the pass that sends them may run many times, on any instance.
+    pub async fn notify_once(&self, key: &str, notice: Notice) {
+        if crate::provision::first_time(&self.bridge, key).await {
+            self.notify(notice).await;
+        }
+    }
+
     /// Writes the notice to the outbox, with the current span's trace context; returns once the
     /// store holds it. A store that is briefly away (a Redis restart, a failover) is tried again
     /// for up to [`PUT_PATIENCE`]; one that still cannot take it is logged and counted (`lost`):

@@ -15,7 +15,7 @@ use billing_bridge_notify::{ProviderCard, Tone};
 use crate::Bridge;
 use crate::metrics::{ProvisioningOutcome, ResourceLabel};
 use crate::notices::{Notice, Notices};
-use crate::provision::{ProvisionError, by_id, catalog_path, first_time};
+use crate::provision::{ProvisionError, by_id, catalog_path};
 use tracing::Instrument;
 
 /// What a pass over a plan did.
@@ -98,20 +98,12 @@ async fn provision_plan_traced(
         },
         Err(e) => {
             let reason = e.to_string();
-            if first_time(
-                bridge,
-                &format!("notice:plan-error:{}:{reason}", event.resource_id),
-            )
-            .await
-            {
-                notices
-                    .notify(Notice::Provider(failure_card(
-                        &event.name,
-                        &event.name,
-                        &reason,
-                    )))
-                    .await;
-            }
+            notices
+                .notify_once(
+                    &format!("notice:plan-error:{}:{reason}", event.resource_id),
+                    Notice::Provider(failure_card(&event.name, &event.name, &reason)),
+                )
+                .await;
             PlanOutcome::Failed { reason }
         }
     };
@@ -236,16 +228,12 @@ async fn provision(
         Err(e) => {
             let reason = e.to_string();
             let version = plan.metadata.resource_version.as_deref().unwrap_or("");
-            if first_time(
-                bridge,
-                &format!("notice:plan-failed:{}:{version}", plan.metadata.id),
-            )
-            .await
-            {
-                notices
-                    .notify(Notice::Provider(failure_card(&title, &plan.name, &reason)))
-                    .await;
-            }
+            notices
+                .notify_once(
+                    &format!("notice:plan-failed:{}:{version}", plan.metadata.id),
+                    Notice::Provider(failure_card(&title, &plan.name, &reason)),
+                )
+                .await;
             return Ok(PlanOutcome::Failed { reason });
         }
     };
@@ -269,16 +257,12 @@ async fn provision(
                 "Recurly plan {} was deleted in Recurly and cannot be reactivated; archive this Amplify plan and create a new one",
                 mapped.code
             );
-            if first_time(
-                bridge,
-                &format!("notice:plan-inactive:{}", plan.metadata.id),
-            )
-            .await
-            {
-                notices
-                    .notify(Notice::Provider(failure_card(&title, &plan.name, &reason)))
-                    .await;
-            }
+            notices
+                .notify_once(
+                    &format!("notice:plan-inactive:{}", plan.metadata.id),
+                    Notice::Provider(failure_card(&title, &plan.name, &reason)),
+                )
+                .await;
             return Ok(PlanOutcome::Failed { reason });
         }
         Some(_) => (false, ensure_add_ons(bridge, &mapped).await?),

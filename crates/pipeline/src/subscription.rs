@@ -554,14 +554,10 @@ async fn refuse(
             )
             .await?;
     }
-    if first_time(
-        bridge,
-        &format!("notice:subscription-refused:{}", subscription.metadata.id),
-    )
-    .await
-    {
-        notices
-            .notify(Notice::Provider(ProviderCard {
+    notices
+        .notify_once(
+            &format!("notice:subscription-refused:{}", subscription.metadata.id),
+            Notice::Provider(ProviderCard {
                 title: format!("Subscription not billed: {sub_title}"),
                 tone: Tone::Attention,
                 text: format!(
@@ -577,9 +573,9 @@ async fn refuse(
                     ("Cause".into(), detail.to_owned()),
                 ],
                 link: None,
-            }))
-            .await;
-    }
+            }),
+        )
+        .await;
     let reason = reason.to_owned();
     Ok(if leave_pending {
         SubscriptionOutcome::LeftPending { reason }
@@ -642,13 +638,7 @@ async fn end(
     };
     if let Err(why) = may_end(link, amplify, billing) {
         tracing::warn!(subscription = %link.amplify_name, recurly_subscription = %id, reason = %why, "not ending a billing subscription the bridge did not make");
-        if first_time(
-            bridge,
-            &format!("notice:subscription-not-ended:{}", link.amplify_id),
-        )
-        .await
-        {
-            notices.notify(Notice::Provider(ProviderCard {
+        notices.notify_once(&format!("notice:subscription-not-ended:{}", link.amplify_id), Notice::Provider(ProviderCard {
                 title: format!("Subscription ended, billing left alone: {}", link.amplify_name),
                 tone: Tone::Attention,
                 text: format!(
@@ -657,7 +647,6 @@ async fn end(
                 facts: vec![("Recurly subscription".into(), id.to_owned())],
                 link: None,
             })).await;
-        }
         bridge
             .store
             .unlink_subscription(&link.amplify_id)
@@ -688,13 +677,7 @@ async fn end(
             Err(e) => return Err(e.into()),
         }
         // One card per subscription, however many passes (or instances) get here.
-        if first_time(
-            bridge,
-            &format!("notice:subscription-ended:{}", link.amplify_id),
-        )
-        .await
-        {
-            notices.notify(Notice::Provider(ProviderCard {
+        notices.notify_once(&format!("notice:subscription-ended:{}", link.amplify_id), Notice::Provider(ProviderCard {
                 title: format!("Subscription ended: {}", link.amplify_name),
                 tone: Tone::Info,
                 text: match bridge.config.provisioning.on_end {
@@ -704,7 +687,6 @@ async fn end(
                 facts: vec![("Recurly subscription".into(), id.to_owned())],
                 link: None,
             })).await;
-        }
     }
     bridge
         .store

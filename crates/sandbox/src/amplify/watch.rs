@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::resources::{API_VERSIONS, ApiError, central_error, kind_named, self_link};
 use super::rsql;
 use super::store::{Catalog, Change};
-use super::webhooks::trigger_matches;
+use super::webhooks::any_fires;
 use crate::SandboxState;
 
 /// How long events are kept: "7-day retention" [V reference §4.5].
@@ -93,24 +93,9 @@ pub(crate) fn retain(state: &SandboxState, catalog: &Catalog, change: &Change, e
         topics.events.remove(name);
         topics.purged_through.remove(name);
     }
-    let name = change.document["name"].as_str().unwrap_or_default();
-    let scope = change.spec.scope.zip(change.scope.as_deref());
     let version = event["payload"]["apiVersion"].as_str().unwrap_or("v1");
     for topic in catalog.all_of("WatchTopic") {
-        let filters = topic.document["spec"]["filters"].as_array();
-        let fires = filters.is_some_and(|fs| {
-            fs.iter().any(|f| {
-                trigger_matches(
-                    f,
-                    change.event_type,
-                    change.spec.group,
-                    change.spec.kind,
-                    name,
-                    scope,
-                )
-            })
-        });
-        if !fires {
+        if !any_fires(&topic.document["spec"]["filters"], change) {
             continue;
         }
         topics.last_sequence += 1;

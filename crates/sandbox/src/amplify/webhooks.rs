@@ -113,6 +113,25 @@ fn pattern_matches(pattern: Option<&str>, value: &str) -> bool {
 }
 
 /// Whether a ResourceHook trigger (reference §4.1) fires for a change of this resource.
+/// Whether any of `triggers` (a ResourceHook's `spec.triggers`, or a WatchTopic's
+/// `spec.filters`, of the same shape) fires for `change`.
+pub(crate) fn any_fires(triggers: &Value, change: &Change) -> bool {
+    let name = change.document["name"].as_str().unwrap_or_default();
+    let scope = change.spec.scope.zip(change.scope.as_deref());
+    triggers.as_array().is_some_and(|ts| {
+        ts.iter().any(|t| {
+            trigger_matches(
+                t,
+                change.event_type,
+                change.spec.group,
+                change.spec.kind,
+                name,
+                scope,
+            )
+        })
+    })
+}
+
 /// A trigger without `scope` fires for every scope; `*` matches any kind, name or scope.
 pub(crate) fn trigger_matches(
     trigger: &Value,
@@ -145,24 +164,9 @@ pub(crate) fn trigger_matches(
 /// Each POST a change causes: one per enabled Webhook named by each ResourceHook whose trigger
 /// fires, with the Webhook's headers and its secret placed as `spec.auth` says.
 fn jobs_for(catalog: &Catalog, change: &Change, event: &Value) -> Vec<DeliveryJob> {
-    let name = change.document["name"].as_str().unwrap_or_default();
-    let scope = change.spec.scope.zip(change.scope.as_deref());
     let mut jobs = Vec::new();
     for hook in catalog.all_of("ResourceHook") {
-        let triggers = hook.document["spec"]["triggers"].as_array();
-        let fires = triggers.is_some_and(|ts| {
-            ts.iter().any(|t| {
-                trigger_matches(
-                    t,
-                    change.event_type,
-                    change.spec.group,
-                    change.spec.kind,
-                    name,
-                    scope,
-                )
-            })
-        });
-        if !fires {
+        if !any_fires(&hook.document["spec"]["triggers"], change) {
             continue;
         }
         let integration = hook.scope.as_deref();
