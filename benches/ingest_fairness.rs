@@ -29,11 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{benching, env_or, percentile};
+use support::{INGEST_TOKEN, WEBHOOK_SECRET, benching, env_or, percentile, status_mb};
 
-const INGEST_TOKEN: &str = "bench-fairness-ingest-token";
-const ADMIN_TOKEN: &str = "bench-fairness-admin-token";
-const WEBHOOK_SECRET: &str = "Bearer bench-fairness-webhook-secret";
 /// The default `[ingest] max_inflight_bytes`, which the bound is derived from; the bridge runs
 /// with the default, and the harness checks the default file says the same.
 const MAX_INFLIGHT_BYTES: u64 = 268_435_456;
@@ -136,20 +133,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.0.kill();
     }
-}
-
-/// A `VmRSS:`-style line of /proc/<pid>/status, in MB.
-fn status_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kb| kb as f64 / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// Starts `serve` with `config`; its pid and base URL (from the address line it prints).
@@ -367,40 +350,7 @@ async fn run(s: &Settings, process: &BridgeProcess, dir: &std::path::Path) -> bo
     );
 
     let config = dir.join("bridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-[webhook]
-secret = "{WEBHOOK_SECRET}"
-[amplify]
-central_url = "{sb}/amplify"
-auth_url = "{sb}/auth"
-platform_url = "{sb}/platform"
-client_id = "bridge"
-client_secret = "bench-secret"
-[recurly]
-base_url = "{sb}/recurly"
-api_key = "recurly-bench-key"
-site = "production"
-[provisioning]
-plans = false
-subscriptions = false
-reconcile_every = "24h"
-[reporting]
-source = "push"
-schedule = ""
-[ingest]
-token = "{INGEST_TOKEN}"
-[store]
-state_file = ""
-"#
-        ),
-    )
-    .expect("config file");
+    support::write_push_config(&config, &sb, "", "", "state_file = \"\"");
     let log = dir.join("bridge.log");
     let (pid, url) = start_bridge(process, &config, &log);
     let probe_client = reqwest::Client::builder()

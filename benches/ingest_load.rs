@@ -42,13 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{benching, env_or, percentile};
+use support::{ADMIN_TOKEN, INGEST_TOKEN, benching, disk_bytes, env_or, percentile, status_mb};
 
 const HOUR_MS: i64 = 3_600_000;
 const QUOTAS: usize = 2;
-const INGEST_TOKEN: &str = "bench-ingest-token-7f3a9c";
-const ADMIN_TOKEN: &str = "bench-admin-token-51c2e8";
-const WEBHOOK_SECRET: &str = "Bearer bench-webhook-secret";
 /// Shares of what is sent, in per mille.
 const REPEATS_PERMILLE: u64 = 20;
 const LATE_PERMILLE: u64 = 30;
@@ -131,33 +128,6 @@ fn cpu_seconds(pid: &str, ticks: f64) -> f64 {
     let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (utime + stime) / ticks
-}
-
-/// A `VmHWM:`-style line of /proc/<pid>/status, in MB.
-fn status_mb(pid: &str, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kb| kb as f64 / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// Bytes under a path (a file, or a directory walked recursively).
-fn disk_bytes(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| disk_bytes(&e.path())).sum())
-        .unwrap_or(0)
 }
 
 /// What the store holds on disk (the state file and its ingest log, or Redis's data directory),
@@ -1242,48 +1212,13 @@ async fn run(s: &Settings, children: &Children, dir: &Path, ticks: f64) {
         );
     }
     let config = dir.join("bridge.toml");
-    std::fs::write(
+    support::write_push_config(
         &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-[webhook]
-secret = "{WEBHOOK_SECRET}"
-[amplify]
-central_url = "{sb}/amplify"
-auth_url = "{sb}/auth"
-platform_url = "{sb}/platform"
-client_id = "bridge"
-client_secret = "bench-secret"
-requests_per_minute = 6000
-timeout = "30s"
-[recurly]
-base_url = "{sb}/recurly"
-api_key = "recurly-bench-key"
-site = "production"
-requests_per_minute = 1000
-timeout = "30s"
-[provisioning]
-plans = false
-subscriptions = false
-reconcile_every = "24h"
-[reporting]
-source = "push"
-schedule = ""
-window = "1h"
-delay = "1s"
-billed_count = "total"
-concurrency = 16
-[ingest]
-token = "{INGEST_TOKEN}"
-[store]
-{store}
-"#
-        ),
-    )
-    .expect("bridge config");
+        &sb,
+        "window = \"1h\"\ndelay = \"1s\"\nbilled_count = \"total\"\nconcurrency = 16",
+        "",
+        &store,
+    );
     let bridge = start_bridge(children, &config, dir.join("bridge.log"));
     let ready = Instant::now();
     loop {

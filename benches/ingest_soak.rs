@@ -26,10 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{benching, env_or};
+use support::{ADMIN_TOKEN, INGEST_TOKEN, benching, disk_bytes, env_or, status_mb};
 
-const INGEST_TOKEN: &str = "soak-ingest-token-3e81b0";
-const ADMIN_TOKEN: &str = "soak-admin-token-9d24c7";
 const MINUTE_MS: i64 = 60_000;
 
 /// The bridge process (and the harness's redis-server) and the temporary directory: killed and
@@ -59,32 +57,6 @@ fn start_redis(dir: &Path) -> (Child, String) {
     (child, support::redis_url(&socket))
 }
 
-fn rss_mb(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kb| kb as f64 / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// Bytes under a path (a file, or a directory walked recursively).
-fn disk_bytes(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| disk_bytes(&e.path())).sum())
-        .unwrap_or(0)
-}
-
 fn rfc3339(ms: i64) -> String {
     billing_bridge_pipeline::usage::rfc3339(ms)
 }
@@ -98,48 +70,16 @@ fn start_bridge(dir: &Path, sandbox: &str, start_ms: i64, redis: bool) -> Bridge
         (None, format!("state_file = \"{}\"", state.display()))
     };
     let config = dir.join("bridge.toml");
-    std::fs::write(
+    support::write_push_config(
         &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_token = "{ADMIN_TOKEN}"
-[webhook]
-secret = "Bearer soak-webhook-secret"
-[amplify]
-central_url = "{sandbox}/amplify"
-auth_url = "{sandbox}/auth"
-platform_url = "{sandbox}/platform"
-client_id = "bridge"
-client_secret = "soak-secret"
-requests_per_minute = 6000
-[recurly]
-base_url = "{sandbox}/recurly"
-api_key = "recurly-soak-key"
-site = "production"
-requests_per_minute = 1000
-[provisioning]
-plans = false
-subscriptions = false
-reconcile_every = "24h"
-[reporting]
-source = "push"
-schedule = ""
-window = "1m"
-delay = "1s"
-start_at = "{start}"
-[ingest]
-token = "{INGEST_TOKEN}"
-horizon = "2m"
-future_skew = "30s"
-[store]
-{store}
-"#,
-            start = rfc3339(start_ms),
+        sandbox,
+        &format!(
+            "window = \"1m\"\ndelay = \"1s\"\nstart_at = \"{}\"",
+            rfc3339(start_ms)
         ),
-    )
-    .expect("bridge config");
+        "horizon = \"2m\"\nfuture_skew = \"30s\"",
+        &store,
+    );
     let log = std::fs::File::create(dir.join("bridge.log")).expect("bridge log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
         .args(["serve", "--config"])
@@ -287,9 +227,9 @@ fn main() {
                 let sample = Sample {
                     at_s: started.elapsed().as_secs_f64(),
                     sent: sent.load(Ordering::Relaxed),
-                    rss_mb: rss_mb(&bridge.pid),
+                    rss_mb: status_mb(&bridge.pid, "VmRSS:"),
                     disk_mb: match &redis_pid {
-                        Some(pid) => rss_mb(pid),
+                        Some(pid) => status_mb(pid, "VmRSS:"),
                         None => {
                             disk_bytes(&dir.join("state.ingest")) as f64 / 1e6
                                 + disk_bytes(&dir.join("state")) as f64 / 1e6

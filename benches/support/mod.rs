@@ -319,3 +319,88 @@ pub fn watchdog(
         std::process::exit(2);
     });
 }
+
+/// A `VmRSS:`-style line of /proc/<pid>/status (`field` with its colon), in MB; 0 when the
+/// process is gone.
+pub fn status_mb(pid: impl std::fmt::Display, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb as f64 / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Bytes under a path (a file, or a directory walked recursively).
+pub fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| disk_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// The secrets of a bridge [`write_push_config`] configures.
+pub const ADMIN_TOKEN: &str = "bench-admin-token-51c2e8";
+pub const INGEST_TOKEN: &str = "bench-ingest-token-7f3a9c";
+pub const WEBHOOK_SECRET: &str = "Bearer bench-webhook-secret";
+
+/// Writes the configuration of a `serve` that takes pushed transactions only (provisioning off),
+/// with `sandbox` as every upstream: `reporting`, `ingest` and `store` are lines added to those
+/// tables.
+pub fn write_push_config(
+    path: &std::path::Path,
+    sandbox: &str,
+    reporting: &str,
+    ingest: &str,
+    store: &str,
+) {
+    std::fs::write(
+        path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+[webhook]
+secret = "{WEBHOOK_SECRET}"
+[amplify]
+central_url = "{sandbox}/amplify"
+auth_url = "{sandbox}/auth"
+platform_url = "{sandbox}/platform"
+client_id = "bridge"
+client_secret = "bench-secret"
+requests_per_minute = 6000
+timeout = "30s"
+[recurly]
+base_url = "{sandbox}/recurly"
+api_key = "recurly-bench-key"
+site = "production"
+requests_per_minute = 1000
+timeout = "30s"
+[provisioning]
+plans = false
+subscriptions = false
+reconcile_every = "24h"
+[reporting]
+source = "push"
+schedule = ""
+{reporting}
+[ingest]
+token = "{INGEST_TOKEN}"
+{ingest}
+[store]
+{store}
+"#
+        ),
+    )
+    .expect("bridge config");
+}
