@@ -36,15 +36,7 @@ struct Bench {
 
 impl Bench {
     async fn post(&self, url: String, body: &Value) -> Value {
-        let response = self.http.post(&url).json(body).send().await.expect("post");
-        let status = response.status();
-        let text = response.text().await.expect("answer");
-        assert!(
-            status.is_success(),
-            "{url}: {status} {}",
-            &text[..text.len().min(500)]
-        );
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        support::post_json(&self.http, &url, body).await
     }
 
     async fn seed(&self, body: Value) -> Value {
@@ -55,15 +47,7 @@ impl Bench {
     /// The bridge's own counters, from its `/metrics`: `name{labels…}` lines whose labels contain
     /// every one of `with`, summed.
     async fn counter(&self, name: &str, with: &[&str], without: &[&str]) -> u64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.bridge))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = support::metrics_text(&self.http, &self.bridge).await;
         text.lines()
             .filter(|l| l.starts_with(&format!("{name}{{")))
             .filter(|l| with.iter().all(|w| l.contains(w)))
@@ -133,15 +117,7 @@ impl Bench {
         let started = Instant::now();
         while self.provisioned(resource).await < count {
             if started.elapsed() >= within {
-                let metrics = self
-                    .http
-                    .get(format!("{}/metrics", self.bridge))
-                    .send()
-                    .await
-                    .expect("metrics")
-                    .text()
-                    .await
-                    .expect("metrics text");
+                let metrics = support::metrics_text(&self.http, &self.bridge).await;
                 let passes: Vec<&str> = metrics
                     .lines()
                     .filter(|l| {

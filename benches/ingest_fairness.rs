@@ -23,7 +23,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -154,21 +154,12 @@ fn start_bridge(
     let pid = child.id();
     let stdout = child.stdout.take().unwrap();
     *process.0.lock().unwrap() = Some(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("billing-bridge: ") {
-                    break rest.split_whitespace().next().unwrap().to_owned();
-                }
-            }
-            _ => panic!(
-                "billing-bridge serve printed no address; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            ),
-        }
+    let Some(url) = support::serve_address(stdout) else {
+        panic!(
+            "billing-bridge serve printed no address; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
     };
-    std::thread::spawn(move || for _ in lines {});
     (pid, url)
 }
 
@@ -434,14 +425,7 @@ async fn run(s: &Settings, process: &BridgeProcess, dir: &std::path::Path) -> bo
     let (webhooks, webhooks_failed) = webhooks.await.unwrap();
     let peak = status_mb(pid, "VmHWM:");
     let after = status_mb(pid, "VmRSS:");
-    let metrics = probe_client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics_text(&probe_client, &url).await;
     let inflight_after: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("billing_bridge_ingest_inflight_bytes "))

@@ -34,7 +34,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -455,18 +455,6 @@ fn gzip_bytes(data: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // The sandbox catalog.
 
-async fn post(http: &reqwest::Client, url: String, body: &Value) -> Value {
-    let response = http.post(&url).json(body).send().await.expect("sandbox");
-    let status = response.status();
-    let text = response.text().await.expect("sandbox answer");
-    assert!(
-        status.is_success(),
-        "{url}: {status} {}",
-        &text[..text.len().min(500)]
-    );
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 fn seeded<'a>(answer: &'a Value, section: &str, key: &str) -> &'a Vec<Value> {
     answer[key]
         .as_array()
@@ -485,9 +473,9 @@ async fn seed_catalog(http: &reqwest::Client, sb: &str, subs: usize) -> Catalog 
         catalog.push(json!({"kind": "Quota", "name": format!("quota-{q}"), "metadata": {"scope": {"name": "bench-plan"}},
             "spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": format!("api/resource-{q}")}]}}));
     }
-    let created = post(
+    let created = support::post_json(
         http,
-        format!("{sb}/_sandbox/seed"),
+        &format!("{sb}/_sandbox/seed"),
         &json!({"amplify": {"resources": catalog}}),
     )
     .await;
@@ -523,9 +511,7 @@ async fn seed_catalog(http: &reqwest::Client, sb: &str, subs: usize) -> Catalog 
                    "add_ons": quota_ids.iter().map(|q| json!({"code": format!("amplify-quota-{q}")})).collect::<Vec<_>>()})
         })
         .collect();
-    let answer = post(
-        http,
-        format!("{sb}/_sandbox/seed"),
+    let answer = support::post_json(http, &format!("{sb}/_sandbox/seed"),
         &json!({"recurly": {
             "measured_units": [{"name": "transactions", "display_name": "Transactions"}],
             "accounts": accounts,
@@ -550,9 +536,9 @@ async fn seed_catalog(http: &reqwest::Client, sb: &str, subs: usize) -> Catalog 
                    "approval": {"state": "approved"}})
         })
         .collect();
-    let answer = post(
+    let answer = support::post_json(
         http,
-        format!("{sb}/_sandbox/seed"),
+        &format!("{sb}/_sandbox/seed"),
         &json!({"amplify": {"resources": linked}}),
     )
     .await;
@@ -629,22 +615,13 @@ fn start_bridge(children: &Children, config: &Path, log: PathBuf) -> Bridge {
     let pid = child.id().to_string();
     let stdout = child.stdout.take().unwrap();
     *children.bridge.lock().unwrap() = Some(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("billing-bridge: ") {
-                    break rest.split_whitespace().next().unwrap().to_owned();
-                }
-            }
-            _ => panic!(
-                "billing-bridge serve printed no address; its log:\n{}",
-                tail(&log)
-            ),
-        }
+    let Some(url) = support::serve_address(stdout) else {
+        panic!(
+            "billing-bridge serve printed no address; its log:\n{}",
+            tail(&log)
+        )
     };
-    // Keep reading so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+
     let redis_pid = children
         .redis
         .lock()

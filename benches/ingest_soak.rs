@@ -18,7 +18,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -90,24 +90,13 @@ fn start_bridge(dir: &Path, sandbox: &str, start_ms: i64, redis: bool) -> Bridge
         .spawn()
         .expect("billing-bridge serve starts");
     let pid = child.id().to_string();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("billing-bridge: ") {
-                    break rest.split_whitespace().next().unwrap().to_owned();
-                }
-            }
-            _ => {
-                let _ = child.kill();
-                panic!(
-                    "billing-bridge serve printed no address: {}",
-                    std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default()
-                )
-            }
-        }
+    let Some(url) = support::serve_address(child.stdout.take().unwrap()) else {
+        let _ = child.kill();
+        panic!(
+            "billing-bridge serve printed no address: {}",
+            std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default()
+        )
     };
-    std::thread::spawn(move || for _ in lines {});
     Bridge {
         child,
         redis,

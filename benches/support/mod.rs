@@ -404,3 +404,48 @@ token = "{INGEST_TOKEN}"
     )
     .expect("bridge config");
 }
+
+/// The address a `serve` prints on its stdout (`billing-bridge: http://…`); the rest of its
+/// stdout is drained by a thread of its own, so the process never blocks on a full pipe. `None`
+/// when it ended without printing one.
+pub fn serve_address(stdout: std::process::ChildStdout) -> Option<String> {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines.next()?.ok()?;
+        if let Some(rest) = line.strip_prefix("billing-bridge: ") {
+            break rest.split_whitespace().next()?.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Some(url)
+}
+
+/// POSTs `body` as JSON and answers the JSON answer (`null` when there is none); panics on an
+/// answer that is no success (a bench's setup must not fail silently).
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let response = http.post(url).json(body).send().await.expect("post");
+    let status = response.status();
+    let text = response.text().await.expect("answer");
+    assert!(
+        status.is_success(),
+        "{url}: {status} {}",
+        &text[..text.len().min(500)]
+    );
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// A bridge's `/metrics` text.
+pub async fn metrics_text(http: &reqwest::Client, bridge: &str) -> String {
+    http.get(format!("{bridge}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
