@@ -12,14 +12,21 @@ use serde_json::{Value, json};
 
 use crate::provisioning::metrics;
 use crate::reporting::{
-    Billed, Expected, Quota, billed, closed_windows, metric_sum, report, report_with,
-    reporting_overrides, rfc3339, span, usage_posts, usage_totals, whole,
+    Billed, Expected, Quota, billed, billed_exactly, closed_windows, metric_sum, report,
+    report_with, reporting_overrides, rfc3339, span, usage_posts, usage_totals, whole,
 };
 use crate::reporting_cli::{TempDir, binary_config, serve_with};
 use crate::support::{ADMIN_TOKEN, Redis, TestSandbox, bridge_sandbox, spawn_bridge};
 
 /// The `[ingest] token` of every push bridge here; it must never show anywhere.
 pub const INGEST_TOKEN: &str = "ingest-token-5d1f0c-never-shown";
+
+/// The configuration of a `serve` (see `reporting_cli::binary_config`) that bills pushed
+/// transactions, its state in `state`.
+pub fn push_binary_config(sb: &TestSandbox, listen: &str, state: &std::path::Path) -> String {
+    crate::reporting_cli::binary_config(sb, listen, state, "source = \"push\"")
+        + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
+}
 pub const INGEST_PATH: &str = "/ingest/transactions";
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
@@ -1087,12 +1094,10 @@ async fn a_transaction_id_is_counted_once_within_a_batch_across_batches_and_rese
     let (_, a2, d2, _, _) = counts(&two);
     assert_eq!((a1 + a2, d1 + d2), (20, 20), "{one}\n{two}");
 
-    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     let mut expected = Expected::default();
     expected.add(sub, q0, windows[0].0, 5);
     expected.add(sub, q1, windows[1].0, 20);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &windows, &expected).await;
 }
 
 #[actix_rt::test]
@@ -1115,11 +1120,9 @@ async fn a_transaction_id_sent_again_with_another_time_is_still_a_duplicate() {
     ];
     let answer = push(&sb, &b.bridge.url, &again).await;
     assert_eq!(counts(&answer), (2, 0, 2, 0, 0), "{answer}");
-    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     let mut expected = Expected::default();
     expected.add(sub, q0, windows[0].0, 2);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &windows, &expected).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1860,10 +1863,7 @@ async fn accepted_events_are_in_the_ingest_log_and_survive_a_crash() {
     let (sub, q0, q1) = (&b.subs[0], &b.quotas[0], &b.quotas[1]);
     let dir = TempDir::new();
     let state = dir.path("bridge.state");
-    let push_config = |listen: &str| {
-        binary_config(&sb, listen, &state, "source = \"push\"")
-            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
-    };
+    let push_config = |listen: &str| push_binary_config(&sb, listen, &state);
     let mut first = serve_with(&sb, &dir, push_config).await;
     let batch_a = txns("crash-a", sub, q0, windows[0], 10);
     let answer = push(&sb, &first.url, &batch_a).await;
@@ -1962,10 +1962,7 @@ async fn every_batch_acknowledged_before_a_crash_under_load_is_kept() {
     let windows = closed_windows(2);
     let dir = TempDir::new();
     let state = dir.path("bridge.state");
-    let push_config = |listen: &str| {
-        binary_config(&sb, listen, &state, "source = \"push\"")
-            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
-    };
+    let push_config = |listen: &str| push_binary_config(&sb, listen, &state);
     let mut first = serve_with(&sb, &dir, push_config).await;
     // Six senders, each with 40 batches of 50 new calls.
     let mut expected = Expected::default();
@@ -2080,12 +2077,10 @@ async fn two_instances_on_one_redis_take_each_transaction_id_once() {
     assert_eq!(counts(&answer), (7, 7, 0, 0, 0), "{answer}");
 
     // Reported by either instance, billed once.
-    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     let mut expected = Expected::default();
     expected.add(sub, q0, windows[0].0, 30);
     expected.add(sub, q1, windows[1].0, 7);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &windows, &expected).await;
     let again = report(&sb, &other.url, Some(&span(&windows))).await;
     assert_eq!(
         (&again["records"], &again["units"]),
@@ -2202,12 +2197,10 @@ async fn a_store_that_cannot_take_a_batch_answers_503_and_sending_it_again_is_sa
     let answer = push(&sb, &b.bridge.url, &first).await;
     assert_eq!(counts(&answer), (6, 0, 6, 0, 0), "{answer}");
 
-    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     let mut expected = Expected::default();
     expected.add(sub, q0, windows[0].0, 6);
     expected.add(sub, q1, windows[1].0, 9);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &windows, &expected).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2251,12 +2244,10 @@ async fn a_gzip_body_of_several_members_is_read_whole() {
     )
     .await;
     assert_eq!(counts(&answer), (3, 3, 0, 0, 0), "{answer}");
-    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
     let mut expected = Expected::default();
     expected.add(sub, q0, window.0, 5);
     expected.add(sub, q1, window.0, 7);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &[window], &expected).await;
 }
 
 /// Calls on the first and last millisecond of each window and the ones next to them, each

@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::ingest::{
-    INGEST_PATH, INGEST_TOKEN, REFUSED, array_body, assert_adds_up, bearer, counts, event, push,
-    push_overrides, refusals, sample, txns,
+    INGEST_PATH, REFUSED, array_body, assert_adds_up, bearer, counts, event, push,
+    push_binary_config, push_overrides, refusals, sample, txns,
 };
 use crate::provisioning::metrics;
 use crate::reporting::{
     Expected, billed, closed_windows, report_with, reporting_overrides, span, usage_totals,
 };
-use crate::reporting_cli::{Served, TempDir, binary_config, serve_with};
+use crate::reporting_cli::{Served, TempDir, serve_with};
 use crate::support::{ADMIN_TOKEN, TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
 
 /// Posts one batch; its answer, or `None` when the connection broke (the process died).
@@ -89,10 +89,7 @@ async fn a_sigkill_loop_during_pushes_bills_exactly_what_was_sent() {
     let windows = closed_windows(2);
     let dir = TempDir::new();
     let state = dir.path("bridge.state");
-    let push_config = |listen: &str| {
-        binary_config(&sb, listen, &state, "source = \"push\"")
-            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
-    };
+    let push_config = |listen: &str| push_binary_config(&sb, listen, &state);
     // 160 batches of 40 new calls over two subscriptions, three quotas and two windows.
     let mut expected = Expected::default();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -195,10 +192,7 @@ async fn long_multibyte_names_are_billed_whole_after_a_crash() {
     let windows = closed_windows(1);
     let dir = TempDir::new();
     let state = dir.path("bridge.state");
-    let push_config = |listen: &str| {
-        binary_config(&sb, listen, &state, "source = \"push\"")
-            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
-    };
+    let push_config = |listen: &str| push_binary_config(&sb, listen, &state);
     let mut first = serve_with(&sb, &dir, push_config).await;
     let (sub, quota) = (&b.subs[0], &b.quotas[0]);
     let billed_calls = txns("whole-name", sub, quota, windows[0], 5);
@@ -249,10 +243,7 @@ async fn a_damaged_ingest_log_stops_serve_naming_the_file_and_offset_and_is_left
     let windows = closed_windows(1);
     let dir = TempDir::new();
     let state = dir.path("bridge.state");
-    let push_config = |listen: &str| {
-        binary_config(&sb, listen, &state, "source = \"push\"")
-            + &format!("[ingest]\ntoken = \"{INGEST_TOKEN}\"\n")
-    };
+    let push_config = |listen: &str| push_binary_config(&sb, listen, &state);
     let mut first = serve_with(&sb, &dir, push_config).await;
     let calls: Vec<Value> = (0..4)
         .map(|i| {

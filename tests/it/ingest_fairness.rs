@@ -13,7 +13,7 @@ use crate::ingest::{
     ndjson_body, now_ms, post_ingest, push, push_overrides, sample, txns,
 };
 use crate::provisioning::metrics;
-use crate::reporting::{Expected, billed, closed_windows, report, span, usage_totals};
+use crate::reporting::{Expected, billed, billed_exactly, closed_windows};
 use crate::support::{TestSandbox, WEBHOOK_SECRET, bridge_sandbox, spawn_bridge, wait_for};
 
 const INFLIGHT: &str = "billing_bridge_ingest_inflight_bytes";
@@ -145,12 +145,10 @@ async fn a_spent_budget_answers_503_with_retry_after_takes_nothing_and_a_resend_
     assert_eq!(counts(&answer.body), (20, 20, 0, 0, 0), "{}", answer.text);
     assert_eq!(inflight(&sb, &b.bridge).await, 0.0);
 
-    let summary = report(&sb, &b.bridge.url, Some(&span(&windows))).await;
     let mut expected = Expected::default();
     expected.add(sub, q0, windows[0].0, 12);
     expected.add(sub, q1, windows[1].0, 20);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &windows, &expected).await;
 }
 
 #[actix_rt::test]
@@ -298,10 +296,8 @@ async fn the_bearer_scheme_is_read_in_any_letter_case_and_a_utf8_bom_is_skipped(
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(counts(&answer.body), (1, 0, 0, 0, 1), "{}", answer.text);
 
-    let summary = report(&sb, &b.bridge.url, Some(&span(&[window]))).await;
     expected.add(sub, quota, window.0, sent);
-    assert_eq!(summary["units"], expected.units(), "{summary}");
-    assert_eq!(usage_totals(&sb).await, expected.totals());
+    billed_exactly(&sb, &b.bridge.url, &[window], &expected).await;
 }
 
 /// A gzip body of several members: `events` as NDJSON, then `blank_mb` members of a MiB of blank

@@ -404,6 +404,18 @@ pub async fn report_with(
 }
 
 /// A report run that must succeed (200); its summary.
+/// Reports `windows` and checks the run's units and Recurly's totals are exactly `expected`.
+pub async fn billed_exactly(
+    sb: &TestSandbox,
+    bridge_url: &str,
+    windows: &[(i64, i64)],
+    expected: &Expected,
+) {
+    let summary = report(sb, bridge_url, Some(&span(windows))).await;
+    assert_eq!(summary["units"], expected.units(), "{summary}");
+    assert_eq!(usage_totals(sb).await, expected.totals());
+}
+
 pub async fn report(sb: &TestSandbox, bridge_url: &str, body: Option<&Value>) -> Value {
     let (status, _, summary) = report_with(sb, bridge_url, Some(ADMIN_TOKEN), body).await;
     assert_eq!(status, 200, "POST /admin/report {body:?}: {summary}");

@@ -168,7 +168,7 @@ fn ambiguous_row(sub: &Billed, units: u64) -> (String, String, u64, String) {
 }
 
 /// Reports the window, then checks the bill, the ambiguous units in the metric and the dry run.
-async fn billed_exactly(
+async fn billed_with_ambiguous(
     sb: &TestSandbox,
     b: &Billing<'_>,
     window: (i64, i64),
@@ -225,7 +225,7 @@ async fn pushed_traffic_in_both_shapes_is_billed_by_resource_id_or_name_and_an_a
         (events.len() as u64, distinct as u64, repeats, 1, 0),
         "{answer}"
     );
-    billed_exactly(&sb, &b, window, &expected, ambiguous).await;
+    billed_with_ambiguous(&sb, &b, window, &expected, ambiguous).await;
 }
 
 #[actix_rt::test]
@@ -237,7 +237,7 @@ async fn searched_traffic_in_both_shapes_is_billed_by_resource_id_or_name_and_an
     let window = closed_windows(1)[0];
     let (events, expected, ambiguous, _) = mixed_traffic(&b, &b.subs[0], window);
     inject(&sb, &events).await;
-    billed_exactly(&sb, &b, window, &expected, ambiguous).await;
+    billed_with_ambiguous(&sb, &b, window, &expected, ambiguous).await;
 }
 
 #[actix_rt::test]
@@ -294,7 +294,7 @@ async fn summary_rows_naming_resources_by_own_name_or_id_are_billed_and_an_ambig
     expected.add(sub, bulk, window.0, 3);
     expected.add(sub, alerts, window.0, 2);
     expected.add(sub, calls, window.0, 4);
-    billed_exactly(&sb, &b, window, &expected, 5).await;
+    billed_with_ambiguous(&sb, &b, window, &expected, 5).await;
 }
 
 #[actix_rt::test]
