@@ -85,8 +85,18 @@ pub fn usage_key(
     window: Window,
     report: u32,
 ) -> String {
+    report_key("usage", billing_subscription, add_on_code, window, report)
+}
+
+fn report_key(
+    purpose: &str,
+    billing_subscription: &str,
+    add_on_code: &str,
+    window: Window,
+    report: u32,
+) -> String {
     idempotency_key(
-        "usage",
+        purpose,
         &[
             billing_subscription,
             add_on_code,
@@ -106,15 +116,12 @@ pub fn moved_usage_key(
     window: Window,
     report: u32,
 ) -> String {
-    idempotency_key(
+    report_key(
         "usage-moved",
-        &[
-            billing_subscription,
-            add_on_code,
-            &window.start_ms.to_string(),
-            &window.end_ms.to_string(),
-            &report.to_string(),
-        ],
+        billing_subscription,
+        add_on_code,
+        window,
+        report,
     )
 }
 
