@@ -148,6 +148,21 @@ impl<'a> Provider<'a> {
         assert_eq!(status, 200, "activating {plan}: {body}");
     }
 
+    /// Deletes a subscription as its consumer would (202: Amplify finalizes it).
+    pub async fn delete_subscription(&self, name: &str) {
+        let path = format!("/catalog/v1/subscriptions/{name}");
+        let (status, body) = self.send(reqwest::Method::DELETE, &path, None).await;
+        assert_eq!(status, 202, "deleting {name}: {body}");
+    }
+
+    /// Archives a subscription with `reason`, as its consumer would.
+    pub async fn archive_subscription(&self, name: &str, reason: &str) {
+        let path = format!("/catalog/v1/subscriptions/{name}/state");
+        let state = json!({"state": {"name": "archived", "reason": reason}});
+        let (status, body) = self.send(reqwest::Method::PUT, &path, Some(state)).await;
+        assert_eq!(status, 200, "archiving {name}: {body}");
+    }
+
     /// Waits until the bridge has linked `plan` to its Recurly plan; returns the plan.
     pub async fn linked(&self, plan: &str) -> Value {
         let path = format!("/catalog/v1/productplans/{plan}");

@@ -273,23 +273,11 @@ async fn state_after_end(overrides: &str, archive: bool) -> String {
         .unwrap()
         .to_owned();
     if archive {
-        let (status, body) = provider
-            .send(
-                reqwest::Method::PUT,
-                "/catalog/v1/subscriptions/sub-1/state",
-                Some(json!({"state": {"name": "archived", "reason": "ended by the consumer"}})),
-            )
+        provider
+            .archive_subscription("sub-1", "ended by the consumer")
             .await;
-        assert_eq!(status, 200, "{body}");
     } else {
-        let (status, body) = provider
-            .send(
-                reqwest::Method::DELETE,
-                "/catalog/v1/subscriptions/sub-1",
-                None,
-            )
-            .await;
-        assert_eq!(status, 202, "{body}");
+        provider.delete_subscription("sub-1").await;
     }
     let state = wait_for("the Recurly subscription ended", WAIT, || async {
         let (_, billing) = recurly(&sb, &format!("/subscriptions/{id}")).await;

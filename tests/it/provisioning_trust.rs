@@ -456,22 +456,8 @@ async fn subscriptions_ended_while_the_bridge_was_stopped_are_canceled_at_the_ne
     first.kill();
 
     // While it is down, Amplify ends both: one deleted, one archived. Nobody hears the events.
-    let (status, body) = provider
-        .send(
-            reqwest::Method::DELETE,
-            "/catalog/v1/subscriptions/sub-1",
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let (status, body) = provider
-        .send(
-            reqwest::Method::PUT,
-            "/catalog/v1/subscriptions/sub-2/state",
-            Some(json!({"state": {"name": "archived", "reason": "ended"}})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    provider.delete_subscription("sub-1").await;
+    provider.archive_subscription("sub-2", "ended").await;
     for (_, id) in &billed {
         assert_eq!(
             recurly_state(&sb, &format!("/subscriptions/{id}")).await,
