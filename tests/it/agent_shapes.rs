@@ -13,10 +13,10 @@ use crate::ingest::{
     INGEST_PATH, REFUSED, Rng, TRANSACTIONS, array_body, bearer, counts, ndjson_body, post_ingest,
     push_overrides, sample,
 };
-use crate::provisioning::{Provider, hooks, metrics, paid_plan_spec, seed};
+use crate::provisioning::{Provider, hooks, metrics, paid_plan_spec};
 use crate::reporting::{
     Billed, Expected, Quota, closed_windows, inject, metric_sum, report, reporting_overrides, span,
-    usage_totals, wait_billed,
+    subscribe_billed, usage_totals,
 };
 use crate::support::{TestBridge, TestSandbox, bridge_sandbox, spawn_bridge};
 
@@ -171,28 +171,7 @@ async fn setup<'a>(sb: &'a TestSandbox, overrides: &str, subscribers: usize) -> 
             resources,
         });
     }
-    let teams: Vec<Value> = (1..=subscribers)
-        .map(|i| json!({"guid": format!("team-{i}"), "name": format!("Consumers {i}"), "users": ["user-1"]}))
-        .collect();
-    let accounts: Vec<Value> = (1..=subscribers)
-        .map(|i| json!({"code": format!("amplify-team-team-{i}"), "email": "billing@consumer.example"}))
-        .collect();
-    seed(
-        sb,
-        json!({"amplify": {"users": [{"guid": "user-1", "email": "dev@consumer.example", "firstname": "Dana", "lastname": "Dev"}],
-                           "teams": teams},
-               "recurly": {"accounts": accounts}}),
-    )
-    .await;
-    for i in 1..=subscribers {
-        provider
-            .subscribe(&format!("sub-{i}"), "gold", &format!("team-{i}"), "user-1")
-            .await;
-    }
-    let mut subs = Vec::new();
-    for i in 1..=subscribers {
-        subs.push(wait_billed(&provider, &format!("sub-{i}")).await);
-    }
+    let subs = subscribe_billed(sb, &provider, "gold", subscribers).await;
     Setup {
         bridge,
         _provider: provider,

@@ -172,6 +172,18 @@ pub async fn billed_subscriptions(
     }
     provider.activate("silver").await;
     provider.linked("silver").await;
+    let subs = subscribe_billed(sb, provider, "silver", subscribers).await;
+    (quotas, subs)
+}
+
+/// `subscribers` subscriptions to `plan` (`sub-1`…, each of its own team, whose Recurly account
+/// exists), each waited for until it is billed.
+pub async fn subscribe_billed(
+    sb: &TestSandbox,
+    provider: &Provider<'_>,
+    plan: &str,
+    subscribers: usize,
+) -> Vec<Billed> {
     let teams: Vec<Value> = (1..=subscribers)
         .map(|i| json!({"guid": format!("team-{i}"), "name": format!("Consumers {i}"), "users": ["user-1"]}))
         .collect();
@@ -187,19 +199,14 @@ pub async fn billed_subscriptions(
     .await;
     for i in 1..=subscribers {
         provider
-            .subscribe(
-                &format!("sub-{i}"),
-                "silver",
-                &format!("team-{i}"),
-                "user-1",
-            )
+            .subscribe(&format!("sub-{i}"), plan, &format!("team-{i}"), "user-1")
             .await;
     }
     let mut subs = Vec::new();
     for i in 1..=subscribers {
         subs.push(wait_billed(provider, &format!("sub-{i}")).await);
     }
-    (quotas, subs)
+    subs
 }
 
 /// `n` consecutive closed windows, aligned to the epoch, the last one ending where the current
