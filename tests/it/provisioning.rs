@@ -397,7 +397,8 @@ pub async fn delivered_envelope(sb: &TestSandbox, pick: impl Fn(&Value) -> bool)
     .await
 }
 
-pub async fn seed(sb: &TestSandbox, body: Value) {
+/// `POST /_sandbox/seed`, answering what it created.
+pub async fn seed(sb: &TestSandbox, body: Value) -> Value {
     let response = sb
         .http
         .post(sb.at("/_sandbox/seed"))
@@ -405,7 +406,10 @@ pub async fn seed(sb: &TestSandbox, body: Value) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{answer}");
+    answer
 }
 
 pub async fn sandbox_json(sb: &TestSandbox, path: &str) -> Value {

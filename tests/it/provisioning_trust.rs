@@ -280,21 +280,13 @@ async fn seed_foreign(sb: &TestSandbox, subscriptions: &[(&str, &str)]) -> Vec<S
         .filter(|(_, account)| !account.starts_with("amplify-team-team-1"))
         .map(|(_, account)| json!({"code": account}))
         .collect();
-    let answer: Value = sb
-        .http
-        .post(sb.at("/_sandbox/seed"))
-        .json(&json!({"recurly": {
+    let answer: Value = crate::provisioning::seed(sb, json!({"recurly": {
             "accounts": accounts,
             "plans": [{"code": "gold", "name": "Gold", "accounting_code": "gold",
                        "currencies": [{"currency": "USD", "unit_amount": 5}]}],
             "subscriptions": subscriptions.iter().map(|(plan, account)| json!({
                 "plan_code": plan, "currency": "USD", "account": {"code": account}})).collect::<Vec<_>>()}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    .await;
     answer["recurly"]["subscriptions"]
         .as_array()
         .or_else(|| answer["subscriptions"].as_array())
@@ -582,18 +574,13 @@ async fn billing_linked_by_an_earlier_release_is_taken_up_on_the_first_pass_and_
     .await;
     // Billing as a release without links in its store left it: Recurly subscriptions on the
     // bridge's plan, and the link only in the Amplify attributes.
-    let answer: Value = sb
-        .http
-        .post(sb.at("/_sandbox/seed"))
-        .json(&json!({"recurly": {"subscriptions": [
+    let answer: Value = crate::provisioning::seed(
+        &sb,
+        json!({"recurly": {"subscriptions": [
             {"plan_code": code, "currency": "USD", "account": {"code": "amplify-team-team-1"}},
-            {"plan_code": code, "currency": "USD", "account": {"code": "amplify-team-team-2"}}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+            {"plan_code": code, "currency": "USD", "account": {"code": "amplify-team-team-2"}}]}}),
+    )
+    .await;
     let ids: Vec<String> = answer["recurly"]["subscriptions"]
         .as_array()
         .unwrap_or_else(|| panic!("{answer}"))

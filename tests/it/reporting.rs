@@ -1235,21 +1235,6 @@ async fn traffic_spread_over_many_summary_pages_is_read_whole() {
     }
 }
 
-/// `POST /_sandbox/seed` answering what it created.
-async fn seed_answer(sb: &TestSandbox, body: Value) -> Value {
-    let response = sb
-        .http
-        .post(sb.at("/_sandbox/seed"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 201, "{answer}");
-    answer
-}
-
 #[actix_rt::test]
 async fn billed_subscriptions_beyond_a_page_of_the_amplify_list_are_all_billed() {
     let sb = bridge_sandbox().await;
@@ -1278,7 +1263,7 @@ async fn billed_subscriptions_beyond_a_page_of_the_amplify_list_are_all_billed()
                         "account": {"code": format!("amplify-team-many-{i}")}, "add_ons": add_ons})
         })
         .collect();
-    let seeded = seed_answer(
+    let seeded = seed(
         &sb,
         json!({"recurly": {"accounts": accounts, "subscriptions": subscriptions}}),
     )
@@ -1301,7 +1286,7 @@ async fn billed_subscriptions_beyond_a_page_of_the_amplify_list_are_all_billed()
                               "approval": {"state": "approved"}})
         })
         .collect();
-    let seeded = seed_answer(&sb, json!({"amplify": {"resources": resources}})).await;
+    let seeded = seed(&sb, json!({"amplify": {"resources": resources}})).await;
     let subs: Vec<Billed> = seeded["amplify"]["resources"]
         .as_array()
         .expect("the seeded resources")

@@ -494,19 +494,12 @@ async fn redis_restarted_under_load_loses_no_acknowledged_event() {
 /// returns (from, to, injected units, records due: one per subscription and hour with traffic).
 async fn seed_reporting(sb: &TestSandbox, subs: usize) -> (i64, i64, u64, u64) {
     let http = &sb.http;
-    let created: Value = http
-        .post(sb.at("/_sandbox/seed"))
-        .json(&json!({"amplify": {"resources": [
+    let created: Value = crate::provisioning::seed(sb, json!({"amplify": {"resources": [
             {"kind": "Product", "name": "metered", "attributes": {"billingSystem": "recurly"}, "state": "active"},
             {"kind": "ProductPlan", "name": "metered-plan", "spec": {"product": "metered", "type": "paid"}, "state": "active"},
             {"kind": "Quota", "name": "calls", "metadata": {"scope": {"name": "metered-plan"}},
              "spec": {"unit": "transactions", "resources": [{"kind": "AssetResource", "name": "api/r0"}]}}]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    .await;
     let quota = created["resources"]
         .as_array()
         .or_else(|| created["amplify"]["resources"].as_array())
@@ -518,9 +511,7 @@ async fn seed_reporting(sb: &TestSandbox, subs: usize) -> (i64, i64, u64, u64) {
         .unwrap()
         .to_owned();
     let add_on = format!("amplify-quota-{quota}");
-    let seeded: Value = http
-        .post(sb.at("/_sandbox/seed"))
-        .json(&json!({"recurly": {
+    let seeded: Value = crate::provisioning::seed(sb, json!({"recurly": {
             "measured_units": [{"name": "transactions", "display_name": "Transactions"}],
             "accounts": (0..subs).map(|i| json!({"code": format!("amplify-team-r{i}")})).collect::<Vec<_>>(),
             "plans": [{"code": "amplify-plan-metered", "name": "Metered", "accounting_code": "metered",
@@ -530,12 +521,7 @@ async fn seed_reporting(sb: &TestSandbox, subs: usize) -> (i64, i64, u64, u64) {
                                     "currencies": [{"currency": "USD", "unit_amount_decimal": "0.01"}]}]}],
             "subscriptions": (0..subs).map(|i| json!({"plan_code": "amplify-plan-metered", "currency": "USD",
                 "account": {"code": format!("amplify-team-r{i}")}, "add_ons": [{"code": add_on}]})).collect::<Vec<_>>()}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    .await;
     let ids: Vec<String> = seeded["recurly"]["subscriptions"]
         .as_array()
         .or_else(|| seeded["subscriptions"].as_array())
