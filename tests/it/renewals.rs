@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use billing_bridge_domain::usage::Pricing;
 use billing_bridge_sandbox::{AmplifySettings, DunningSettings, RecurlySettings, SandboxConfig};
 use chrono::{DateTime, Months, Utc};
 use hmac::{Hmac, Mac};
@@ -908,4 +909,96 @@ async fn the_recurly_endpoint_is_off_without_a_secret_and_refuses_what_it_cannot
             "{outcome}"
         );
     }
+}
+
+#[actix_rt::test]
+async fn a_fresh_process_lists_many_billing_periods_a_page_at_a_time() {
+    let sb = bridge_sandbox().await;
+    let bridge = spawn_bridge(&sb, "").await;
+    let subs = 250;
+    let add_on = "amplify-quota-calls";
+    let seeded = seed(
+        &sb,
+        json!({"recurly": {
+            "measured_units": [{"name": "transactions", "display_name": "Transactions"}],
+            "accounts": (0..subs).map(|i| json!({"code": format!("amplify-team-p{i}")})).collect::<Vec<_>>(),
+            "plans": [{"code": "amplify-plan-paged", "name": "Paged", "accounting_code": "paged",
+                       "currencies": [{"currency": "USD", "unit_amount": 0}],
+                       "add_ons": [{"code": add_on, "name": "Calls", "accounting_code": "calls",
+                                    "add_on_type": "usage", "usage_type": "price", "tier_type": "volume",
+                                    "measured_unit_name": "transactions",
+                                    "tiers": [{"ending_quantity": 999999999,
+                                               "currencies": [{"currency": "USD", "unit_amount": 0.01}]}]}]}],
+            "subscriptions": (0..subs).map(|i| json!({"plan_code": "amplify-plan-paged", "currency": "USD",
+                "account": {"code": format!("amplify-team-p{i}")}, "add_ons": [{"code": add_on}]})).collect::<Vec<_>>()}}),
+    )
+    .await;
+    let ids: Vec<String> = seeded["recurly"]["subscriptions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{seeded}"))
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), subs);
+    let cleared = sb.http.delete(sb.at("/_sandbox/requests")).send().await;
+    assert!(cleared.unwrap().status().is_success());
+
+    // A reporting run of a fresh process asks for every one of them, and for one Recurly does
+    // not have.
+    let (b, now) = (&bridge.bridge, bridge.bridge.clock.now_ms());
+    let mut wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wanted.push("nosuchsubscription");
+    b.periods
+        .prefetch(&b.recurly, &wanted, now, now)
+        .await
+        .expect("listed");
+    let lists = crate::provisioning::requests_to(&sb, "recurly", "GET", "/subscriptions").await;
+    assert_eq!(
+        lists.len(),
+        2,
+        "250 subscriptions in pages of 200, read to the end for the one it lacks"
+    );
+    assert!(
+        lists
+            .iter()
+            .all(|r| r["query"].as_str().unwrap().contains("state=live")),
+        "{lists:?}"
+    );
+    for id in &ids {
+        let billing = b
+            .periods
+            .get(&b.recurly, id, now, now)
+            .await
+            .expect("read")
+            .expect("known");
+        assert_eq!(billing.state, "active");
+        assert_eq!(billing.pricing_of(add_on), Pricing::Volume);
+    }
+    let reads = |requests: &[Value]| {
+        requests
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap().contains("/subscriptions/"))
+            .count()
+    };
+    let requests = sandbox_json(&sb, "/_sandbox/requests?upstream=recurly").await;
+    assert_eq!(
+        reads(requests.as_array().unwrap()),
+        0,
+        "no subscription read on its own"
+    );
+    // The one the list lacks is read on its own, and is none.
+    let missing = b
+        .periods
+        .get(&b.recurly, "nosuchsubscription", now, now)
+        .await
+        .expect("read");
+    assert!(missing.is_none());
+    let requests = sandbox_json(&sb, "/_sandbox/requests?upstream=recurly").await;
+    assert_eq!(reads(requests.as_array().unwrap()), 1);
+    // Every request as Recurly's OpenAPI describes it.
+    crate::recurly_conformance::client::assert_recurly_traffic_conforms(
+        &sb,
+        billing_bridge_contract::ExchangePolicy::ClientMustConform,
+    )
+    .await;
 }

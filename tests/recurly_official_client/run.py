@@ -553,6 +553,12 @@ def walk(client):
                         client.list_subscriptions(params={"limit": 200}).pages()):
         ids.extend(s.id for s in page)
     expect("list_subscriptions", sub.id in ids, "%s in %s" % (sub.id, ids))
+    # As the bridge lists them to learn many billing periods at once (pipeline/src/periods.rs).
+    live_ids = []
+    for page in iterate("list_subscriptions live", client, "list:subscription",
+                        client.list_subscriptions(params={"state": "live", "limit": 200}).pages()):
+        live_ids.extend(s.id for s in page)
+    expect("list_subscriptions live", sub.id in live_ids, "%s in %s" % (sub.id, live_ids))
 
     # A pending change, read back and dropped; then adding the volume add-on now.
     change = call("create_subscription_change renewal", client, "subscription_change",

@@ -496,6 +496,24 @@ impl RecurlyClient {
         self.list_all("list subscription invoices", &path).await
     }
 
+    /// One page of the site's subscriptions in `state` (`live`: active, canceled, future or in
+    /// trial), the first when `next` is `None`; answers the page and the path of the next one.
+    pub async fn site_subscriptions_page(
+        &self,
+        state: &str,
+        next: Option<&str>,
+    ) -> Result<(Vec<Subscription>, Option<String>), RecurlyError> {
+        let path = match next {
+            Some(next) => next.to_owned(),
+            None => format!("/subscriptions?state={state}&limit={PAGE_LIMIT}"),
+        };
+        let page: Page<Subscription> = self
+            .call("list site subscriptions", Method::GET, &path, None, None)
+            .await?;
+        let next = page.next.filter(|n| page.has_more && !n.is_empty());
+        Ok((page.data, next))
+    }
+
     /// Every subscription of an account (by id), whatever its state.
     pub async fn account_subscriptions_by_id(
         &self,

@@ -588,6 +588,16 @@ async fn dating_of(
     let mut dating = reporter::Dating::default();
     let subscriptions: std::collections::BTreeSet<&String> =
         usage.pairs.keys().map(|(s, _)| s).collect();
+    let ids: Vec<&str> = subscriptions.iter().map(|s| s.as_str()).collect();
+    bridge
+        .periods
+        .prefetch(&bridge.recurly, &ids, window.end_ms, bridge.clock.now_ms())
+        .await
+        .map_err(|e| {
+            RunError::Traffic(format!(
+                "billing periods could not be read from Recurly: {e}"
+            ))
+        })?;
     for id in subscriptions {
         let billing = bridge
             .periods
