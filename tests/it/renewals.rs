@@ -209,12 +209,11 @@ fn dry_run_hows(summary: &Value, add_on: &str) -> Vec<String> {
         .collect()
 }
 
-#[actix_rt::test]
-async fn traffic_up_to_a_renewal_is_billed_to_the_unit_and_nothing_is_refused() {
-    let sb = bridge_sandbox().await;
+/// A bridge reporting from before the first renewal, and one billed subscription with no trial.
+async fn billed_for_a_month(sb: &TestSandbox) -> (TestBridge, Vec<Quota>, Billed) {
     let renewal_guess = Utc::now() + Months::new(1);
     let bridge = spawn_bridge(
-        &sb,
+        sb,
         &reporting_overrides(
             &format!("start_at = \"{}\"", start_before(renewal_guess)),
             "",
@@ -222,8 +221,15 @@ async fn traffic_up_to_a_renewal_is_billed_to_the_unit_and_nothing_is_refused() 
     )
     .await;
     hooks(&bridge).await;
-    let provider = Provider::new(&sb).await;
+    let provider = Provider::new(sb).await;
     let (quotas, sub) = one_subscription(&provider, None).await;
+    (bridge, quotas, sub)
+}
+
+#[actix_rt::test]
+async fn traffic_up_to_a_renewal_is_billed_to_the_unit_and_nothing_is_refused() {
+    let sb = bridge_sandbox().await;
+    let (bridge, quotas, sub) = billed_for_a_month(&sb).await;
     let recurly_sub = recurly_subscription(&sb, &sub.recurly_id).await;
     let p0 = ms(&recurly_sub["current_period_started_at"]);
     let p1 = ms(&recurly_sub["current_period_ends_at"]);
@@ -385,18 +391,7 @@ async fn traffic_up_to_a_renewal_is_billed_to_the_unit_and_nothing_is_refused() 
 #[actix_rt::test]
 async fn a_volume_record_sent_as_the_period_renews_is_redated_into_the_open_period() {
     let sb = bridge_sandbox().await;
-    let renewal_guess = Utc::now() + Months::new(1);
-    let bridge = spawn_bridge(
-        &sb,
-        &reporting_overrides(
-            &format!("start_at = \"{}\"", start_before(renewal_guess)),
-            "",
-        ),
-    )
-    .await;
-    hooks(&bridge).await;
-    let provider = Provider::new(&sb).await;
-    let (quotas, sub) = one_subscription(&provider, None).await;
+    let (bridge, quotas, sub) = billed_for_a_month(&sb).await;
     let p1 = ms(&recurly_subscription(&sb, &sub.recurly_id).await["current_period_ends_at"]);
     let bulk = &quotas[1];
     // Traffic in a window that closed two minutes before the renewal at the latest.
