@@ -100,7 +100,7 @@ async fn deliver(bridge: Arc<Bridge>, notices: Notices, delivery: Delivery) {
     let waited = Instant::now();
     let lease = loop {
         match bridge.store.acquire_lease(&name, RESOURCE_LEASE).await {
-            Ok(Some(lease)) => break Some(lease),
+            Ok(Some(lease)) => break lease,
             Ok(None) if waited.elapsed() < RESOURCE_WAIT => {
                 actix_rt::time::sleep(RESOURCE_POLL).await
             }
@@ -117,18 +117,11 @@ async fn deliver(bridge: Arc<Bridge>, notices: Notices, delivery: Delivery) {
             }
         }
     };
-    let retry = match &lease {
-        Some(lease) => {
-            bridge
-                .holding(lease, RESOURCE_LEASE, pass(&bridge, &notices, event))
-                .await
-        }
-        None => pass(&bridge, &notices, event).await,
-    };
+    let retry = bridge
+        .holding(&lease, RESOURCE_LEASE, pass(&bridge, &notices, event))
+        .await;
     finish(&bridge, &delivery, retry).await;
-    if let Some(lease) = lease {
-        let _ = bridge.store.release_lease(&lease).await;
-    }
+    let _ = bridge.store.release_lease(&lease).await;
     bridge.refresh_depths().await;
 }
 
