@@ -18,15 +18,6 @@ pub struct Lanes<T> {
     busy: Arc<Mutex<HashMap<String, VecDeque<T>>>>,
 }
 
-impl<T> Clone for Lanes<T> {
-    fn clone(&self) -> Self {
-        Lanes {
-            slots: self.slots.clone(),
-            busy: self.busy.clone(),
-        }
-    }
-}
-
 /// A free slot, taken before the next item is fetched, so nothing is fetched that cannot start.
 pub struct Slot {
     _held: OwnedSemaphorePermit,

@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use billing_bridge_amplify::EventType;
-use billing_bridge_amplify::WebhookEnvelope;
+use billing_bridge_amplify::{EventType, WebhookEnvelope};
 use billing_bridge_config::BridgeConfig;
 use billing_bridge_domain::events::{
     ChangeType, EventPayload, ResourceEvent, ResourceKind, event_of_interest,
