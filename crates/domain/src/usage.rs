@@ -522,7 +522,15 @@ pub fn date_part(
         }
         return (period.start_ms, Dated::MovedToOpenPeriod);
     }
-    (in_window, dated_in_window)
+    // A part reaching from a closed period into the open one (a window not cut: pushed traffic
+    // is counted per window) is dated whole in the open period: a window ending less than a
+    // second after the renewal would otherwise be dated before it.
+    let at = if period.renewed {
+        in_window.max(period.start_ms)
+    } else {
+        in_window
+    };
+    (at, dated_in_window)
 }
 
 #[cfg(test)]
@@ -818,6 +826,25 @@ mod tests {
             moved_usage_key("s", "a", w, 0),
             moved_usage_key("s", "a", w, 0)
         );
+    }
+
+    #[test]
+    fn a_window_ending_within_a_second_after_a_renewal_is_dated_in_the_open_period() {
+        // Not cut (pushed traffic): a record dated a second before the window's end would fall
+        // before the renewal, in the invoiced period, and a volume add-on would refuse it.
+        let open = period(1_000_000, 11_000_000, true);
+        let part = Window {
+            start_ms: 1_000_000 - 3_514,
+            end_ms: 1_000_001,
+        };
+        for pricing in [Pricing::Volume, Pricing::Tiered] {
+            let (at, how) = date_part(part, false, &open, pricing, 2_000_000, 60_000);
+            assert_eq!((at, how), (1_000_000, Dated::InPeriod), "{pricing:?}");
+        }
+        // A first period: nothing before it was invoiced; dated as it happened.
+        let first = period(1_000_000, 11_000_000, false);
+        let (at, _) = date_part(part, false, &first, Pricing::Volume, 2_000_000, 60_000);
+        assert_eq!(at, 1_000_001 - 1_000);
     }
 
     #[test]
