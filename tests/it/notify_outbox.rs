@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::provisioning::{Provider, WAIT, cards, mails, sandbox_json, seed};
+use crate::provisioning::{Provider, WAIT, cards, mails, sandbox_json, seed, titled};
 use crate::reporting_cli::{TempDir, binary_config, serve_with};
 use crate::support::{TEAMS_CHANNEL, TestSandbox, bridge_sandbox, metric_sum, wait_for};
 
@@ -196,20 +196,6 @@ base_url = "{sb}/sendgrid"
     let mut titles: Vec<String> = cards(&sb).await.into_iter().map(|c| c.title).collect();
     titles.sort();
     assert_eq!(titles.len(), 2, "{titles:?}");
-    assert_eq!(
-        titles
-            .iter()
-            .filter(|t| t.starts_with("Plan billed in Recurly"))
-            .count(),
-        1,
-        "{titles:?}"
-    );
-    assert_eq!(
-        titles
-            .iter()
-            .filter(|t| t.starts_with("Subscription not billed"))
-            .count(),
-        1,
-        "{titles:?}"
-    );
+    assert_eq!(titled(&titles, "Plan billed in Recurly"), 1, "{titles:?}");
+    assert_eq!(titled(&titles, "Subscription not billed"), 1, "{titles:?}");
 }

@@ -397,6 +397,11 @@ pub async fn delivered_envelope(sb: &TestSandbox, pick: impl Fn(&Value) -> bool)
     .await
 }
 
+/// How many of `titles` start with `prefix`.
+pub fn titled(titles: &[String], prefix: &str) -> usize {
+    titles.iter().filter(|t| t.starts_with(prefix)).count()
+}
+
 /// `POST /_sandbox/seed`, answering what it created.
 pub async fn seed(sb: &TestSandbox, body: Value) -> Value {
     let response = sb
@@ -586,22 +591,8 @@ async fn an_activated_plan_and_a_pending_subscription_are_billed_approved_and_an
             .then_some(titles)
     })
     .await;
-    assert_eq!(
-        titles
-            .iter()
-            .filter(|t| t.starts_with("Plan billed in Recurly"))
-            .count(),
-        1,
-        "{titles:?}"
-    );
-    assert_eq!(
-        titles
-            .iter()
-            .filter(|t| t.starts_with("Subscription not billed"))
-            .count(),
-        1,
-        "{titles:?}"
-    );
+    assert_eq!(titled(&titles, "Plan billed in Recurly"), 1, "{titles:?}");
+    assert_eq!(titled(&titles, "Subscription not billed"), 1, "{titles:?}");
     let (_, subs) = recurly(&sb, "/subscriptions?limit=200").await;
     assert_eq!(
         subs["data"].as_array().unwrap().len(),
