@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::ingest::{
-    INGEST_PATH, REFUSED, Rng, TRANSACTIONS, array_body, bearer, counts, ndjson_body, post_ingest,
-    push_overrides, sample,
+    INGEST_PATH, REFUSED, Rng, TRANSACTIONS, array_body, bearer, counts, ndjson_body, post_array,
+    post_ingest, push_overrides, sample,
 };
 use crate::provisioning::{Provider, hooks, metrics, paid_plan_spec};
 use crate::reporting::{
@@ -575,15 +575,7 @@ async fn pushed_mixed_shapes_names_ids_and_seconds_with_repeats_are_billed_exact
     for batch in &m.batches {
         again.extend(batch.iter().cloned());
     }
-    let answer = post_ingest(
-        &sb,
-        &s.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&again),
-    )
-    .await;
+    let answer = post_array(&sb, &s.bridge.url, &again).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     let (_, accepted, duplicates, ignored, refused) = counts(&answer.body);
     let legs: u64 = m.answers.iter().map(|a| a.2).sum();
@@ -628,15 +620,7 @@ async fn a_transaction_sent_in_both_shapes_counts_once_and_the_v4_top_level_id_i
         insights_leg("f", at),
         insights_event("f", "build-3", at, &names, "Success"),
     ];
-    let answer = post_ingest(
-        &sb,
-        &s.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&batch),
-    )
-    .await;
+    let answer = post_array(&sb, &s.bridge.url, &batch).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(
         counts(&answer.body),
@@ -649,15 +633,7 @@ async fn a_transaction_sent_in_both_shapes_counts_once_and_the_v4_top_level_id_i
         log_event("c", at + 2000, &names, "Success"),
         insights_event("d", "build-9", at, &names, "Failure"),
     ];
-    let answer = post_ingest(
-        &sb,
-        &s.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&later),
-    )
-    .await;
+    let answer = post_array(&sb, &s.bridge.url, &later).await;
     assert_eq!(counts(&answer.body), (2, 0, 2, 0, 0), "{}", answer.text);
     report(&sb, &s.bridge.url, Some(&span(&[window]))).await;
     let mut expected = Expected::default();
@@ -960,15 +936,7 @@ async fn ids_and_names_over_512_bytes_are_refused_invalid_naming_the_field() {
     }
     batch.push(insights_event(&at_limit, "b4", at, &good, "Success"));
     batch.push(log_event("ok-2", at + 1, &good, "Success"));
-    let answer = post_ingest(
-        &sb,
-        &s.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&batch),
-    )
-    .await;
+    let answer = post_array(&sb, &s.bridge.url, &batch).await;
     assert_eq!(
         answer.status,
         200,
@@ -1032,15 +1000,7 @@ async fn a_refusal_for_an_oversized_field_names_the_transaction_id_it_could_read
         log_event("readable-1", window.0 + 1000, &names, "Success"),
         insights_event("readable-2", "b1", window.0 + 1000, &v4_names, "Success"),
     ];
-    let answer = post_ingest(
-        &sb,
-        &s.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&batch),
-    )
-    .await;
+    let answer = post_array(&sb, &s.bridge.url, &batch).await;
     assert_eq!(counts(&answer.body), (2, 0, 0, 0, 2), "{}", answer.text);
     // docs/ingest.md: "`transactionId` in a refusal is the event's transaction id (`session.id`
     // for v4) when it could be read".

@@ -216,7 +216,20 @@ pub async fn push_raw(
     answer.body
 }
 
-/// `events` as a JSON array.
+/// `events` as a JSON array from the authenticated sender, answered whatever its status.
+pub async fn post_array(sb: &TestSandbox, bridge_url: &str, events: &[Value]) -> Answer {
+    post_ingest(
+        sb,
+        bridge_url,
+        Some(&bearer()),
+        None,
+        Some("application/json"),
+        array_body(events),
+    )
+    .await
+}
+
+/// `events` as a JSON array, answered 200 with every event accounted for.
 pub async fn push(sb: &TestSandbox, bridge_url: &str, events: &[Value]) -> Value {
     push_raw(
         sb,
@@ -2141,15 +2154,7 @@ async fn a_store_that_cannot_take_a_batch_answers_503_and_sending_it_again_is_sa
 
     redis.kill();
     let second = txns("during", sub, q1, windows[1], 9);
-    let answer = post_ingest(
-        &sb,
-        &b.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&second),
-    )
-    .await;
+    let answer = post_array(&sb, &b.bridge.url, &second).await;
     assert_eq!(answer.status, 503, "{}", answer.text);
     answer.error();
     let retry_after = answer
@@ -2173,15 +2178,7 @@ async fn a_store_that_cannot_take_a_batch_answers_503_and_sending_it_again_is_sa
         "the batch taken once Redis is back",
         std::time::Duration::from_secs(20),
         || async {
-            let answer = post_ingest(
-                &sb,
-                &b.bridge.url,
-                Some(&bearer()),
-                None,
-                Some("application/json"),
-                array_body(&second),
-            )
-            .await;
+            let answer = post_array(&sb, &b.bridge.url, &second).await;
             match answer.status {
                 200 => Some(answer.body),
                 503 => None,

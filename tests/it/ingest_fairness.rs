@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::ingest::{
     BATCHES, INGEST_PATH, INGEST_TOKEN, array_body, assert_adds_up, bearer, counts, event, gzip,
-    ndjson_body, now_ms, post_ingest, push, push_overrides, sample, txns,
+    ndjson_body, now_ms, post_array, post_ingest, push, push_overrides, sample, txns,
 };
 use crate::provisioning::metrics;
 use crate::reporting::{Expected, billed, billed_exactly, closed_windows};
@@ -81,15 +81,7 @@ async fn a_spent_budget_answers_503_with_retry_after_takes_nothing_and_a_resend_
     .await;
 
     // A body larger than what is left is refused before it is read...
-    let answer = post_ingest(
-        &sb,
-        &b.bridge.url,
-        Some(&bearer()),
-        None,
-        Some("application/json"),
-        array_body(&plain),
-    )
-    .await;
+    let answer = post_array(&sb, &b.bridge.url, &plain).await;
     assert_eq!(answer.status, 503, "{}", answer.text);
     assert!(retry_after(&answer) >= 1);
     assert!(
