@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::provisioning::{
-    Provider, WAIT, cards_titled, hooks, paid_plan_spec, recurly_list, recurly_writes, seed,
+    Provider, WAIT, hooks, paid_plan_spec, recurly_list, recurly_writes, seed, wait_cards_titled,
 };
 use crate::recurly_conformance::client::assert_recurly_traffic_conforms;
 use crate::reporting::{
@@ -73,11 +73,7 @@ async fn a_standard_quota_with_overages_bills_only_the_units_past_its_limit() {
     let add_on_code = format!("amplify-quota-{quota_id}");
     provider.activate("metered").await;
 
-    let billed = wait_for("the provider's plan card", WAIT, || async {
-        let found = cards_titled(&sb, "Plan billed in Recurly: Metered").await;
-        (!found.is_empty()).then_some(found)
-    })
-    .await;
+    let billed = wait_cards_titled(&sb, "Plan billed in Recurly: Metered").await;
     assert!(
         billed[0].text.contains("10 USD per month"),
         "the card names the plan's interval: {billed:?}"
@@ -184,11 +180,7 @@ async fn an_overage_counted_over_another_interval_than_the_plan_is_refused_with_
         .await;
     provider.activate("daily").await;
 
-    let failed = wait_for("the failure card", WAIT, || async {
-        let found = cards_titled(&sb, "Plan not billed: Daily").await;
-        (!found.is_empty()).then_some(found)
-    })
-    .await;
+    let failed = wait_cards_titled(&sb, "Plan not billed: Daily").await;
     let text = &failed[0].text;
     assert!(
         text.contains("'daily'") && text.contains("'monthly'") && text.contains("interval"),

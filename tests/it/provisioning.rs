@@ -246,6 +246,15 @@ pub async fn cards(sb: &TestSandbox) -> Vec<Card> {
         .collect()
 }
 
+/// Waits until a card titled with `prefix` arrived; answers every such card.
+pub async fn wait_cards_titled(sb: &TestSandbox, prefix: &str) -> Vec<Card> {
+    wait_for(&format!("a card titled {prefix}"), WAIT, || async {
+        let found = cards_titled(sb, prefix).await;
+        (!found.is_empty()).then_some(found)
+    })
+    .await
+}
+
 /// Cards whose title starts with `prefix`.
 pub async fn cards_titled(sb: &TestSandbox, prefix: &str) -> Vec<Card> {
     cards(sb)

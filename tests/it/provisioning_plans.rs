@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::provisioning::{
     Provider, WAIT, cards, cards_titled, flat_fee_pricing, hooks, metrics, paid_plan_spec,
     plan_code, priced_quotas, reconcile_now, recurly, recurly_list, recurly_writes,
-    startup_pass_done,
+    startup_pass_done, wait_cards_titled,
 };
 use crate::recurly_conformance::client::assert_recurly_traffic_conforms;
 use crate::support::{TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
@@ -265,11 +265,7 @@ async fn a_quota_with_a_tier_flat_fee_is_not_billed_and_the_provider_is_told_why
     provider.quota("fees", "calls", graduated).await;
     provider.quota("fees", "setup", flat_fee_pricing()).await;
     provider.activate("fees").await;
-    let failed = wait_for("the failure card", WAIT, || async {
-        let found = cards_titled(&sb, "Plan not billed: Fees").await;
-        (!found.is_empty()).then_some(found)
-    })
-    .await;
+    let failed = wait_cards_titled(&sb, "Plan not billed: Fees").await;
     assert!(
         failed[0].text.contains("flat fee"),
         "the card names the reason: {failed:?}"

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::provisioning::{
     Provider, WAIT, cards, cards_titled, hooks, mails, paid_plan_spec, plan_code, priced_quotas,
-    reconcile_now, recurly, recurly_list, recurly_writes, seed,
+    reconcile_now, recurly, recurly_list, recurly_writes, seed, wait_cards_titled,
 };
 use crate::recurly_conformance::client::assert_recurly_traffic_conforms;
 use crate::support::{TestBridge, TestSandbox, bridge_sandbox, spawn_bridge, wait_for};
@@ -165,11 +165,7 @@ async fn with_leave_pending_a_subscriber_without_an_account_stays_pending_and_th
     provider
         .subscribe("sub-1", "silver", "team-1", "user-1")
         .await;
-    let refused = wait_for("the provider's card", WAIT, || async {
-        let found = cards_titled(&sb, "Subscription not billed").await;
-        (!found.is_empty()).then_some(found)
-    })
-    .await;
+    let refused = wait_cards_titled(&sb, "Subscription not billed").await;
     assert!(refused[0].text.contains("left pending"), "{refused:?}");
     assert!(
         refused[0].text.contains("amplify-team-team-1"),
